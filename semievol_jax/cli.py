@@ -1,5 +1,128 @@
-"""Command-line entry point (placeholder until the CLI lands)."""
+"""The `semievol` command line: thin argument parsing; the logic lives in the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from semievol_jax import __version__
+from semievol_jax.environment import set_determinism_flags
 
 
-def main(argv=None) -> int:
+def _cmd_env(args: argparse.Namespace) -> int:
+    from semievol_jax.environment import describe, format_env
+
+    info = describe()
+    print(json.dumps(info, indent=2) if args.json else format_env(info))
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from semievol_jax.pipeline.api import run_from_cli
+
+    return run_from_cli(args.config, args.overrides, run_dir=args.run_dir, ablate=False)
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from semievol_jax.pipeline.api import run_from_cli
+
+    return run_from_cli(args.config, args.overrides, run_dir=args.run_dir, ablate=True)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from semievol_jax.pipeline.api import run_demo
+
+    return run_demo(Path(args.out), quick=args.quick, overrides=args.overrides)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from semievol_jax.pipeline.runner import status
+
+    rows = status(Path(args.run_dir))
+    if not rows:
+        print(f"{args.run_dir}: no stages found", file=sys.stderr)
+        return 1
+    for r in rows:
+        wall = f"{r['wall_s']:.1f}s" if r["wall_s"] is not None else ""
+        print(f"{r['stage']:<28} {r['state']:<10} {wall:>9}  {r['output_digest']}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from semievol_jax.pipeline.api import verify
+
+    return verify(Path(args.run_dir), rerun=not args.no_rerun, fresh=args.fresh)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from semievol_jax import convert
+
+    return convert.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="semievol",
+        description="SemiEvol semi-supervised LLM fine-tuning in JAX (arXiv 2410.14745).",
+    )
+    p.add_argument("--version", action="version", version=f"semievol-jax {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", required=True,
+                        help="preset name (e.g. demo, llama3.1-8b-mmlu) or a YAML file")
+        sp.add_argument("--run-dir", default=None,
+                        help="run directory (default: results/<run.name>)")
+        sp.add_argument("overrides", nargs="*",
+                        help="dotted overrides, e.g. sft.learning_rate=1e-4")
+
+    sp = sub.add_parser("run", help="run the SemiEvol pipeline (skips finished stages)")
+    with_config(sp)
+    sp.set_defaults(fn=_cmd_run)
+
+    sp = sub.add_parser("ablate", help="run the pipeline and its ablations into one table")
+    with_config(sp)
+    sp.set_defaults(fn=_cmd_ablate)
+
+    sp = sub.add_parser("demo", help="the embedded demo: synthetic task, tiny model, 3 seeds")
+    sp.add_argument("--out", default="results/demo", help="output directory")
+    sp.add_argument("--quick", action="store_true", help="one seed, no sweep (a smoke run)")
+    sp.add_argument("overrides", nargs="*", help="dotted overrides of the demo preset")
+    sp.set_defaults(fn=_cmd_demo)
+
+    sp = sub.add_parser("status", help="which stages of a run are done")
+    sp.add_argument("run_dir")
+    sp.set_defaults(fn=_cmd_status)
+
+    sp = sub.add_parser("verify", help="rerun and compare every digest with a run's manifest")
+    sp.add_argument("run_dir")
+    sp.add_argument("--no-rerun", action="store_true",
+                    help="only check the files on disk against their records")
+    sp.add_argument("--fresh", default=None,
+                    help="compare against this already-made fresh run instead of rerunning")
+    sp.set_defaults(fn=_cmd_verify)
+
+    sp = sub.add_parser("convert", help="checkpoint tools: tiny checkpoints, LoRA merge, export")
+    from semievol_jax.convert import add_arguments
+
+    add_arguments(sp)
+    sp.set_defaults(fn=_cmd_convert)
+
+    sp = sub.add_parser("env", help="versions, JAX backend, devices and XLA flags")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=_cmd_env)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    set_determinism_flags()  # before anything imports a JAX backend
+    args = build_parser().parse_args(argv)
+    from semievol_jax.errors import UserError
+
+    try:
+        return int(args.fn(args) or 0)
+    except UserError as e:  # bad input: one clear message, no traceback
+        print(f"semievol: error: {e}", file=sys.stderr)
+        return 2

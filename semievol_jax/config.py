@@ -1,0 +1,74 @@
+"""Config loading: typed dataclass schemas, YAML presets, dotted overrides (OmegaConf)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from semievol_jax.errors import UserError
+
+T = TypeVar("T")
+
+
+class ConfigError(UserError, ValueError):
+    """A preset or override that does not fit the config schema."""
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in `semievol_jax/presets/*.yaml`."""
+    return sorted(p.name[:-5] for p in resources.files("semievol_jax.presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _read_preset(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text()
+    else:
+        res = resources.files("semievol_jax.presets") / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ConfigError(
+                f"unknown preset {name_or_path!r}: not a YAML file, and not one of "
+                f"{', '.join(preset_names())}"
+            )
+        text = res.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {name_or_path!r} must be a YAML mapping")
+    return data
+
+
+def load_config(schema: type[T], preset: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Build a frozen `schema` instance from a preset and dotted overrides.
+
+    Args:
+      schema: the dataclass type of the whole config (its fields are stage sub-configs).
+      preset: a preset name (`semievol_jax/presets/<name>.yaml`) or a YAML file path.
+      overrides: `a.b=value` strings, applied last, type-checked against the schema.
+
+    Raises:
+      ConfigError: an unknown key, a value of the wrong type, or a malformed override.
+    """
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key.sub=value; got {bad}")
+    try:
+        merged = OmegaConf.merge(
+            OmegaConf.structured(schema),
+            _read_preset(preset) if preset else {},
+            OmegaConf.from_dotlist(list(overrides)),
+        )
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0] + f" (key: {getattr(e, 'full_key', '?')})") from e
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML (written into every run directory)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

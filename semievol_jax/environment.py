@@ -1,0 +1,70 @@
+"""What this process runs on: package versions, JAX backend and devices, XLA flags."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from importlib import metadata
+from typing import Any
+
+# Flags the project sets itself (before any JAX backend starts) so that runs are
+# reproducible without the user remembering them. GPU only: CPU and TPU are
+# deterministic for our ops already.
+DETERMINISM_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true",)
+
+
+def set_determinism_flags() -> None:
+    """Append the project's determinism flags to XLA_FLAGS (idempotent).
+
+    Must run before JAX initialises a backend; the CLI calls it first thing.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    missing = [f for f in DETERMINISM_XLA_FLAGS if f.split("=")[0] not in flags]
+    if missing:
+        os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+
+
+def pinned_versions() -> dict[str, str]:
+    """Installed version of this package's every declared dependency (extras included)."""
+    versions = {"semievol-jax": metadata.version("semievol-jax")}
+    for req in metadata.requires("semievol-jax") or []:
+        name = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0]
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if "extra ==" not in req:
+                versions[name] = "MISSING"
+    return dict(sorted(versions.items()))
+
+
+def describe() -> dict[str, Any]:
+    """Everything a reviewer pastes into a report."""
+    import jax  # imported late: XLA_FLAGS must be final first
+
+    devices = jax.devices()
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": pinned_versions(),
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d) for d in devices],
+        "device_kind": devices[0].device_kind if devices else None,
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", ""),
+    }
+
+
+def format_env(info: dict[str, Any]) -> str:
+    lines = [f"python        {info['python']}", f"platform      {info['platform']}",
+             f"jax backend   {info['jax_backend']}",
+             f"devices       {len(info['devices'])} x {info['device_kind']}: "
+             f"{', '.join(info['devices'])}",
+             f"processes     {info['process_index']} of {info['process_count']}",
+             f"XLA_FLAGS     {info['XLA_FLAGS'] or '(none)'}",
+             f"JAX_PLATFORMS {info['JAX_PLATFORMS'] or '(unset)'}", "packages:"]
+    lines += [f"  {k:<24} {v}" for k, v in info["packages"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""Stage runner: atomic stage directories, digest records, skip / resume.
+
+A run directory holds one sub-directory per stage, `NN_name/`, each written atomically
+(a temporary sibling renamed into place) with a `record.json` that names the stage's
+config digest, the output digests of the stages it reads, and the digest of every file
+it wrote. A stage whose record matches the current config and inputs is skipped; any
+mismatch reruns it and, through the changed output digest, everything downstream.
+Long stages keep resumable state (training checkpoints) in `.work/`, keyed by the
+stage's input key, so a killed run resumes where it stopped and a changed config never
+resumes stale state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+RECORD = "record.json"
+MANIFEST = "manifest.json"
+# Files under these sub-directories of a stage are logs (timestamps, TensorBoard
+# events): kept, but not part of the stage's digest.
+UNDIGESTED_DIRS = ("logs",)
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What a stage function gets: where to write, where to keep state, what it reads."""
+
+    out: Path  # the (temporary) output directory; renamed into place on success
+    work: Path  # persistent scratch for resumable state (checkpoints); survives kills
+    inputs: dict[str, Path]  # upstream stage name -> its finished directory
+    config: Any  # the stage's own sub-config
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: a function of its config and upstream outputs."""
+
+    name: str  # short noun, e.g. "sft"
+    fn: Callable[[StageContext], Mapping[str, Any] | None]  # writes ctx.out, returns metrics
+    config: Any  # hashed into the record: a change reruns this stage
+    reads: tuple[str, ...] = ()  # upstream stages whose outputs this stage reads
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses / tuples / paths -> plain JSON values (for records and digests)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def digest_json(obj: Any) -> str:
+    """sha256 of the canonical JSON of `obj`."""
+    text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest_dir(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 for every digested file under `root` (sorted)."""
+    files = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if not p.is_file() or rel == RECORD or rel.split("/")[0] in UNDIGESTED_DIRS:
+            continue
+        files[rel] = sha256_file(p)
+    return files
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to `path` via a temporary file and rename (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_record(stage_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((stage_dir / RECORD).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+class Runner:
+    """Runs stages in order inside one run directory; skips what is already done."""
+
+    def __init__(self, run_dir: Path, *, is_writer: bool = True, log=print):
+        self.run_dir = Path(run_dir)
+        self.is_writer = is_writer  # only process 0 writes shared files
+        self.log = log
+        self.records: dict[str, dict[str, Any]] = {}
+        self.dirs: dict[str, Path] = {}
+
+    def stage_dir(self, index: int, name: str) -> Path:
+        return self.run_dir / f"{index:02d}_{name}"
+
+    def run(self, stages: Sequence[Stage]) -> dict[str, dict[str, Any]]:
+        """Run `stages` in order; returns name -> record."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for i, stage in enumerate(stages):
+            self.run_stage(i, stage)
+        if self.is_writer:
+            write_json_atomic(self.run_dir / MANIFEST, self.manifest())
+        return self.records
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            name: {"dir": self.dirs[name].name, "output_digest": rec["output_digest"]}
+            for name, rec in self.records.items()
+        }
+
+    def run_stage(self, index: int, stage: Stage) -> dict[str, Any]:
+        missing = [r for r in stage.reads if r not in self.records]
+        if missing:
+            raise RuntimeError(f"stage {stage.name!r} reads {missing}, which have not run")
+        final = self.stage_dir(index, stage.name)
+        config_digest = digest_json(stage.config)
+        input_digests = {r: self.records[r]["output_digest"] for r in stage.reads}
+        key = digest_json({"config": config_digest, "inputs": input_digests})
+
+        old = read_record(final)
+        if old is not None and old.get("key") == key and self._outputs_intact(final, old):
+            self.log(f"[{stage.name}] up to date, skipped ({final.name})")
+            self.records[stage.name], self.dirs[stage.name] = old, final
+            return old
+
+        self.log(f"[{stage.name}] running -> {final}")
+        work = self.run_dir / ".work" / f"{stage.name}-{key[:12]}"
+        work.mkdir(parents=True, exist_ok=True)
+        for stale in self.run_dir.glob(f".{final.name}.*-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True)
+        ctx = StageContext(
+            out=tmp,
+            work=work,
+            inputs={r: self.dirs[r] for r in stage.reads},
+            config=stage.config,
+        )
+        start = time.perf_counter()
+        try:
+            metrics = stage.fn(ctx) or {}
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left
+            raise
+        outputs = digest_dir(tmp)
+        record = {
+            "stage": stage.name,
+            "key": key,
+            "config": to_jsonable(stage.config),
+            "config_digest": config_digest,
+            "input_digests": input_digests,
+            "outputs": outputs,
+            "output_digest": digest_json(outputs),
+            "metrics": to_jsonable(metrics),
+            "wall_s": round(time.perf_counter() - start, 3),
+        }
+        write_json_atomic(tmp / RECORD, record)
+        if self.is_writer:
+            self._replace_dir(tmp, final)
+        shutil.rmtree(work, ignore_errors=True)  # finished: resumable state no longer needed
+        self.log(f"[{stage.name}] done in {record['wall_s']:.1f}s, "
+                 f"digest {record['output_digest'][:12]}")
+        self.records[stage.name], self.dirs[stage.name] = record, final
+        return record
+
+    @staticmethod
+    def _outputs_intact(stage_dir: Path, record: Mapping[str, Any]) -> bool:
+        return digest_dir(stage_dir) == record.get("outputs")
+
+    @staticmethod
+    def _replace_dir(tmp: Path, final: Path) -> None:
+        """Swap `tmp` into `final`; the old directory is removed only after the swap."""
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if final.exists():
+            os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def status(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per stage directory found in `run_dir` (for `semievol status`)."""
+    rows = []
+    for d in sorted(Path(run_dir).glob("[0-9][0-9]_*")):
+        rec = read_record(d)
+        intact = rec is not None and digest_dir(d) == rec.get("outputs")
+        rows.append(
+            {
+                "stage": d.name,
+                "state": "done" if intact else ("modified" if rec else "incomplete"),
+                "wall_s": rec.get("wall_s") if rec else None,
+                "output_digest": (rec or {}).get("output_digest", "")[:12],
+            }
+        )
+    for d in sorted(Path(run_dir).glob(".work/*")):
+        rows.append({"stage": d.name, "state": "resumable", "wall_s": None, "output_digest": ""})
+    return rows
