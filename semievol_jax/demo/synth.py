@@ -1,0 +1,331 @@
+"""The demo world: invented people, facts about them, a prose corpus and a quiz task.
+
+The embedded demo needs a task where SemiEvol's mechanism has something to work with
+(see docs/demo.md for the argument and the measured numbers):
+
+* **Latent knowledge.** Every fact about a *task person* ("Bralo lives in Tesk") is
+  stated in the pretraining corpus, in several phrasings, but never as a quiz: the base
+  model knows the fact and has not been taught to answer questions about it.
+* **A skill learnt elsewhere.** *Practice people* (disjoint from the task people) have
+  facts in prose and also quiz documents with worked answers, so the base model meets
+  the multiple-choice lookup ("which letter holds the value I recall?") in
+  pretraining, as a real LLM meets exams on other topics.
+* **Under-covering labels.** The labeled split asks about only `labeled_relations`
+  (by default 2 of the 4 relations); unlabeled and test are i.i.d. draws over all
+  relations. SFT on labeled teaches the answer format and the mapping for part of the
+  relations; confident pseudo-labels on unlabeled questions carry it to the rest.
+* **Shared facts, unique questions.** A question *stem* is a (person, relation,
+  phrasing) triple; every stem is used at most once across the three splits, so no
+  test question appears in labeled or unlabeled, but the same fact is asked again
+  under another phrasing (with other distractors, in another order) across splits,
+  as subject matter repeats across the splits of a real benchmark.
+
+Everything is a pure function of `SynthConfig` (a seeded `numpy.random.Generator`,
+no global RNG), so the same seed writes byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclasses.dataclass(frozen=True)
+class Relation:
+    """One kind of fact: its values, prose phrasings and question phrasings."""
+
+    name: str  # short id, written to the CSV's `relation` column
+    values: tuple[str, ...]  # closed set of answers; distractors come from here too
+    statements: tuple[str, ...]  # prose templates with {e} (person) and {v} (value)
+    questions: tuple[str, ...]  # question templates with {e}
+
+
+RELATIONS: tuple[Relation, ...] = (
+    Relation(
+        "town",
+        ("Mora", "Tesk", "Lund", "Pira", "Vasso", "Kell", "Orna", "Dunmo", "Sarn", "Ebro"),
+        ("{e} lives in {v}.", "The home of {e} is in {v}.", "{e} has a house in {v}."),
+        ("Where does {e} live?", "In which town is the home of {e}?",
+         "Which town does {e} live in?"),
+    ),
+    Relation(
+        "colour",
+        ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey",
+         "pink"),
+        ("The favourite colour of {e} is {v}.", "{e} loves the colour {v}.",
+         "{e} likes {v} best of all colours."),
+        ("What is the favourite colour of {e}?", "Which colour does {e} love?",
+         "Which colour does {e} like best?"),
+    ),
+    Relation(
+        "food",
+        ("plums", "rice", "bread", "cheese", "figs", "soup", "beans", "honey", "pears",
+         "nuts"),
+        ("{e} likes to eat {v}.", "The favourite food of {e} is {v}.",
+         "Every day {e} eats {v}."),
+        ("What does {e} like to eat?", "What is the favourite food of {e}?",
+         "What does {e} eat every day?"),
+    ),
+    Relation(
+        "job",
+        ("baker", "farmer", "sailor", "painter", "miner", "weaver", "doctor", "singer",
+         "smith", "potter"),
+        ("{e} works as a {v}.", "The job of {e} is {v}.", "By trade {e} is a {v}."),
+        ("What does {e} work as?", "What is the job of {e}?",
+         "What is {e} by trade?"),
+    ),
+)
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("", "", "n", "r", "l", "s")
+
+# Prose filler between facts: gives documents some variety so the model must learn the
+# facts, not fixed byte offsets.
+_OPENERS = ("", "Here is a note about {e}.", "This is about {e}.", "Some facts about {e}.")
+
+
+class SynthError(ValueError):
+    """A SynthConfig that cannot produce the requested splits."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """Knobs of the demo world; defaults are the ones docs/demo.md measured."""
+
+    seed: int = 0  # root seed of the world, corpus and splits
+    num_people: int = 48  # task people: their facts are asked in the splits
+    num_practice_people: int = 48  # people with quiz documents in the corpus, never asked
+    relations: tuple[str, ...] = ("town", "colour", "food", "job")  # names from RELATIONS
+    labeled_relations: tuple[str, ...] = ("town", "colour")  # the only ones in labeled.csv
+    num_labeled: int = 100  # rows of labeled.csv (the official release: about 1 : 3 : 1)
+    num_unlabeled: int = 300  # rows of unlabeled.csv
+    num_test: int = 100  # rows of test.csv
+    num_options: int = 4  # answer options per question
+    bios_per_person: int = 12  # prose documents per person (task and practice)
+    quizzes_per_practice_person: int = 6  # quiz documents per practice person
+
+
+@dataclasses.dataclass(frozen=True)
+class Fact:
+    """One (person, relation, value) fact of the world."""
+
+    person: str
+    relation: str
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    """One multiple-choice row in the official CSV schema (plus provenance columns)."""
+
+    id: str
+    question: str
+    options: tuple[str, ...]
+    answer: str  # a letter
+    relation: str
+    person: str
+    template: int  # index into the relation's question phrasings
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """The facts of the task people and of the practice people."""
+
+    people: tuple[str, ...]
+    practice_people: tuple[str, ...]
+    facts: dict[tuple[str, str], str]  # (person, relation) -> value
+
+
+def _relations(names: Sequence[str]) -> tuple[Relation, ...]:
+    by_name = {r.name: r for r in RELATIONS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SynthError(f"unknown relations {unknown}; known: {sorted(by_name)}")
+    return tuple(by_name[n] for n in names)
+
+
+def _rng(cfg: SynthConfig, stream: str) -> np.random.Generator:
+    # One independent stream per purpose, so changing the corpus size does not reshuffle
+    # the splits (and vice versa).
+    tag = int.from_bytes(stream.encode()[:8].ljust(8, b"\0"), "little")
+    return np.random.Generator(np.random.PCG64([cfg.seed, tag]))
+
+
+def _names(rng: np.random.Generator, count: int) -> list[str]:
+    """`count` distinct invented two-syllable names, e.g. "Bralo", "Kimet"."""
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < count:
+        parts = [
+            _ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))]
+            for _ in range(2)
+        ]
+        name = ("".join(parts) + _CODAS[rng.integers(len(_CODAS))]).capitalize()
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def make_world(cfg: SynthConfig) -> World:
+    """Draws the people and one value per (person, relation)."""
+    rels = _relations(cfg.relations)
+    rng = _rng(cfg, "world")
+    names = _names(rng, cfg.num_people + cfg.num_practice_people)
+    people = tuple(names[: cfg.num_people])
+    practice = tuple(names[cfg.num_people:])
+    facts = {
+        (p, r.name): r.values[rng.integers(len(r.values))]
+        for p in people + practice
+        for r in rels
+    }
+    return World(people, practice, facts)
+
+
+def _bio(world: World, person: str, rels: Sequence[Relation], rng: np.random.Generator) -> str:
+    opener = _OPENERS[rng.integers(len(_OPENERS))].format(e=person)
+    order = rng.permutation(len(rels))
+    sentences = [opener] if opener else []
+    for i in order:
+        r = rels[i]
+        tpl = r.statements[rng.integers(len(r.statements))]
+        sentences.append(tpl.format(e=person, v=world.facts[(person, r.name)]))
+    return " ".join(sentences)
+
+
+def _options(value: str, rel: Relation, k: int, rng: np.random.Generator) -> tuple[list[str], str]:
+    distractors = [v for v in rel.values if v != value]
+    picked = [distractors[i] for i in rng.choice(len(distractors), size=k - 1, replace=False)]
+    options = picked + [value]
+    options = [options[i] for i in rng.permutation(k)]
+    return options, LETTERS[options.index(value)]
+
+
+def render_quiz(question: str, options: Sequence[str], answer: str | None) -> str:
+    """A quiz document in the prompt's shape: question, `A. ...` lines, `Answer: X`."""
+    lines = [f"Question: {question}"]
+    lines += [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
+    lines.append(f"Answer: {answer}" if answer is not None else "Answer:")
+    return "\n".join(lines)
+
+
+def make_corpus(world: World, cfg: SynthConfig) -> list[str]:
+    """Pretraining documents: prose bios of everyone, quizzes about practice people only.
+
+    Returns:
+      Plain-text documents in a seeded order; no document mentions a task person in
+      quiz form, so the base model knows the task facts without having been taught to
+      answer questions about them.
+    """
+    rels = _relations(cfg.relations)
+    rng = _rng(cfg, "corpus")
+    docs = [
+        _bio(world, p, rels, rng)
+        for p in world.people + world.practice_people
+        for _ in range(cfg.bios_per_person)
+    ]
+    for p in world.practice_people:
+        for _ in range(cfg.quizzes_per_practice_person):
+            r = rels[rng.integers(len(rels))]
+            q = r.questions[rng.integers(len(r.questions))].format(e=p)
+            options, letter = _options(world.facts[(p, r.name)], r, cfg.num_options, rng)
+            docs.append(render_quiz(q, options, letter))
+    return [docs[i] for i in rng.permutation(len(docs))]
+
+
+def make_splits(world: World, cfg: SynthConfig) -> dict[str, list[Question]]:
+    """The labeled / unlabeled / test questions (see the module docstring for the design).
+
+    Raises:
+      SynthError: when there are not enough distinct question stems for the splits.
+    """
+    rels = _relations(cfg.relations)
+    lab_rels = set(cfg.labeled_relations)
+    if not lab_rels <= {r.name for r in rels}:
+        raise SynthError(f"labeled_relations {sorted(lab_rels)} not within {cfg.relations}")
+    if not 2 <= cfg.num_options <= min(len(r.values) for r in rels):
+        raise SynthError(f"num_options={cfg.num_options} must be in [2, values per relation]")
+    rng = _rng(cfg, "splits")
+    stems = [(p, r, t) for p in world.people for r in rels for t in range(len(r.questions))]
+    stems = [stems[i] for i in rng.permutation(len(stems))]
+    lab_pool = [s for s in stems if s[1].name in lab_rels]
+    if len(lab_pool) < cfg.num_labeled:
+        raise SynthError(
+            f"only {len(lab_pool)} question stems over {sorted(lab_rels)} for "
+            f"num_labeled={cfg.num_labeled}; raise num_people or labeled_relations"
+        )
+    labeled = lab_pool[: cfg.num_labeled]
+    used = set(labeled)
+    rest = [s for s in stems if s not in used]
+    need = cfg.num_unlabeled + cfg.num_test
+    if len(rest) < need:
+        raise SynthError(
+            f"only {len(rest)} unused question stems for {need} unlabeled+test rows; "
+            f"raise num_people"
+        )
+    chosen = {
+        "labeled": labeled,
+        "unlabeled": rest[: cfg.num_unlabeled],
+        "test": rest[cfg.num_unlabeled: need],
+    }
+    out: dict[str, list[Question]] = {}
+    for split, rows in chosen.items():
+        qs = []
+        for i, (p, r, t) in enumerate(rows):
+            options, letter = _options(world.facts[(p, r.name)], r, cfg.num_options, rng)
+            qs.append(Question(f"{split}-{i:04d}", r.questions[t].format(e=p),
+                               tuple(options), letter, r.name, p, t))
+        out[split] = qs
+    return out
+
+
+def questions_to_csv(questions: Sequence[Question]) -> str:
+    """Official schema (question, options as a JSON list, answer letter) plus provenance."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "question", "options", "answer", "relation", "person"])
+    for q in questions:
+        w.writerow([q.id, q.question, json.dumps(list(q.options)), q.answer, q.relation,
+                    q.person])
+    return buf.getvalue()
+
+
+def write_demo_data(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> dict[str, Path]:
+    """Writes labeled.csv, unlabeled.csv, test.csv and corpus.jsonl under `out_dir`.
+
+    Returns:
+      Split name ("labeled", "unlabeled", "test", "corpus") -> the file written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    world = make_world(cfg)
+    paths: dict[str, Path] = {}
+    for split, qs in make_splits(world, cfg).items():
+        paths[split] = out / f"{split}.csv"
+        paths[split].write_text(questions_to_csv(qs), encoding="utf-8")
+    paths["corpus"] = out / "corpus.jsonl"
+    paths["corpus"].write_text(
+        "".join(json.dumps({"text": d}) + "\n" for d in make_corpus(world, cfg)),
+        encoding="utf-8",
+    )
+    return paths
+
+
+def read_corpus(path: str | Path) -> list[str]:
+    """The documents of a corpus.jsonl written by `write_demo_data`."""
+    docs = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            docs.append(json.loads(line)["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SynthError(f"{path}:{n}: not a {{\"text\": ...}} JSON line ({e})") from e
+    return docs
