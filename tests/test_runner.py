@@ -102,3 +102,16 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
     assert done.returncode == 0
     assert (tmp_path / "00_a" / "a.txt").read_text() == "A"
     assert not any(p.name.startswith(".00_a.tmp") for p in tmp_path.iterdir())
+
+
+def test_adopt_shares_a_finished_stage(tmp_path):
+    calls = []
+    Runner(tmp_path / "main", log=lambda *_: None).run(make_stages(calls))
+    calls.clear()
+    variant = Runner(tmp_path / "variant", log=lambda *_: None)
+    variant.adopt("a", tmp_path / "main" / "00_a")
+    variant.run(make_stages(calls)[1:])
+    assert calls == ["b"]
+    assert (tmp_path / "variant" / "00_b" / "b.txt").read_text() == "3"
+    manifest = json.loads((tmp_path / "variant" / "manifest.json").read_text())
+    assert manifest["a"]["dir"] == "../main/00_a"

@@ -47,6 +47,7 @@ class Stage:
     fn: Callable[[StageContext], Mapping[str, Any] | None]  # writes ctx.out, returns metrics
     config: Any  # hashed into the record: a change reruns this stage
     reads: tuple[str, ...] = ()  # upstream stages whose outputs this stage reads
+    order: int | None = None  # the NN of its directory; None = position in the run
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -111,6 +112,17 @@ class Runner:
         self.records: dict[str, dict[str, Any]] = {}
         self.dirs: dict[str, Path] = {}
 
+    def adopt(self, name: str, stage_dir: Path) -> None:
+        """Use a finished stage of another run (e.g. a shared base) as this run's `name`.
+
+        Its record's output digest feeds this run's downstream keys, so the variants
+        that share a stage stay as reproducible as the run that made it.
+        """
+        rec = read_record(stage_dir)
+        if rec is None or not self._outputs_intact(stage_dir, rec):
+            raise RuntimeError(f"cannot adopt {stage_dir}: no intact record")
+        self.records[name], self.dirs[name] = rec, Path(stage_dir)
+
     def stage_dir(self, index: int, name: str) -> Path:
         return self.run_dir / f"{index:02d}_{name}"
 
@@ -118,14 +130,15 @@ class Runner:
         """Run `stages` in order; returns name -> record."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for i, stage in enumerate(stages):
-            self.run_stage(i, stage)
+            self.run_stage(i if stage.order is None else stage.order, stage)
         if self.is_writer:
             write_json_atomic(self.run_dir / MANIFEST, self.manifest())
         return self.records
 
     def manifest(self) -> dict[str, Any]:
         return {
-            name: {"dir": self.dirs[name].name, "output_digest": rec["output_digest"]}
+            name: {"dir": os.path.relpath(self.dirs[name], self.run_dir),
+                   "output_digest": rec["output_digest"]}
             for name, rec in self.records.items()
         }
 
