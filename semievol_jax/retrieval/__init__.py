@@ -1,0 +1,25 @@
+"""In-context propagation: nearest labeled examples per question and their prompts."""
+
+from semievol_jax.retrieval.demos import DemoPrompt, build_demo_prompts, format_demonstrations
+from semievol_jax.retrieval.exact import exact_top_k
+from semievol_jax.retrieval.index import (
+    Index,
+    IndexConfig,
+    build_index,
+    load_index,
+    recall_at_k,
+)
+from semievol_jax.retrieval.vectors import RetrievalError
+
+__all__ = [
+    "DemoPrompt",
+    "Index",
+    "IndexConfig",
+    "RetrievalError",
+    "build_demo_prompts",
+    "build_index",
+    "exact_top_k",
+    "format_demonstrations",
+    "load_index",
+    "recall_at_k",
+]

@@ -1,0 +1,158 @@
+"""ScaNN tree + asymmetric-hashing searcher: parameters, build, search, (de)serialise.
+
+Determinism. ScaNN 1.4.2's builder defaults to `random_init=True` for the k-means tree,
+and that initialisation is drawn from an unseeded generator: the same data gives a
+different partition (and different neighbours) on every build, and setting the
+partitioner's `clustering_seed` does not change that. k-means++ initialisation
+(`random_init=False`) is seeded by `clustering_seed`, and the AH codebook training is
+seeded by its own `clustering_seed` / `sampling_seed`; with those three fixed, builds
+are bit-identical across runs, processes and training-thread counts (multi-threaded
+training included; see tests/test_retrieval_determinism.py). Artifacts are serialised
+with relative asset paths so the directory bytes do not depend on where it was written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ScannParams:
+    """Resolved ScaNN parameters (everything derived from the data is filled in)."""
+
+    num_leaves: int  # k-means tree partitions
+    leaves_to_search: int  # partitions scored per query
+    dims_per_block: int  # AH: dimensions per 4-bit (LUT16) code
+    anisotropic_threshold: float  # AH: score-aware quantisation threshold (eta)
+    reorder: int  # candidates rescored exactly (float32) after AH scoring
+    training_sample_size: int  # rows sampled to train the tree and the codebooks
+    min_partition_size: int  # k-means leaves smaller than this are merged
+    seed: int  # clustering / sampling seed of the tree and the codebooks
+    training_threads: int  # 0 = all cores; does not change the result
+
+
+def resolve_params(cfg, n: int, d: int) -> ScannParams:
+    """Fills the IndexConfig fields left at 0/None with values derived from the data.
+
+    The derivations follow ScaNN's tuning guide, fixed by scripts/bench_retrieval.py
+    (100k x 4096, k=4): about sqrt(N) leaves (so a leaf and the centroid table cost the
+    same to score), searching ~5% of them; 2 dims per AH block up to D=1024, 4 above
+    (codes of D/4 bytes already rank well enough for the exact reorder to fix the rest);
+    eta = 0.2 as ScaNN recommends for dot-product search.
+
+    Args:
+      cfg: an IndexConfig.
+      n: database rows.
+      d: embedding width.
+    """
+    num_leaves = cfg.num_leaves or max(2, round(math.sqrt(n)))
+    # Leaves smaller than min_partition_size get merged by ScaNN; keep enough rows each.
+    num_leaves = max(2, min(num_leaves, n // max(cfg.min_partition_size, 1)))
+    leaves_to_search = cfg.leaves_to_search or max(8, math.ceil(0.05 * num_leaves))
+    leaves_to_search = min(leaves_to_search, num_leaves)
+    dims_per_block = cfg.dims_per_block or (2 if d <= 1024 else 4)
+    dims_per_block = min(dims_per_block, d)
+    eta = 0.2 if cfg.anisotropic_threshold is None else float(cfg.anisotropic_threshold)
+    return ScannParams(
+        num_leaves=int(num_leaves),
+        leaves_to_search=int(leaves_to_search),
+        dims_per_block=int(dims_per_block),
+        anisotropic_threshold=eta,
+        reorder=int(cfg.reorder or 100),
+        training_sample_size=int(min(cfg.training_sample_size, n)),
+        min_partition_size=int(cfg.min_partition_size),
+        seed=int(cfg.seed),
+        training_threads=int(cfg.training_threads),
+    )
+
+
+def _import_scann():
+    # ScaNN is imported lazily: the exact backend (small sets, tests) works without it.
+    from scann.scann_ops.py import scann_ops_pybind
+
+    return scann_ops_pybind
+
+
+def config_text(db_ND: np.ndarray, p: ScannParams, num_neighbors: int) -> str:
+    """The ScaNN text-proto config for unit rows under dot product, seeds pinned."""
+    sp = _import_scann()
+    b = sp.builder(db_ND, num_neighbors, "dot_product")
+    b = b.tree(
+        num_leaves=p.num_leaves,
+        num_leaves_to_search=p.leaves_to_search,
+        training_sample_size=p.training_sample_size,
+        min_partition_size=p.min_partition_size,
+        random_init=False,  # the random init is unseeded; k-means++ honours the seed
+    )
+    b = b.score_ah(
+        p.dims_per_block,
+        anisotropic_quantization_threshold=p.anisotropic_threshold,
+        training_sample_size=p.training_sample_size,
+    )
+    b = b.reorder(p.reorder)
+    text = b.create_config()
+    # The builder exposes no seed arguments; the proto fields exist, so set them here.
+    text = text.replace("partitioning {", f"partitioning {{\n clustering_seed: {p.seed}", 1)
+    text = text.replace(
+        "asymmetric_hash {",
+        f"asymmetric_hash {{\n clustering_seed: {p.seed}\n sampling_seed: {p.seed}",
+        1,
+    )
+    return text
+
+
+def build_searcher(db_ND: np.ndarray, p: ScannParams, num_neighbors: int = 10):
+    """Trains and returns a ScaNN searcher over the [N, D] unit rows."""
+    sp = _import_scann()
+    return sp.create_searcher(db_ND, config_text(db_ND, p, num_neighbors), p.training_threads)
+
+
+def search(searcher, q_QD: np.ndarray, k: int, p: ScannParams, num_leaves_total: int,
+           *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Batched ScaNN search returning exactly k neighbours per query.
+
+    ScaNN pads with (row 0, NaN) when the searched leaves hold fewer than k rows (a
+    query near a small leaf); those queries are searched again over every leaf, which
+    for a tree+AH+reorder searcher always yields k rows when k <= N.
+
+    Returns:
+      (idx_QK int64, score_QK float32), best first.
+    """
+    pre = max(p.reorder, k)
+    idx, score = searcher.search_batched_parallel(
+        q_QD, final_num_neighbors=k, pre_reorder_num_neighbors=pre,
+        leaves_to_search=p.leaves_to_search, batch_size=batch_size,
+    )
+    idx = np.asarray(idx, np.int64)
+    score = np.asarray(score, np.float32)
+    short_Q = np.isnan(score).any(axis=1) if score.shape[1] == k else np.ones(len(q_QD), bool)
+    if short_Q.any():
+        rows = np.flatnonzero(short_Q)
+        i2, s2 = searcher.search_batched(
+            q_QD[rows], final_num_neighbors=k, pre_reorder_num_neighbors=max(pre, k),
+            leaves_to_search=num_leaves_total,
+        )
+        full_idx = np.zeros((len(q_QD), k), np.int64)
+        full_score = np.zeros((len(q_QD), k), np.float32)
+        if score.shape[1] == k:
+            full_idx[:], full_score[:] = idx, score
+        full_idx[rows], full_score[rows] = np.asarray(i2, np.int64), np.asarray(s2, np.float32)
+        idx, score = full_idx, full_score
+    return idx, score
+
+
+def save_searcher(searcher, out_dir: Path) -> None:
+    """Serialises with ScaNN's own serializer; relative asset paths keep the bytes
+    independent of the directory (so a stage's tmp dir can be renamed into place)."""
+    os.makedirs(out_dir, exist_ok=True)
+    searcher.serialize(str(out_dir), relative_path=True)
+
+
+def load_searcher(art_dir: Path):
+    """Loads a searcher written by save_searcher."""
+    return _import_scann().load_searcher(str(art_dir), assets_backcompat_shim=False)
