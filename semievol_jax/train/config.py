@@ -1,0 +1,81 @@
+"""TrainConfig: every knob of one fine-tuning run, defaulting to the official SemiEvol SFT."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+class TrainConfigError(ValueError):
+    """A training config value that cannot work (names the field and the value)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One SFT run. Defaults = the official SemiEvol config (LLaMA-Factory LoRA SFT)."""
+
+    mode: str = "lora"  # "lora": train only nnx.LoRAParam; "full": train every nnx.Param
+    learning_rate: float = 1e-4  # peak learning rate (final tuning uses 1e-6)
+    epochs: int = 2  # passes over the training set
+    schedule: str = "cosine"  # "cosine" | "linear" | "constant" decay after warmup
+    warmup_ratio: float = 0.1  # fraction of total steps with linear warmup from 0
+    batch_size: int = 8  # effective (global) batch in sequences per optimizer step
+    micro_batch_size: int | None = None  # sequences per forward pass; None = batch_size
+    cutoff_len: int = 1024  # max tokens per example (prompt + response); longer are cut
+    length_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)  # padded lengths (few compiles)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    adam_b1: float = 0.9  # AdamW beta1
+    adam_b2: float = 0.999  # AdamW beta2
+    adam_eps: float = 1e-8  # AdamW epsilon
+    max_grad_norm: float = 1.0  # global-norm gradient clipping; 0 = off
+    compute_dtype: str = "bfloat16"  # forward/backward dtype; master weights stay param dtype
+    remat: bool = False  # recompute activations in the backward pass (jax.checkpoint)
+    shuffle: bool = True  # seeded permutation of the examples each epoch
+    max_steps: int | None = None  # stop after this many optimizer steps (None = all epochs)
+    checkpoint_every: int = 100  # optimizer steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    async_checkpoint: bool = True  # write checkpoints in a background thread
+    adapter_only_checkpoint: bool = True  # LoRA: checkpoint only trainable params (base frozen)
+    log_every: int = 1  # optimizer steps between metrics lines
+    tensorboard: bool = True  # also write TensorBoard events (tensorboardX)
+    progress: bool = True  # tqdm progress bar on the main process
+
+    @property
+    def micro(self) -> int:
+        """Sequences per forward pass."""
+        return self.micro_batch_size or self.batch_size
+
+    @property
+    def accum_steps(self) -> int:
+        """Microbatches accumulated per optimizer step."""
+        return self.batch_size // self.micro
+
+    def validate(self) -> TrainConfig:
+        """Raise TrainConfigError naming the first bad field; return self when fine."""
+        lr = self.learning_rate
+        if not isinstance(lr, int | float) or math.isnan(lr) or math.isinf(lr) or lr <= 0:
+            raise TrainConfigError(f"train.learning_rate must be a finite number > 0, got {lr!r}")
+        if self.mode not in ("lora", "full"):
+            raise TrainConfigError(f"train.mode must be 'lora' or 'full', got {self.mode!r}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise TrainConfigError(f"train.schedule must be cosine|linear|constant, got "
+                                   f"{self.schedule!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise TrainConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.epochs < 1:
+            raise TrainConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.micro < 1 or self.batch_size % self.micro:
+            raise TrainConfigError(
+                f"train.batch_size={self.batch_size} must be a positive multiple of "
+                f"train.micro_batch_size={self.micro_batch_size}"
+            )
+        if self.cutoff_len < 2:
+            raise TrainConfigError(f"train.cutoff_len must be >= 2, got {self.cutoff_len}")
+        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
+            raise TrainConfigError(f"train.compute_dtype must be float32|bfloat16|float16, got "
+                                   f"{self.compute_dtype!r}")
+        if self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise TrainConfigError("train.max_grad_norm and train.weight_decay must be >= 0")
+        if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise TrainConfigError("train.checkpoint_every and train.keep_checkpoints must be >= 1")
+        return self

@@ -1,0 +1,233 @@
+"""SFT data: chat-render (prompt, response) pairs, mask the prompt, bucket, batch, resume.
+
+Batches are a pure function of (examples, seed, step): the permutation of epoch e
+comes from ``rng.numpy_rng(seed, "data", e)``, so the iterator's whole position is
+the step counter, and a resumed run reads exactly the batches it would have read.
+The last batch of an epoch is filled with weight-0 padding rows so every step has
+the same batch shape (only the sequence bucket varies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from semievol_jax import rng
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Training data that cannot be used (names the example index and the problem)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTExample:
+    """One supervised pair: the user turn and the assistant turn that is learned."""
+
+    prompt: str
+    response: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedSet:
+    """Tokenized examples, ready to batch.
+
+    Attributes:
+      ids: per example, ``[T_i]`` int32 token ids (prompt + response), T_i <= cutoff.
+      loss_mask: per example, ``[T_i]`` bool, True on response tokens.
+      num_truncated: examples cut at the cutoff (their response partly kept).
+      num_dropped: examples with no response token left after the cut (excluded).
+      digest: SHA-256 of all ids and masks (a resumed run checks it is the same data).
+    """
+
+    ids: list[np.ndarray]
+    loss_mask: list[np.ndarray]
+    num_truncated: int
+    num_dropped: int
+    digest: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def tokenize_example(tokenizer: Any, ex: SFTExample) -> tuple[np.ndarray, np.ndarray]:
+    """Chat-render one example; mask everything up to the assistant turn's content.
+
+    Returns:
+      ``(ids_T, loss_mask_T)``; the mask is True from the first response token through
+      the end-of-turn token(s) the template appends (the model must learn to stop).
+    """
+    user = [{"role": "user", "content": ex.prompt}]
+    prompt_text = _render(tokenizer, user, add_generation_prompt=True)
+    full_text = _render(tokenizer, user + [{"role": "assistant", "content": ex.response}], False)
+    if not full_text.startswith(prompt_text):
+        raise DataError("chat template does not render the prompt as a prefix of prompt+response")
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    # Tokenize the response part separately so the prompt/response boundary is exact
+    # even where a BPE merge could cross it.
+    resp_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    ids = np.asarray(list(prompt_ids) + list(resp_ids), np.int32)
+    mask = np.zeros(len(ids), bool)
+    mask[len(prompt_ids):] = True
+    return ids, mask
+
+
+def tokenize_examples(
+    tokenizer: Any, examples: Sequence[SFTExample], cutoff_len: int
+) -> TokenizedSet:
+    """Tokenize, cut at ``cutoff_len`` and check a list of examples.
+
+    Raises:
+      DataError: an empty list, a non-SFTExample, an empty response, or every example
+        losing all of its response to the cutoff.
+    """
+    if len(examples) == 0:
+        raise DataError("empty training set: no examples to fine-tune on")
+    ids_all, masks, truncated, dropped, too_long = [], [], 0, 0, []
+    h = hashlib.sha256()
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, SFTExample):
+            raise DataError(f"example {i} is a {type(ex).__name__}, expected SFTExample")
+        if not ex.response.strip():
+            raise DataError(f"example {i} has an empty response (nothing to learn)")
+        ids, mask = tokenize_example(tokenizer, ex)
+        if len(ids) > cutoff_len:
+            truncated += 1
+            too_long.append((i, len(ids)))
+            ids, mask = ids[:cutoff_len], mask[:cutoff_len]
+            # The token at position 0 is never a target, so a response must start at >= 1.
+            if not mask[1:].any():
+                dropped += 1
+                continue
+        ids_all.append(ids)
+        masks.append(mask)
+        h.update(ids.tobytes())
+        h.update(mask.tobytes())
+    if too_long:
+        shown = ", ".join(f"#{i} ({n} tokens)" for i, n in too_long[:5])
+        log.warning(
+            "%d of %d examples longer than cutoff_len=%d were truncated (%d dropped: no "
+            "response token left): %s%s", truncated, len(examples), cutoff_len, dropped, shown,
+            " ..." if len(too_long) > 5 else "",
+        )
+    if not ids_all:
+        raise DataError(
+            f"all {len(examples)} examples lose their whole response at cutoff_len={cutoff_len}"
+        )
+    return TokenizedSet(ids_all, masks, truncated, dropped, h.hexdigest())
+
+
+def bucket_length(n: int, buckets: Sequence[int], cutoff_len: int) -> int:
+    """Smallest bucket >= n (buckets above the cutoff are clamped to it)."""
+    for b in sorted(set(min(b, cutoff_len) for b in buckets) | {cutoff_len}):
+        if b >= n:
+            return b
+    return cutoff_len
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One optimizer step's data, ``A`` microbatches of ``B`` rows of ``T`` tokens.
+
+    Inputs are the sequence without its last token, targets without its first.
+    Rows are right-padded; padding rows (end of an epoch) have an all-False mask.
+    """
+
+    tokens_ABT: np.ndarray  # int32 input ids
+    targets_ABT: np.ndarray  # int32 next-token ids
+    loss_mask_ABT: np.ndarray  # bool: target is a response token
+    valid_ABT: np.ndarray  # bool: input token is real (not padding)
+    positions_ABT: np.ndarray  # int32 positions (0.. for real tokens)
+
+
+class SFTBatcher:
+    """Step -> batch, deterministic in (data, seed, step); its position is the step."""
+
+    def __init__(
+        self,
+        data: TokenizedSet,
+        *,
+        batch_size: int,
+        micro_batch_size: int,
+        cutoff_len: int,
+        buckets: Sequence[int],
+        seed: int,
+        shuffle: bool = True,
+        pad_id: int = 0,
+    ):
+        if len(data) == 0:
+            raise DataError("empty training set: no examples to fine-tune on")
+        self.data = data
+        self.batch_size = batch_size
+        self.micro = micro_batch_size
+        self.cutoff_len = cutoff_len
+        self.buckets = tuple(buckets)
+        self.seed = seed
+        self.shuffle = shuffle
+        self.pad_id = pad_id
+        self.steps_per_epoch = -(-len(data) // batch_size)
+        self._perm_cache: dict[int, np.ndarray] = {}
+
+    def reseed(self, seed: int) -> None:
+        """Use another shuffling seed (a resumed run's saved one)."""
+        self.seed = seed
+        self._perm_cache = {}
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Example order of ``epoch`` (seeded, independent per epoch)."""
+        if epoch not in self._perm_cache:
+            n = len(self.data)
+            perm = rng.numpy_rng(self.seed, "data", epoch).permutation(n) if self.shuffle \
+                else np.arange(n)
+            self._perm_cache = {epoch: perm}
+        return self._perm_cache[epoch]
+
+    def position(self, step: int) -> dict[str, int]:
+        """The checkpointable iterator position of global step ``step``."""
+        return {"step": step, "epoch": step // self.steps_per_epoch,
+                "batch_in_epoch": step % self.steps_per_epoch}
+
+    def batch_at(self, step: int, rows: slice | None = None) -> Batch:
+        """The batch of optimizer step ``step`` (0-based).
+
+        Args:
+          step: global step; epoch = step // steps_per_epoch.
+          rows: the rows of each microbatch this process reads (multi-host,
+            ``sharding.process_slice(micro_batch_size)``); the bucket length is still
+            chosen from the whole global batch so all processes agree on shapes.
+        """
+        epoch, k = divmod(step, self.steps_per_epoch)
+        idx = self.permutation(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
+        lengths = [len(self.data.ids[i]) - 1 for i in idx]
+        t = bucket_length(max(lengths), self.buckets, self.cutoff_len)
+        b = self.batch_size
+        tokens = np.full((b, t), self.pad_id, np.int32)
+        targets = np.full((b, t), self.pad_id, np.int32)
+        loss_mask = np.zeros((b, t), bool)
+        valid = np.zeros((b, t), bool)
+        for r, i in enumerate(idx):
+            ids, m = self.data.ids[i], self.data.loss_mask[i]
+            n = len(ids) - 1
+            tokens[r, :n] = ids[:-1]
+            targets[r, :n] = ids[1:]
+            loss_mask[r, :n] = m[1:]
+            valid[r, :n] = True
+        positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+        a = self.batch_size // self.micro
+        arrays = [x.reshape(a, self.micro, t) for x in (tokens, targets, loss_mask, valid,
+                                                        positions)]
+        if rows is not None:
+            arrays = [x[:, rows] for x in arrays]
+        return Batch(*arrays)
