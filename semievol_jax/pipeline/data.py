@@ -89,6 +89,7 @@ class GoldAnswers:
     """
 
     __slots__ = ("_answers",)
+    __iter__ = None  # not iterable: no accidental `for answer in gold` in pipeline code
 
     def __init__(self, answers: Mapping[str, str]):
         self._answers = dict(answers)
