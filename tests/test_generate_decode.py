@@ -1,0 +1,130 @@
+"""The compiled decode loop: cache == full forward, log-probs, keys, vmapped samples, stops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from semievol_jax.generate import decode as decode_lib
+from semievol_jax.generate import stopping
+from semievol_jax.generate.sampling import SampleConfig
+from semievol_jax.model.config import LlamaConfig
+from semievol_jax.model.llama import Llama
+
+V = 128
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=16)
+    return Llama(cfg, rngs=nnx.Rngs(0))
+
+
+def _tables(eos=(), stop=()):
+    eos_V = jnp.zeros(V, bool).at[jnp.asarray(eos, jnp.int32)].set(True)
+    stop_V = jnp.zeros(V, bool).at[jnp.asarray(stop, jnp.int32)].set(True)
+    return stopping.StopTables(eos_V, stop_V, jnp.zeros((0, V), bool), jnp.zeros((0, V), bool))
+
+
+def _batch():
+    """Three left-padded prompts of lengths 5, 3 and 8 in a T=8 batch."""
+    rng = np.random.RandomState(0)
+    lengths = [5, 3, 8]
+    tokens = np.zeros((3, 8), np.int32)
+    valid = np.zeros((3, 8), bool)
+    for b, n in enumerate(lengths):
+        tokens[b, 8 - n:] = rng.randint(2, V, n)
+        valid[b, 8 - n:] = True
+    return jnp.asarray(tokens), jnp.asarray(valid)
+
+
+def _run(model, tokens, valid, keys, cfg, tables=None):
+    graphdef, state = decode_lib.split_model(model)
+    return decode_lib.decode(graphdef, state, tokens, valid, keys, tables or _tables(), cfg)
+
+
+def _teacher_forced(model, prompt, gen):
+    """log p of each generated token from one uncached forward pass over prompt + gen."""
+    seq = np.concatenate([prompt, gen])[None]
+    logits = model(jnp.asarray(seq), jnp.arange(seq.shape[1])[None]).logits_BTV[0]
+    lp = jax.nn.log_softmax(logits)[len(prompt) - 1:len(prompt) - 1 + len(gen)]
+    return np.asarray(lp), np.asarray(jnp.take_along_axis(lp, jnp.asarray(gen)[:, None], 1)[:, 0])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cached_decode_matches_full_forward(model, temperature):
+    tokens, valid = _batch()
+    keys = decode_lib.sample_keys(jax.random.key(0), jnp.arange(3), 2)
+    out = _run(model, tokens, valid, keys, SampleConfig(temperature=temperature,
+                                                        max_new_tokens=12))
+    for b in range(3):
+        prompt = np.asarray(tokens[b][valid[b]])
+        for m in range(2):
+            n = int(out.length_BM[b, m])
+            assert n == 12 and int(out.finish_BM[b, m]) == stopping.FINISH_LENGTH
+            gen = np.asarray(out.tokens_BMN[b, m, :n])
+            full_lp, ref = _teacher_forced(model, prompt, gen)
+            np.testing.assert_allclose(out.logprobs_BMN[b, m, :n], ref, atol=1e-4)
+            if temperature == 0.0:
+                np.testing.assert_array_equal(gen, full_lp.argmax(-1))
+                np.testing.assert_array_equal(out.sample_logprobs_BMN[b, m, :n], 0.0)
+            else:
+                np.testing.assert_allclose(out.sample_logprobs_BMN[b, m, :n], ref, atol=1e-4)
+
+
+def test_same_key_same_output_different_keys_differ(model):
+    tokens, valid = _batch()
+    cfg = SampleConfig(temperature=1.0, max_new_tokens=8)
+    k0 = decode_lib.sample_keys(jax.random.key(0), jnp.arange(3), 3)
+    a = _run(model, tokens, valid, k0, cfg)
+    b = _run(model, tokens, valid, k0, cfg)
+    np.testing.assert_array_equal(a.tokens_BMN, b.tokens_BMN)
+    c = _run(model, tokens, valid, decode_lib.sample_keys(jax.random.key(1), jnp.arange(3), 3),
+             cfg)
+    assert (np.asarray(a.tokens_BMN) != np.asarray(c.tokens_BMN)).any()
+    # The M samples of one prompt differ from each other too.
+    assert (np.asarray(a.tokens_BMN[:, 0]) != np.asarray(a.tokens_BMN[:, 1])).any()
+
+
+def test_vmapped_samples_equal_single_sample_calls(model):
+    tokens, valid = _batch()
+    cfg = SampleConfig(temperature=1.0, top_p=0.9, max_new_tokens=8)
+    keys = decode_lib.sample_keys(jax.random.key(3), jnp.arange(3), 4)
+    full = _run(model, tokens, valid, keys, cfg)
+    for m in range(4):
+        one = _run(model, tokens, valid, keys[:, m:m + 1], cfg)
+        np.testing.assert_array_equal(one.tokens_BMN[:, 0], full.tokens_BMN[:, m])
+        np.testing.assert_allclose(one.logprobs_BMN[:, 0], full.logprobs_BMN[:, m], atol=1e-5)
+
+
+def test_row_output_does_not_depend_on_batch_composition(model):
+    tokens, valid = _batch()
+    cfg = SampleConfig(temperature=1.0, max_new_tokens=8)
+    keys = decode_lib.sample_keys(jax.random.key(5), jnp.arange(3), 2)
+    full = _run(model, tokens, valid, keys, cfg)
+    # Prompt 1 alone, padded to a different length, with its own key stream.
+    n = int(valid[1].sum())
+    alone = _run(model, tokens[1:2, -n:], valid[1:2, -n:], keys[1:2], cfg)
+    np.testing.assert_array_equal(alone.tokens_BMN[0], full.tokens_BMN[1])
+
+
+def test_eos_and_stop_tokens_end_rows(model):
+    tokens, valid = _batch()
+    cfg = SampleConfig(temperature=0.0, max_new_tokens=10)
+    keys = decode_lib.sample_keys(jax.random.key(0), jnp.arange(3), 1)
+    free = _run(model, tokens, valid, keys, cfg)
+    eos_tok, stop_tok = int(free.tokens_BMN[0, 0, 3]), int(free.tokens_BMN[2, 0, 5])
+    out = _run(model, tokens, valid, keys, cfg, _tables(eos=[eos_tok], stop=[stop_tok]))
+    for b in range(3):
+        gen = np.asarray(free.tokens_BMN[b, 0])
+        ends = [t for t in range(10) if gen[t] in (eos_tok, stop_tok)]
+        n = ends[0] + 1 if ends else 10
+        assert int(out.length_BM[b, 0]) == n
+        np.testing.assert_array_equal(out.tokens_BMN[b, 0, :n], gen[:n])
+        np.testing.assert_array_equal(out.tokens_BMN[b, 0, n:], 0)
+        np.testing.assert_array_equal(out.logprobs_BMN[b, 0, n:], 0.0)
+        want = (stopping.FINISH_LENGTH if not ends else
+                stopping.FINISH_EOS if gen[ends[0]] == eos_tok else stopping.FINISH_STOP)
+        assert int(out.finish_BM[b, 0]) == want
