@@ -325,6 +325,12 @@ def _clip(s: str, n: int = 60) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
+def _line_of(problem: str) -> int:
+    """Sort key: the line (or row) a problem names; file-level problems first."""
+    m = re.search(r"(?::|\[|#)(\d+)(?:\]|:)", problem)
+    return int(m.group(1)) if m else 0
+
+
 def _short(loc: str) -> str:
     """`line 12` for `path:12`; dataset locations (`src[split]#3`) as they are."""
     tail = loc.rsplit(":", 1)[-1]
@@ -382,7 +388,8 @@ def load_split(source: str | Path, task: Task | str, *, split_name: str | None =
             problems.append(f"{where}: missing required column(s) {absent}; found "
                             f"{raw.columns}")
     if not raw.rows and not problems:
-        problems.append(f"{source}: no data rows")
+        where = f"{source}:2" if raw.is_text_file else str(source)
+        problems.append(f"{where}: no data rows (only a header, or nothing but blanks)")
 
     examples: list[Example] = []
     seen: dict[tuple, tuple[str, str | None]] = {}
@@ -433,7 +440,7 @@ def load_split(source: str | Path, task: Task | str, *, split_name: str | None =
         examples.append(Example(f"{split_name}-{i}", question, options, answer, meta))
 
     if problems:
-        raise DataError(problems, source=str(source))
+        raise DataError(sorted(problems, key=_line_of), source=str(source))
     if notes:
         warnings.warn(DataWarning(f"{source}: {len(notes)} note(s):\n" + "\n".join(notes)),
                       stacklevel=2)
