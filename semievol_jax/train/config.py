@@ -28,7 +28,7 @@ class TrainConfig:
     adam_b2: float = 0.999  # AdamW beta2
     adam_eps: float = 1e-8  # AdamW epsilon
     max_grad_norm: float = 1.0  # global-norm gradient clipping; 0 = off
-    compute_dtype: str = "bfloat16"  # forward/backward dtype; master weights stay param dtype
+    compute_dtype: str | None = "bfloat16"  # matmul dtype (None: the model's); masters stay f32
     remat: bool = False  # recompute activations in the backward pass (jax.checkpoint)
     shuffle: bool = True  # seeded permutation of the examples each epoch
     max_steps: int | None = None  # stop after this many optimizer steps (None = all epochs)
@@ -71,7 +71,7 @@ class TrainConfig:
             )
         if self.cutoff_len < 2:
             raise TrainConfigError(f"train.cutoff_len must be >= 2, got {self.cutoff_len}")
-        if self.compute_dtype not in ("float32", "bfloat16", "float16"):
+        if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
             raise TrainConfigError(f"train.compute_dtype must be float32|bfloat16|float16, got "
                                    f"{self.compute_dtype!r}")
         if self.max_grad_norm < 0 or self.weight_decay < 0:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from semievol_jax import rng
@@ -137,6 +138,7 @@ def bucket_length(n: int, buckets: Sequence[int], cutoff_len: int) -> int:
     return cutoff_len
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """One optimizer step's data, ``A`` microbatches of ``B`` rows of ``T`` tokens.

@@ -141,9 +141,15 @@ def train(
     work_dir = Path(work_dir)
     data = tokenize_examples(tokenizer, examples, cfg.cutoff_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if hasattr(model, "train"):
-        model.train()  # dropout on (LoRA dropout); undone at the end
-    split = step_lib.split_model(model, cfg.mode)
+    # The split's graphdef is a snapshot: train mode (LoRA dropout on) and the compute
+    # dtype are set only for it, and the caller's model is left as it was.
+    old_dtypes = step_lib.set_compute_dtype(model, cfg.compute_dtype)
+    model.train()
+    try:
+        split = step_lib.split_model(model, cfg.mode)
+    finally:
+        model.eval()
+        step_lib.restore_compute_dtype(old_dtypes)
 
     manager = ckpt.make_manager(work_dir / "checkpoints", keep=cfg.keep_checkpoints,
                                 async_save=cfg.async_checkpoint)
@@ -220,8 +226,6 @@ def train(
         manager.wait_until_finished()
     finally:
         logger.close()
-        if hasattr(model, "eval"):
-            model.eval()
 
     _write_back(model, split, state["params"], cfg.mode)
     return TrainResult(

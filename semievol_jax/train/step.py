@@ -151,10 +151,38 @@ def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
     )
 
 
-def cast_rest(rest: Any, compute_dtype: str) -> Any:
-    """Frozen weights in the compute dtype (they get no master copy: never updated)."""
-    dt = jnp.dtype(compute_dtype)
-    return rest if dt == jnp.float32 else _cast_floats(rest, dt)
+def cast_rest(rest: Any, compute_dtype: str | None) -> Any:
+    """Frozen weights stored in the compute dtype: never updated, so no master copy needed.
+
+    Halves the frozen base's memory and its per-step cast under bf16 LoRA training.
+    """
+    if compute_dtype is None or jnp.dtype(compute_dtype) == jnp.float32:
+        return rest
+    return _cast_floats(rest, jnp.dtype(compute_dtype))
+
+
+def set_compute_dtype(model: nnx.Module, compute_dtype: str | None) -> list[tuple[Any, Any]]:
+    """Point every submodule's ``dtype`` (the Flax compute-dtype convention) at ``compute_dtype``.
+
+    Params keep their storage dtype (float32 masters); modules cast them per matmul.
+
+    Returns:
+      ``[(module, old dtype)]`` for ``restore_compute_dtype``.
+    """
+    old: list[tuple[Any, Any]] = []
+    if compute_dtype is None:
+        return old
+    for _, m in nnx.iter_modules(model):
+        if hasattr(m, "dtype"):
+            old.append((m, m.dtype))
+            m.dtype = jnp.dtype(compute_dtype)
+    return old
+
+
+def restore_compute_dtype(old: list[tuple[Any, Any]]) -> None:
+    """Undo ``set_compute_dtype``."""
+    for m, dt in old:
+        m.dtype = dt
 
 
 def make_train_step(
@@ -179,14 +207,17 @@ def make_train_step(
       The jitted step. ``state`` is donated (its buffers are reused for the output);
       metrics are replicated float32 scalars: loss, grad_norm, lr-free token counts.
     """
-    compute = jnp.dtype(cfg.compute_dtype)
+    streams = _rng_stream_names(split.rest)
 
     def micro_loss(params: Params, rest: Any, mb: Batch, key: jax.Array):
-        p = params if compute == jnp.float32 else _cast_floats(params, compute)
-        model = split.merge(p, rest)
-        if _has_rng_streams(rest):
-            # Dropout masks are a pure function of (run key, step, microbatch).
-            nnx.reseed(model, dropout=key)
+        # Fresh Variable objects at this trace level (rest may come from an outer
+        # trace, e.g. the accumulation scan), so reseed below may write to them.
+        rest = jax.tree.map(lambda x: x, rest)
+        model = split.merge(params, rest)
+        if streams:
+            # Dropout masks are a pure function of (run key, step, microbatch), so a
+            # resumed run draws the same masks; the model's own RNG state is not used.
+            nnx.reseed(model, **{n: rng.subkey(key, n) for n in streams})
         out = model(mb.tokens_ABT, mb.positions_ABT, valid_BT=mb.valid_ABT)
         loss_sum, count = masked_cross_entropy(out.logits_BTV, mb.targets_ABT, mb.loss_mask_ABT)
         return loss_sum, count
@@ -236,8 +267,10 @@ def make_train_step(
     )
 
 
-def _has_rng_streams(rest: Any) -> bool:
-    return any(isinstance(v, nnx.RngKey) for _, v in nnx.to_flat_state(rest))
+def _rng_stream_names(rest: Any) -> list[str]:
+    names = {v.get_metadata().get("tag") for _, v in nnx.to_flat_state(rest)
+             if isinstance(v, nnx.RngKey)}
+    return sorted(n for n in names if n)
 
 
 def init_train_state(
