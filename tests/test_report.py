@@ -1,0 +1,94 @@
+"""The report renders from fake metrics: markdown tables, strict-JSON metrics, PNGs."""
+
+import json
+import math
+
+import pytest
+
+from semievol_jax.pipeline.data import GoldAnswers
+from semievol_jax.pipeline.report import (
+    PseudoLabelStats,
+    ReportInputs,
+    accuracy_table,
+    format_accuracy,
+    pseudo_label_stats,
+    write_report,
+)
+from semievol_jax.pipeline.selection import (
+    Candidate,
+    SelectionConfig,
+    score_pseudo_labels,
+    select,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_inputs():
+    return ReportInputs(
+        run_name="fake",
+        accuracy={"semievol": {"mmlu": [0.70, 0.72], "fpb": [0.96]},
+                  "vanilla": {"mmlu": [0.66, 0.66], "fpb": [0.81]},
+                  "sft": {"mmlu": [0.68, 0.69]},
+                  "no_as": {"mmlu": [0.69, 0.70]}},
+        pseudo_labels={1: PseudoLabelStats(0.6, 0.75, 100, 75, 0.9,
+                                           {0.1: 0.95, 0.3: 0.92, 1.0: float("nan")},
+                                           {0.1: 0.62, 0.3: 0.68, 1.0: 0.99})},
+        entropies={"vanilla": [0.5, 0.9, 1.2], "sft": [0.2, 0.3], "semievol": [0.1, 0.2]},
+        accuracy_per_round={"semievol": [0.70, 0.71, 0.715]},
+        config={"select": {"theta": 0.3}},
+        versions={"jax": "0.10.2"},
+        device={"backend": "cpu", "count": 1},
+        stage_seconds={"sft": 12.5, "propose": 30.0},
+        notes=["labeled/test: 9 shared"],
+    )
+
+
+def test_format_accuracy():
+    assert format_accuracy([0.7031]) == "70.3"
+    assert format_accuracy([0.70, 0.72]) == "71.0 ± 1.4"  # sample std, ddof=1
+    assert format_accuracy([]) == "-"
+
+
+def test_accuracy_table_rows_in_paper_order():
+    lines = accuracy_table(fake_inputs().accuracy)
+    assert lines[0] == "Test accuracy (%), mean ± std over 2 seeds."
+    assert lines[2] == "| strategy | fpb | mmlu |"
+    rows = [ln.split(" | ")[0].lstrip("| ") for ln in lines[4:]]
+    assert rows == ["Vanilla", "SFT", "SemiEvol", "w/o AS"]
+    assert lines[5] == "| SFT | - | 68.5 ± 0.7 |"
+
+
+def test_write_report_files(tmp_path):
+    files = write_report(fake_inputs(), tmp_path / "run")
+    md = files.report_md.read_text()
+    assert "| Vanilla | 81.0 | 66.0 ± 0.0 |" in md
+    assert "| 1 | 60.0% | 75.0% | 75/100 | 90.0% |" in md
+    assert "| 1 | 95.0% (62.0%) | 92.0% (68.0%) | - (99.0%) |" in md  # NaN -> "-"
+    assert "| total | 42.5 |" in md and '"theta": 0.3' in md
+    assert [p.name for p in files.plots] == ["entropy_distributions.png",
+                                             "pseudo_label_accuracy_vs_theta.png",
+                                             "accuracy_per_round.png"]
+    for p in files.plots:
+        assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5000
+        assert f"]({p.name})" in md
+    metrics = json.loads(files.metrics_json.read_text())  # strict: NaN became null
+    assert metrics["accuracy"]["semievol"]["mmlu"]["mean"] == pytest.approx(0.71)
+    assert metrics["accuracy"]["semievol"]["fpb"]["std"] is None
+    assert metrics["pseudo_labels"]["1"]["accuracy_per_theta"]["1.0"] is None
+    assert metrics["entropy_summary"]["vanilla"]["count"] == 3
+
+
+def test_minimal_report_has_no_plots(tmp_path):
+    files = write_report(ReportInputs(run_name="bare"), tmp_path)
+    assert files.plots == () and files.report_md.read_text().startswith("# SemiEvol run")
+
+
+def test_stats_from_a_real_selection():
+    cs = ([Candidate("a", i, "", "A", 1.0) for i in range(2)]
+          + [Candidate("b", 0, "", "A", 1.0), Candidate("b", 1, "", "B", 1.0)])
+    sel = select(cs, {"b": ("B", 0.5)}, SelectionConfig(rule="none"))
+    st = pseudo_label_stats(sel, score_pseudo_labels(sel, GoldAnswers({"a": "A", "b": "A"}),
+                                                     thetas=(0.5,)))
+    assert (st.consistency_rate, st.selected_fraction, st.num_selected) == (0.5, 1.0, 2)
+    assert st.accuracy_selected == 0.5 and not math.isnan(st.accuracy_per_theta[0.5])
