@@ -128,6 +128,20 @@ def test_latin1_bytes_reported_with_line_and_offset():
     assert "latin1.csv:4: not valid UTF-8 (byte 0xE9" in e.problems[1]
 
 
+def test_bom_crlf_and_utf16(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfquestion,options,answer\r\n"
+                     b'"Two\r\nlines","[""a"", ""b""]",A\r\n"Q?","[""a""]",B\r\n')
+    with pytest.raises(DataError) as e:
+        load_split(path, "mmlu_pro")
+    assert e.value.problems == (f"{path}:4: answer 'B' is not a valid letter for 1 "
+                                "options (A-A)",)
+    utf16 = tmp_path / "u16.csv"
+    utf16.write_text("question,options,answer\n", encoding="utf-16")
+    with pytest.raises(DataError, match=r"u16.csv:1: the file is UTF-16"):
+        load_split(utf16, "mmlu_pro")
+
+
 def test_one_megabyte_question(tmp_path):
     path = tmp_path / "long.csv"
     q = "x" * 1_000_000

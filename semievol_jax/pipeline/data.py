@@ -130,10 +130,13 @@ class _Raw:
 
 def _decode(path: Path, data: bytes, problems: list[str]) -> str:
     """UTF-8 text of `data`; each line with undecodable bytes becomes one problem."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    text = data.decode("utf-8", errors="surrogateescape")
-    last_line, byte_off, prev = -1, 0, 0
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        problems.append(f"{path}:1: the file is UTF-16 (byte-order mark {data[:2]!r}); "
+                        "re-save it as UTF-8")
+        return ""
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # Excel writes a UTF-8 BOM
+    text = data[bom:].decode("utf-8", errors="surrogateescape")
+    last_line, byte_off, prev = -1, bom, 0
     for m in _SURROGATE.finditer(text):
         byte_off += len(text[prev:m.start()].encode("utf-8", "surrogateescape"))
         prev = m.start()
