@@ -3,10 +3,11 @@
 # podman against a locally made stand-in for python:3.11-slim-bookworm, then run
 # `semievol --help`, `semievol env` and the torch-free tests inside it.
 #
-# Usage: scripts/check_docker.sh [--if-changed]
+# Usage: scripts/check_docker.sh [--if-changed|--status]
 #   --if-changed  exit 0 at once when results/packaging/docker-check.json records a
 #                 passing build of the current Dockerfile, .dockerignore, pyproject.toml,
-#                 uv.lock and this script (their sha256s); CI calls it this way.
+#                 uv.lock and this script (their sha256s), else build; CI calls it so.
+#   --status      only say whether that record is current (exit 0) or stale (exit 1).
 # Env: SEMIEVOL_DOCKER_CACHE (stand-in rootfs cache, default /var/tmp/semievol-docker),
 #      DEBIAN_MIRROR (default http://deb.debian.org/debian),
 #      SEMIEVOL_DOCKER_TESTS (test files run in the image; default: the torch-free ones
@@ -32,21 +33,29 @@ print(json.dumps({p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in s
 EOF
 }
 
-if [ "${1:-}" = "--if-changed" ]; then
-  if [ -f "$record" ] && python3 - "$record" "$(inputs_json)" <<'EOF'
+# True when the record is a pass for exactly the current inputs.
+up_to_date() {
+  [ -f "$record" ] && python3 - "$record" "$(inputs_json)" <<'EOF'
 import json, sys
 rec = json.load(open(sys.argv[1]))
 sys.exit(0 if rec.get("outcome") == "pass" and rec.get("inputs") == json.loads(sys.argv[2]) else 1)
 EOF
-  then
-    echo "docker check: inputs unchanged since the verified build in $record; skipping"
-    exit 0
-  fi
-  echo "docker check: inputs changed (or no passing record); building"
-elif [ -n "${1:-}" ]; then
-  echo "usage: $0 [--if-changed]" >&2
-  exit 2
-fi
+}
+
+case "${1:-}" in
+  "") ;;
+  --status)
+    if up_to_date; then echo "docker check: up to date ($record)"; exit 0; fi
+    echo "docker check: stale (inputs changed since $record, or no passing record)"
+    exit 1 ;;
+  --if-changed)
+    if up_to_date; then
+      echo "docker check: inputs unchanged since the verified build in $record; skipping"
+      exit 0
+    fi
+    echo "docker check: inputs changed (or no passing record); building" ;;
+  *) echo "usage: $0 [--if-changed|--status]" >&2; exit 2 ;;
+esac
 
 mkdir -p "$work" "$cache"
 steps_file="$work/steps.tsv"
