@@ -3,6 +3,7 @@ ablation switches, gold separation, pseudo-label scoring."""
 
 import dataclasses
 import inspect
+import json
 import math
 
 import numpy as np
@@ -111,6 +112,17 @@ def test_all_consistent_case():
     assert sel.threshold is None  # empty reflected pool
     assert sel.stats["consistency_rate"] == 1.0 and sel.stats["selected_fraction"] == 1.0
     assert not sel.empty
+
+
+def test_selection_json_round_trip():
+    cs, refl = _reflected_pool([0.0, 1.0, 2.0])
+    refl["q2"] = Reflection(None, 0.0)
+    sel = select(cs, refl, SelectionConfig(theta=0.5))
+    d = json.loads(json.dumps(sel.to_dict(), allow_nan=False))
+    back = S.Selection.from_dict(d)
+    assert back.pseudo_labels() == sel.pseudo_labels() == {"q0": "A"}
+    assert back.config == sel.config and back.threshold == sel.threshold
+    assert math.isnan(back.decisions[2].entropy)
 
 
 def test_empty_selection_flag_and_message():

@@ -175,6 +175,28 @@ class Selection:
         """qid -> pseudo-label of the kept decisions."""
         return {d.qid: d.answer for d in self.decisions if d.selected and d.answer}
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (NaN entropies as None) for a stage's output file."""
+        nan_to_none = lambda x: None if isinstance(x, float) and np.isnan(x) else x
+        return {
+            "threshold": self.threshold,
+            "config": dataclasses.asdict(self.config),
+            "stats": {k: nan_to_none(v) for k, v in self.stats.items()},
+            "empty": self.empty,
+            "message": self.message,
+            "decisions": [{k: nan_to_none(v) for k, v in dataclasses.asdict(d).items()}
+                          for d in self.decisions],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Selection:
+        """Inverse of `to_dict`."""
+        nan = lambda x: float("nan") if x is None else x
+        decisions = tuple(Decision(**{**x, "entropy": nan(x["entropy"])})
+                          for x in d["decisions"])
+        return cls(decisions, d["threshold"], SelectionConfig(**d["config"]),
+                   {k: nan(v) for k, v in d["stats"].items()}, d["empty"], d["message"])
+
 
 def _refuse_gold(*args: Any) -> None:
     for a in args:
