@@ -240,7 +240,8 @@ def _read(source: str | Path, split_name: str) -> _Raw:
         return _read_datasets(s, split_name)
     path = Path(source)
     if not path.exists():
-        raise DataError([f"{path}: no such file or directory"])
+        raise DataError([f"{path}: no such file or directory (a Hugging Face hub "
+                         "dataset is written hf:owner/name)"])
     if path.is_dir():
         return _read_datasets(str(path), split_name)
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
@@ -408,7 +409,8 @@ def load_split(source: str | Path, task: Task | str, *, split_name: str | None =
             continue
         question = row["question"]
         if not isinstance(question, str) or not question.strip():
-            problems.append(f"{loc}: question is empty")
+            problems.append(f"{loc}: question is empty" if isinstance(question, str)
+                            else f"{loc}: question is {type(question).__name__}, not text")
         elif len(question) > max_question_chars:
             problems.append(f"{loc}: question is {len(question):,} characters (limit "
                             f"{max_question_chars:,}); a stray quote can merge rows")
