@@ -1,0 +1,26 @@
+"""Flax NNX Llama with LoRA, a KV cache, and Hugging Face / PEFT checkpoint I/O."""
+
+from semievol_jax.model.config import CheckpointError, LlamaConfig, RopeScaling
+from semievol_jax.model.hf_io import load_hf, load_tokenizer, save_hf
+from semievol_jax.model.kv_cache import KVCache, init_cache
+from semievol_jax.model.llama import Llama, ModelOutput
+from semievol_jax.model.lora import LoraConfig, merge_lora
+from semievol_jax.model.tiny import make_tiny_checkpoint, train_tokenizer, write_hf_checkpoint
+
+__all__ = [
+    "CheckpointError",
+    "KVCache",
+    "Llama",
+    "LlamaConfig",
+    "LoraConfig",
+    "ModelOutput",
+    "RopeScaling",
+    "init_cache",
+    "load_hf",
+    "load_tokenizer",
+    "make_tiny_checkpoint",
+    "merge_lora",
+    "save_hf",
+    "train_tokenizer",
+    "write_hf_checkpoint",
+]

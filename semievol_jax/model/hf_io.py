@@ -1,0 +1,330 @@
+"""Hugging Face / PEFT checkpoint I/O: the only module that knows HF parameter names.
+
+Loading streams one tensor at a time (each safetensors file is re-opened per tensor so
+its memory map is released), so a checkpoint never has two full host copies; with a
+mesh each tensor goes straight into its target sharding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from semievol_jax.model.config import CheckpointError, LlamaConfig
+from semievol_jax.model.llama import Llama
+from semievol_jax.model.lora import LoraConfig
+from semievol_jax.sharding import logical_to_sharding
+
+# HF submodule of each Dense projection, keyed by its path inside a Block.
+_BLOCK_DENSE = {
+    ("attn", "q"): "self_attn.q_proj",
+    ("attn", "k"): "self_attn.k_proj",
+    ("attn", "v"): "self_attn.v_proj",
+    ("attn", "o"): "self_attn.o_proj",
+    ("mlp", "gate"): "mlp.gate_proj",
+    ("mlp", "up"): "mlp.up_proj",
+    ("mlp", "down"): "mlp.down_proj",
+}
+_BLOCK_NORMS = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+_TOKENIZER_PATTERNS = ["tokenizer*", "special_tokens_map.json", "*.jinja", "*.model",
+                       "generation_config.json"]
+DEFAULT_MAX_SHARD_BYTES = 4 * 2**30
+
+
+def weight_names(cfg: LlamaConfig) -> dict[str, tuple]:
+    """HF tensor name -> path of the Variable in `Llama` (attribute names and layer ints)."""
+    names: dict[str, tuple] = {"model.embed_tokens.weight": ("embedding_VD",)}
+    for i in range(cfg.num_layers):
+        for (sub, proj), hf in _BLOCK_DENSE.items():
+            names[f"model.layers.{i}.{hf}.weight"] = ("layers", i, sub, proj, "w")
+        for norm, hf in _BLOCK_NORMS.items():
+            names[f"model.layers.{i}.{hf}.weight"] = ("layers", i, norm, "scale")
+    names["model.norm.weight"] = ("norm", "scale")
+    if not cfg.tie_word_embeddings:
+        names["lm_head.weight"] = ("lm_head_VD",)
+    return names
+
+
+def _resolve(model: nnx.Module, path: tuple) -> Any:
+    node = model
+    for part in path:
+        node = node[part] if isinstance(part, int) else getattr(node, part)
+    return node
+
+
+def _hf_shape(model: nnx.Module, path: tuple) -> tuple[int, ...]:
+    """HF stores every projection as a 2-D [out, in] matrix; ours splits heads out."""
+    var = _resolve(model, path)
+    if path[-1] != "w":
+        return tuple(var.shape)
+    dense = _resolve(model, path[:-1])
+    n_out = len(dense.out_axes)
+    return (math.prod(var.shape[:n_out]), math.prod(var.shape[n_out:]))
+
+
+# ---------------------------------------------------------------------------------------
+# Finding and reading checkpoints
+
+
+def resolve_checkpoint(path_or_hub_id: str | Path, *, allow_pickle: bool = False,
+                       revision: str | None = None) -> Path:
+    """A local checkpoint directory: the path itself, or a hub snapshot of config, tokenizer
+    and safetensors files (pickle `.bin` files only with allow_pickle)."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: expected a checkpoint directory, got a file")
+        return path
+    repo_id = str(path_or_hub_id)
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        raise CheckpointError(f"{repo_id}: no such directory, and not a hub id 'org/name'")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", *_TOKENIZER_PATTERNS]
+    if allow_pickle:
+        patterns.append("*.bin")
+    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+
+
+class _Weights:
+    """Tensor-by-tensor reader over single-file, sharded or (opt-in) pickle checkpoints."""
+
+    def __init__(self, ckpt_dir: Path, allow_pickle: bool):
+        self.ckpt_dir = ckpt_dir
+        self.file_of: dict[str, Path] = {}
+        self._torch_state: dict[str, Any] | None = None
+        index = ckpt_dir / "model.safetensors.index.json"
+        files = sorted(ckpt_dir.glob("*.safetensors"))
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise CheckpointError(f"{index}: unreadable shard index ({e})") from e
+            for name, file in weight_map.items():
+                self.file_of[name] = ckpt_dir / file
+            for file in set(self.file_of.values()):
+                if not file.is_file():
+                    raise CheckpointError(f"{index}: shard {file.name} is missing")
+        elif files:
+            for file in files:
+                with safe_open(file, "numpy") as f:
+                    for name in f.keys():
+                        self.file_of[name] = file
+        else:
+            bins = sorted(ckpt_dir.glob("*.bin")) + sorted(ckpt_dir.glob("*.pt"))
+            if not bins:
+                raise CheckpointError(f"{ckpt_dir}: no *.safetensors weights found")
+            if not allow_pickle:
+                raise CheckpointError(
+                    f"{ckpt_dir}: only pickle weights ({', '.join(b.name for b in bins)}); "
+                    "unpickling can run arbitrary code, so they are refused. Convert them to "
+                    "safetensors, or pass allow_pickle=True if you trust the source."
+                )
+            import torch
+
+            self._torch_state = {}
+            for file in bins:
+                part = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                for name, t in part.items():
+                    self._torch_state[name] = t
+                    self.file_of[name] = file
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.file_of:
+            raise CheckpointError(f"{self.ckpt_dir}: tensor {name!r} is missing")
+        if self._torch_state is not None:
+            return _torch_to_numpy(self._torch_state[name])
+        with safe_open(self.file_of[name], "numpy") as f:
+            return f.get_tensor(name)
+
+
+def _torch_to_numpy(t: Any) -> np.ndarray:
+    import torch
+
+    if t.dtype == torch.bfloat16:  # numpy has no bf16; reinterpret the bits
+        return t.contiguous().view(torch.int16).numpy().view(jnp.bfloat16)
+    return t.contiguous().numpy()
+
+
+# ---------------------------------------------------------------------------------------
+# Placement
+
+
+def _place(value: np.ndarray, var: nnx.Variable, dtype: Any, mesh) -> jax.Array:
+    dtype = np.dtype(dtype)
+    if mesh is None:
+        return jax.device_put(value.astype(dtype, copy=False))
+    sharding = logical_to_sharding(var.get_metadata("out_sharding"), mesh, value.shape)
+    return jax.make_array_from_callback(
+        value.shape, sharding, lambda idx: value[idx].astype(dtype, copy=False))
+
+
+# ---------------------------------------------------------------------------------------
+# Public API: load
+
+
+def load_hf(
+    path_or_hub_id: str | Path,
+    *,
+    lora: LoraConfig | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = None,
+    mesh: jax.sharding.Mesh | None = None,
+    allow_pickle: bool = False,
+    revision: str | None = None,
+    seed: int = 0,
+) -> tuple[Llama, LlamaConfig]:
+    """Loads an HF Llama checkpoint into a Flax `Llama`.
+
+    Args:
+        path_or_hub_id: local directory or hub id ("org/name"; only json, safetensors and
+            tokenizer files are fetched; remote code is never executed).
+        lora: adds fresh adapters (A random, B zero) when given.
+        dtype: compute dtype.
+        param_dtype: storage dtype of the base weights (default: `dtype`).
+        mesh: place each tensor directly into its sharding on this mesh.
+        allow_pickle: accept pickle `.bin` weights when no safetensors exist.
+        seed: seed of the LoRA initialisation and dropout stream.
+
+    Returns:
+        (model, cfg).
+
+    Raises:
+        CheckpointError: bad config, missing or wrongly shaped tensor, pickle-only weights.
+    """
+    ckpt_dir = resolve_checkpoint(path_or_hub_id, allow_pickle=allow_pickle, revision=revision)
+    cfg = LlamaConfig.from_hf(ckpt_dir)
+    weights = _Weights(ckpt_dir, allow_pickle)
+    param_dtype = param_dtype or dtype
+
+    def build() -> Llama:
+        return Llama(cfg, lora=lora, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+
+    model = nnx.eval_shape(build)
+    # LoRA params and dropout RNG state get real initial values; under jit the base weights'
+    # random init is dead code and never materialises.
+    nnx.update(model, jax.jit(lambda: nnx.state(build(), _NOT_BASE))())
+    for name, path in weight_names(cfg).items():
+        var = _resolve(model, path)
+        value = weights.get(name)
+        want = _hf_shape(model, path)
+        if tuple(value.shape) != want:
+            raise CheckpointError(
+                f"{weights.file_of[name]}: tensor {name!r} has shape {tuple(value.shape)}, "
+                f"expected {want}")
+        var.set_value(_place(value.reshape(var.shape), var, param_dtype, mesh))
+        del value
+    if mesh is not None:
+        for _, var in nnx.iter_graph(model):
+            if isinstance(var, nnx.LoRAParam):
+                v = var.get_value()
+                var.set_value(jax.device_put(
+                    v, logical_to_sharding(var.get_metadata("out_sharding"), mesh, v.shape)))
+    return model, cfg
+
+
+_NOT_BASE = nnx.Any(nnx.LoRAParam, nnx.Not(nnx.Param))
+
+
+def load_tokenizer(path_or_hub_id: str | Path):
+    """The checkpoint's tokenizer via AutoTokenizer (never with remote code)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path_or_hub_id), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path_or_hub_id}: cannot load tokenizer ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------
+# Public API: save
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _hf_tensors(model: Llama) -> Iterator[tuple[str, tuple, tuple[int, ...]]]:
+    for name, path in weight_names(model.cfg).items():
+        yield name, path, _hf_shape(model, path)
+
+
+def _hf_value(model: Llama, path: tuple, merge: bool) -> jax.Array:
+    if path[-1] == "w":
+        dense = _resolve(model, path[:-1])
+        return dense.merged_weight() if merge else dense.w[...]
+    return _resolve(model, path)[...]
+
+
+def save_hf(
+    model: Llama,
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    *,
+    merge_lora: bool = True,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """Writes an HF checkpoint (config.json, generation_config.json, safetensors, tokenizer).
+
+    Tensors are fetched and written one shard at a time; above `max_shard_bytes` the
+    weights are split into `model-0000i-of-0000n.safetensors` with an index. With
+    `merge_lora` the adapters are folded in (W + alpha/R B A), else only base weights go out.
+    Multi-host: every process must call this; process 0 writes.
+    """
+    out_dir = Path(out_dir)
+    writer = jax.process_index() == 0
+    cfg = model.cfg
+    dtype = np.dtype(model.param_dtype)
+    tensors = list(_hf_tensors(model))
+    shards: list[list[tuple[str, tuple, tuple[int, ...]]]] = [[]]
+    size = 0
+    for item in tensors:
+        nbytes = math.prod(item[2]) * dtype.itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += nbytes
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    weight_map = {}
+    for k, shard in enumerate(shards):
+        file = ("model.safetensors" if len(shards) == 1
+                else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors")
+        arrays = {}
+        for name, path, hf_shape in shard:
+            host = _to_host(_hf_value(model, path, merge_lora)).astype(dtype, copy=False)
+            arrays[name] = np.ascontiguousarray(host.reshape(hf_shape))
+            weight_map[name] = file
+        if writer:
+            save_file(arrays, str(out_dir / file), metadata={"format": "pt"})
+        del arrays
+    if not writer:
+        return out_dir
+    if len(shards) > 1:
+        total = sum(math.prod(s) * dtype.itemsize for _, _, s in tensors)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    hf_cfg = cfg.to_hf()
+    hf_cfg["torch_dtype"] = dtype.name
+    (out_dir / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+    gen = {k: hf_cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+           if hf_cfg[k] is not None}
+    (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    return out_dir

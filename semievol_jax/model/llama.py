@@ -1,0 +1,235 @@
+"""The Llama decoder in Flax NNX: RMSNorm, GQA attention, SwiGLU MLP, blocks, LM head.
+
+Axis alphabet (one for the package): B batch, T query length, S key/cache length,
+D model width, N query heads, K kv heads, H head dim, F MLP hidden, V vocab, L layers,
+R LoRA rank. Local to attention: G = N // K query heads sharing one kv head.
+Parameters carry logical axis names (embed, heads, kv_heads, head_dim, mlp, vocab,
+lora_rank); no mesh axis is named here.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from semievol_jax.model.config import LlamaConfig
+from semievol_jax.model.kv_cache import KVCache
+from semievol_jax.model.lora import Dense, LoraConfig, param
+from semievol_jax.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
+
+AXIS_NAMES = {"D": "embed", "N": "heads", "K": "kv_heads", "H": "head_dim", "F": "mlp"}
+
+
+class ModelOutput(NamedTuple):
+    logits_BTV: jax.Array  # float32 next-token logits
+    cache: KVCache | None  # the updated cache (None when called without one)
+    hidden_BTD: jax.Array | None  # the requested hidden layer (None unless asked)
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, normalised in float32 (as transformers does)."""
+
+    def __init__(self, dim: int, eps: float, *, dtype: jnp.dtype, param_dtype: jnp.dtype):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = param(jnp.ones((dim,), param_dtype), ["embed"])
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        x32 = x_BTD.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(self.dtype) * normed.astype(self.dtype)
+
+
+def _lora_for(lora: LoraConfig | None, target: str) -> LoraConfig | None:
+    return lora if lora is not None and target in lora.targets else None
+
+
+class Attention(nnx.Module):
+    """Causal grouped-query self-attention with RoPE and an optional KV cache."""
+
+    def __init__(self, cfg: LlamaConfig, *, lora, dtype, param_dtype, rngs: nnx.Rngs):
+        dims = {"D": cfg.hidden_size, "N": cfg.num_heads, "K": cfg.num_kv_heads,
+                "H": cfg.head_dim}
+        kw = dict(dims=dims, names=AXIS_NAMES, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.q = Dense("D", "NH", lora=_lora_for(lora, "q"), **kw)
+        self.k = Dense("D", "KH", lora=_lora_for(lora, "k"), **kw)
+        self.v = Dense("D", "KH", lora=_lora_for(lora, "v"), **kw)
+        self.o = Dense("NH", "D", lora=_lora_for(lora, "o"), **kw)
+        self.num_kv_heads = cfg.num_kv_heads
+        self.dtype = dtype
+
+    def __call__(
+        self,
+        x_BTD: jax.Array,
+        cos_sin: tuple[jax.Array, jax.Array],
+        mask_BTS: jax.Array,
+        kv: tuple[jax.Array, jax.Array, jax.Array, int] | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Attends the T new tokens to themselves (no cache) or to the cache's S slots.
+
+        Args:
+            x_BTD: normed block input.
+            cos_sin: RoPE tables [B, T, H] for the new tokens' positions.
+            mask_BTS: bool, query t may attend key slot s.
+            kv: None, or (k_LBSKH, v_LBSKH, end, layer): the cache buffers, where to write
+                the new keys and values, and this block's layer index.
+
+        Returns:
+            (out_BTD, (k_LBSKH, v_LBSKH) with this layer's slots [end, end+T) written, or
+            None without a cache).
+        """
+        q_BTNH = apply_rope(self.q(x_BTD), *cos_sin)
+        k_BTKH = apply_rope(self.k(x_BTD), *cos_sin)
+        v_BTKH = self.v(x_BTD)
+        new_kv = None
+        if kv is None:
+            k_BSKH, v_BSKH = k_BTKH, v_BTKH
+        else:
+            k_LBSKH, v_LBSKH, end, layer = kv
+            zero = jnp.zeros((), jnp.int32)
+            start = (jnp.int32(layer), zero, end, zero, zero)
+            k_LBSKH = jax.lax.dynamic_update_slice(
+                k_LBSKH, k_BTKH[None].astype(k_LBSKH.dtype), start)
+            v_LBSKH = jax.lax.dynamic_update_slice(
+                v_LBSKH, v_BTKH[None].astype(v_LBSKH.dtype), start)
+            new_kv = (k_LBSKH, v_LBSKH)
+            k_BSKH = k_LBSKH[layer].astype(self.dtype)
+            v_BSKH = v_LBSKH[layer].astype(self.dtype)
+        B, T, N, H = q_BTNH.shape
+        K = self.num_kv_heads
+        q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+        scores_BKGTS = jnp.einsum(
+            "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
+        ) * (H**-0.5)
+        # finfo.min, not -inf: a query with no valid key (a pad slot) gets a uniform,
+        # finite distribution instead of NaNs that would leak into gradients.
+        scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS,
+                                 jnp.finfo(jnp.float32).min)
+        probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(self.dtype)
+        out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH)
+        return self.o(out_BTKGH.reshape(B, T, N, H)), new_kv
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: LlamaConfig, *, lora, dtype, param_dtype, rngs: nnx.Rngs):
+        dims = {"D": cfg.hidden_size, "F": cfg.intermediate_size}
+        kw = dict(dims=dims, names=AXIS_NAMES, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.gate = Dense("D", "F", lora=_lora_for(lora, "gate"), **kw)
+        self.up = Dense("D", "F", lora=_lora_for(lora, "up"), **kw)
+        self.down = Dense("F", "D", lora=_lora_for(lora, "down"), **kw)
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        return self.down(jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD))
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: LlamaConfig, *, lora, dtype, param_dtype, rngs: nnx.Rngs):
+        norm = dict(dtype=dtype, param_dtype=param_dtype)
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
+        self.attn = Attention(cfg, lora=lora, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
+        self.mlp = MLP(cfg, lora=lora, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x_BTD, cos_sin, mask_BTS, kv):
+        attn_BTD, new_kv = self.attn(self.attn_norm(x_BTD), cos_sin, mask_BTS, kv)
+        x_BTD = x_BTD + attn_BTD
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD)), new_kv
+
+
+class Llama(nnx.Module):
+    """Llama causal LM. `dtype` is the compute dtype, `param_dtype` the storage dtype."""
+
+    def __init__(
+        self,
+        cfg: LlamaConfig,
+        *,
+        lora: LoraConfig | None = None,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.cfg = cfg
+        self.lora = lora
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        D, V = cfg.hidden_size, cfg.vocab_size
+        self.embedding_VD = param(
+            jax.random.normal(rngs.params(), (V, D), param_dtype) / D**0.5, ["vocab", "embed"])
+        self.layers = nnx.List([
+            Block(cfg, lora=lora, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            for _ in range(cfg.num_layers)
+        ])
+        self.norm = RMSNorm(D, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head_VD = param(
+                jax.random.normal(rngs.params(), (V, D), param_dtype) / D**0.5,
+                ["vocab", "embed"])
+
+    def __call__(
+        self,
+        tokens_BT: jax.Array,
+        positions_BT: jax.Array,
+        *,
+        valid_BT: jax.Array | None = None,
+        cache: KVCache | None = None,
+        hidden_layer: int | None = None,
+    ) -> ModelOutput:
+        """Next-token logits for T new tokens.
+
+        Args:
+            tokens_BT: int token ids.
+            positions_BT: int RoPE positions (left padding: cumsum(valid) - 1, clipped at 0).
+            valid_BT: bool, False for padding (default: all True).
+            cache: None (query t attends key s iff s <= t and valid[s]) or a KVCache whose
+                slots [end, end+T) receive the new tokens (query at slot end+t attends slot
+                s iff s <= end+t and the slot is valid).
+            hidden_layer: None, -1 (final-norm output) or i (output of block i).
+
+        Returns:
+            ModelOutput(logits_BTV float32, updated cache or None, hidden_BTD or None).
+        """
+        cfg = self.cfg
+        B, T = tokens_BT.shape
+        if hidden_layer is not None and not -1 <= hidden_layer < cfg.num_layers:
+            raise ValueError(f"hidden_layer={hidden_layer} not in [-1, {cfg.num_layers})")
+        if valid_BT is None:
+            valid_BT = jnp.ones((B, T), jnp.bool_)
+        valid_BT = valid_BT.astype(jnp.bool_)
+        t_T = jnp.arange(T, dtype=jnp.int32)
+        if cache is None:
+            valid_BS = valid_BT
+            causal_TS = t_T[None, :] <= t_T[:, None]
+        else:
+            valid_BS = jax.lax.dynamic_update_slice(
+                cache.valid_BS, valid_BT, (jnp.zeros((), jnp.int32), cache.end))
+            s_S = jnp.arange(cache.max_len, dtype=jnp.int32)
+            causal_TS = s_S[None, :] <= (cache.end + t_T)[:, None]
+        mask_BTS = causal_TS[None] & valid_BS[:, None, :]
+        cos_sin = rope_cos_sin(positions_BT, rope_inv_freq(cfg), self.dtype)
+
+        x_BTD = jnp.take(self.embedding_VD[...], tokens_BT, axis=0).astype(self.dtype)
+        kv_bufs = None if cache is None else (cache.k_LBSKH, cache.v_LBSKH)
+        hidden_BTD = None
+        for i, block in enumerate(self.layers):
+            kv = None if kv_bufs is None else (*kv_bufs, cache.end, i)
+            x_BTD, kv_bufs = block(x_BTD, cos_sin, mask_BTS, kv)
+            if hidden_layer == i:
+                hidden_BTD = x_BTD
+        x_BTD = self.norm(x_BTD)
+        if hidden_layer == -1:
+            hidden_BTD = x_BTD
+        head_VD = self.embedding_VD if cfg.tie_word_embeddings else self.lm_head_VD
+        # float32 logits: the loss, sampling and entropy all want them at full precision.
+        logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, head_VD[...].astype(self.dtype),
+                                preferred_element_type=jnp.float32)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(kv_bufs[0], kv_bufs[1], valid_BS, cache.end + T)
+        return ModelOutput(logits_BTV, new_cache, hidden_BTD)

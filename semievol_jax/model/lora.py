@@ -1,0 +1,131 @@
+"""Dense projections with optional LoRA adapters, and folding adapters into the weights.
+
+Weights are stored in the Hugging Face [out, in] orientation (split into named axes, e.g.
+q: `w_NHD`), so converting a checkpoint is a reshape, never a transpose copy. LoRA follows
+PEFT: y = x W^T + (alpha / R) * B(A(dropout(x))), with A [R, in] and B [out, R].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Which projections get a low-rank adapter, and its size."""
+
+    rank: int = 16  # R
+    alpha: float = 32.0  # the update is scaled by alpha / rank (PEFT, no rsLoRA)
+    dropout: float = 0.05  # dropout on the adapter's input, active only in model.train() mode
+    targets: tuple[str, ...] = LORA_TARGETS  # subset of q, k, v, o, gate, up, down
+
+    def __post_init__(self) -> None:
+        unknown = set(self.targets) - set(LORA_TARGETS)
+        if unknown:
+            raise ValueError(f"unknown LoRA targets {sorted(unknown)}; known: {LORA_TARGETS}")
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def param(value: jax.Array, names: Sequence[str | None], kind: type = nnx.Param) -> nnx.Param:
+    """A parameter carrying its logical axis names in the `out_sharding` metadata.
+
+    Eager sharding is off: the names are logical, and only `semievol_jax.sharding` maps
+    them onto a mesh (e.g. `nnx.get_partition_spec` under `nnx.logical_axis_rules`).
+    """
+    if len(names) != value.ndim:
+        raise ValueError(f"{len(names)} axis names {names} for a {value.ndim}-d param")
+    return kind(value, out_sharding=tuple(names), eager_sharding=False)
+
+
+class Dense(nnx.Module):
+    """y = x · W over named axes, plus an optional LoRA update.
+
+    Axis letters come from the model alphabet: `in_axes="D", out_axes="NH"` is the query
+    projection `'...D,NHD->...NH'` with `w_NHD`.
+    """
+
+    def __init__(
+        self,
+        in_axes: str,
+        out_axes: str,
+        dims: dict[str, int],
+        names: dict[str, str | None],
+        *,
+        lora: LoraConfig | None,
+        dtype: jnp.dtype,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.in_axes = in_axes
+        self.out_axes = out_axes
+        self.dtype = dtype
+        in_shape = tuple(dims[a] for a in in_axes)
+        out_shape = tuple(dims[a] for a in out_axes)
+        fan_in = math.prod(in_shape)
+        # LeCun-normal keeps activations O(1), so a random model is a sensitive parity probe.
+        w = jax.random.normal(rngs.params(), out_shape + in_shape, param_dtype) / math.sqrt(fan_in)
+        self.w = param(w, [names[a] for a in out_axes + in_axes])
+        self.lora = lora
+        if lora is None:
+            return
+        # Adapters stay float32 even over bf16 base weights: their updates are tiny.
+        lora_dtype = jnp.promote_types(param_dtype, jnp.float32)
+        bound = 1.0 / math.sqrt(fan_in)  # PEFT's kaiming_uniform(a=sqrt(5)) on A
+        a = jax.random.uniform(rngs.params(), (lora.rank,) + in_shape, lora_dtype, -bound, bound)
+        self.lora_a = param(a, ["lora_rank"] + [names[x] for x in in_axes], nnx.LoRAParam)
+        b = jnp.zeros(out_shape + (lora.rank,), lora_dtype)  # B = 0: training starts at W
+        self.lora_b = param(b, [names[x] for x in out_axes] + ["lora_rank"], nnx.LoRAParam)
+        self.dropout = nnx.Dropout(lora.dropout, deterministic=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        i, o = self.in_axes, self.out_axes
+        x = x.astype(self.dtype)
+        y = jnp.einsum(f"...{i},{o}{i}->...{o}", x, self.w[...].astype(self.dtype))
+        if self.lora is None:
+            return y
+        h = self.dropout(x)
+        a, b = self.lora_a[...].astype(self.dtype), self.lora_b[...].astype(self.dtype)
+        h_R = jnp.einsum(f"...{i},R{i}->...R", h, a)
+        return y + self.lora.scale * jnp.einsum(f"...R,{o}R->...{o}", h_R, b)
+
+    def merged_weight(self) -> jax.Array:
+        """W + (alpha/R) B A in W's shape and dtype (W itself when there is no adapter)."""
+        w = self.w[...]
+        if self.lora is None:
+            return w
+        i, o = self.in_axes, self.out_axes
+        delta = jnp.einsum(f"{o}R,R{i}->{o}{i}", self.lora_b[...].astype(jnp.float32),
+                           self.lora_a[...].astype(jnp.float32))
+        return (w.astype(jnp.float32) + self.lora.scale * delta).astype(w.dtype)
+
+
+def merge_lora(model: nnx.Module) -> nnx.Module:
+    """A copy of `model` built with `lora=None` whose weights are W + (alpha/R) B A.
+
+    Works on any model class taking `(cfg, *, lora, dtype, param_dtype, rngs)` and keeping
+    its projections in `Dense` modules. Unchanged arrays are shared, not copied.
+    """
+    ctor = type(model)
+    merged = nnx.eval_shape(
+        lambda: ctor(model.cfg, lora=None, dtype=model.dtype, param_dtype=model.param_dtype,
+                     rngs=nnx.Rngs(0))
+    )
+    nnx.update(merged, nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))))
+    targets = dict(nnx.iter_modules(merged))
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, Dense) and module.lora is not None:
+            targets[path].w.set_value(module.merged_weight())
+    return merged

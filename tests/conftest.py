@@ -1,0 +1,37 @@
+"""Shared tiny-model fixtures: one random tiny Llama checkpoint in HF format per session.
+
+The STYLE tiny model: vocab 384 (byte-level BPE with a chat template), width 64,
+2 layers, 4 query / 2 kv heads, head dim 16, untied embeddings, float32.
+Session-scoped: do not mutate `tiny_model.model` in place (use `nnx.clone` first).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+
+class TinyModel(NamedTuple):
+    model: Any  # semievol_jax.model.Llama, float32, no LoRA
+    tokenizer: Any  # transformers tokenizer loaded from the checkpoint directory
+    cfg: Any  # semievol_jax.model.LlamaConfig
+    ckpt_dir: Path  # the HF checkpoint directory it was loaded from
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_dir(tmp_path_factory) -> Path:
+    """An HF checkpoint dir (config.json, model.safetensors, tokenizer files)."""
+    from semievol_jax.model import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt_dir) -> TinyModel:
+    """The tiny checkpoint loaded into Flax, with its tokenizer."""
+    from semievol_jax.model import load_hf, load_tokenizer
+
+    model, cfg = load_hf(tiny_ckpt_dir)
+    return TinyModel(model, load_tokenizer(tiny_ckpt_dir), cfg, tiny_ckpt_dir)

@@ -1,0 +1,122 @@
+"""Model invariants: cached decoding == full forward, hidden layers, LoRA params and merge."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from semievol_jax.model import LoraConfig, init_cache, merge_lora
+from semievol_jax.model.llama import Llama
+
+
+def _left_padded(vocab, lengths, width, extra, seed=0):
+    """Left-padded prompts of `lengths` in `width` columns, then `extra` valid tokens each."""
+    rng = np.random.RandomState(seed)
+    B, T = len(lengths), width + extra
+    tokens = rng.randint(4, vocab, (B, T)).astype(np.int32)
+    valid = np.ones((B, T), bool)
+    for b, n in enumerate(lengths):
+        valid[b, : width - n] = False
+        tokens[b, : width - n] = 2  # pad id; masked anyway
+    positions = np.maximum(np.cumsum(valid, 1) - 1, 0).astype(np.int32)
+    return jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid)
+
+
+def test_cached_decode_equals_full_forward(tiny_model):
+    model, cfg = tiny_model.model, tiny_model.cfg
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [4, 6, 1], width=6, extra=4)
+    full = model(tokens, positions, valid_BT=valid).logits_BTV
+
+    step = nnx.jit(lambda m, t, p, v, c: m(t, p, valid_BT=v, cache=c))
+    cache = init_cache(cfg, batch=3, max_len=12)
+    chunks = []
+    # Prefill in two chunks (the second starts at a non-zero end), then one token at a time.
+    for lo, hi in [(0, 4), (4, 6)] + [(t, t + 1) for t in range(6, 10)]:
+        out = step(model, tokens[:, lo:hi], positions[:, lo:hi], valid[:, lo:hi], cache)
+        cache = out.cache
+        chunks.append(out.logits_BTV)
+    cached = jnp.concatenate(chunks, axis=1)
+
+    assert int(cache.end) == 10
+    np.testing.assert_array_equal(np.asarray(cache.valid_BS[:, :10]), np.asarray(valid))
+    assert not np.asarray(cache.valid_BS[:, 10:]).any()
+    mask = np.asarray(valid)
+    diff = np.abs(np.asarray(cached) - np.asarray(full))[mask]
+    assert diff.max() <= 1e-4, diff.max()
+    # Not vacuous: logits are O(1) and differ between positions.
+    assert np.abs(np.asarray(full)).max() > 0.5
+
+
+def test_padding_does_not_change_valid_logits(tiny_model):
+    """A left-padded row gives the same logits as the same row unpadded."""
+    model = tiny_model.model
+    tokens, positions, valid = _left_padded(tiny_model.cfg.vocab_size, [3, 6], width=6, extra=0)
+    padded = model(tokens, positions, valid_BT=valid).logits_BTV[0, 3:]
+    alone = model(tokens[:1, 3:], positions[:1, 3:]).logits_BTV[0]
+    np.testing.assert_allclose(np.asarray(padded), np.asarray(alone), atol=1e-5)
+
+
+def test_hidden_layers(tiny_model):
+    model, cfg = tiny_model.model, tiny_model.cfg
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [5], width=5, extra=0)
+    last = model(tokens, positions, hidden_layer=cfg.num_layers - 1).hidden_BTD
+    final = model(tokens, positions, hidden_layer=-1).hidden_BTD
+    first = model(tokens, positions, hidden_layer=0).hidden_BTD
+    assert model(tokens, positions).hidden_BTD is None
+    assert final.shape == (1, 5, cfg.hidden_size)
+    np.testing.assert_allclose(np.asarray(model.norm(last)), np.asarray(final), atol=1e-5)
+    assert not np.allclose(np.asarray(first), np.asarray(last))
+    with pytest.raises(ValueError, match="hidden_layer"):
+        model(tokens, positions, hidden_layer=cfg.num_layers)
+
+
+def test_params_carry_logical_axis_names(tiny_model):
+    lora_model = Llama(tiny_model.cfg, lora=LoraConfig(rank=4), rngs=nnx.Rngs(0))
+    known = {"embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "lora_rank"}
+    n_lora = 0
+    for path, var in nnx.iter_graph(lora_model):
+        if not isinstance(var, nnx.Param):
+            continue
+        names = var.get_metadata("out_sharding")
+        assert len(names) == var.ndim and set(names) <= known, (path, names)
+        n_lora += isinstance(var, nnx.LoRAParam)
+    assert n_lora == 2 * 7 * tiny_model.cfg.num_layers
+    # Training filters on the type: only adapters are trainable.
+    trainable = nnx.state(lora_model, nnx.LoRAParam)
+    assert all("lora_" in str(p[-1]) for p, _ in nnx.to_flat_state(trainable))
+
+
+def test_lora_merge_matches_adapter_forward(tiny_model):
+    cfg = tiny_model.cfg
+    model = Llama(cfg, lora=LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "o", "down")),
+                  rngs=nnx.Rngs(1))
+    nnx.update(model, nnx.state(tiny_model.model, nnx.Param))
+    # B starts at zero (LoRA == base); randomise it so the merge has something to fold.
+    for _, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.LoRAParam) and var.get_metadata("out_sharding")[-1] == "lora_rank":
+            var.set_value(0.1 * jax.random.normal(jax.random.key(3), var.shape))
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [4, 6], width=6, extra=0)
+    with_lora = model(tokens, positions, valid_BT=valid).logits_BTV
+    base = tiny_model.model(tokens, positions, valid_BT=valid).logits_BTV
+    merged = merge_lora(model)
+    assert merged.lora is None and not nnx.state(merged, nnx.LoRAParam)
+    out = merged(tokens, positions, valid_BT=valid).logits_BTV
+    np.testing.assert_allclose(np.asarray(out), np.asarray(with_lora), atol=1e-4)
+    assert np.abs(np.asarray(with_lora) - np.asarray(base)).max() > 1e-2
+
+
+def test_lora_dropout_only_in_train_mode(tiny_model):
+    cfg = tiny_model.cfg
+    model = Llama(cfg, lora=LoraConfig(rank=4, dropout=0.5), rngs=nnx.Rngs(0))
+    for _, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.LoRAParam):
+            var.set_value(jnp.ones(var.shape, var.dtype) * 0.05)
+    tokens = jnp.arange(1, 6)[None]
+    positions = jnp.arange(5)[None]
+    a = model(tokens, positions).logits_BTV
+    b = model(tokens, positions).logits_BTV
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # eval mode by default
+    model.train()
+    c = model(tokens, positions).logits_BTV
+    assert np.abs(np.asarray(c) - np.asarray(a)).max() > 1e-4
