@@ -282,6 +282,8 @@ def _propose(qid: str, cs: Sequence[Candidate], v: Vote, reflections, cfg, key) 
         return Decision(qid, CONSISTENT, cs[0].answer, ent, resp, True)
     if cfg.reflect:
         r = Reflection(*reflections[qid])
+        if r.answer is not None and np.isnan(r.entropy):
+            raise ValueError(f"question {qid!r}: reflection entropy is NaN")
         if r.answer is None:
             return Decision(qid, REFLECTED, None, float("nan"), r.response, False,
                             "reflection gave no answer")
