@@ -183,6 +183,16 @@ def test_all_problems_at_once_in_line_order_with_multiline_records():
     assert str(e).count("\n") == 4  # "4 problem(s) in ...:" then one line each
 
 
+def test_data_error_from_string_and_combined():
+    assert DataError("x.csv:2: bad\ny.csv:3: worse").problems == ("x.csv:2: bad",
+                                                                    "y.csv:3: worse")
+    a, b = _load("missing_column.csv"), _load("bad_options.csv")
+    both = DataError.combine([a, b])
+    assert both.problems == a.problems + b.problems
+    assert "1 problem(s) in" in str(both) and "4 problem(s) in" in str(both)
+    assert DataError.combine([a]) is a
+
+
 def test_jsonl_problems():
     e = _load("bad.jsonl")
     assert [p.split(": ", 1)[1] for p in e.problems] == [

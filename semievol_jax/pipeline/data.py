@@ -42,11 +42,24 @@ _SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes under surrogatee
 class DataError(UserError, ValueError):
     """A split file with problems; `problems` lists them, one `file:line: ...` each."""
 
-    def __init__(self, problems: Sequence[str], *, source: str = ""):
-        self.problems = tuple(problems)
+    def __init__(self, problems: str | Sequence[str], *, source: str = ""):
         self.source = source
+        if isinstance(problems, str):  # a ready message: keep it, one problem per line
+            self.problems = tuple(ln for ln in problems.splitlines() if ln.strip())
+            super().__init__(problems)
+            return
+        self.problems = tuple(problems)
         head = f"{len(self.problems)} problem(s) in {source}:\n" if source else ""
         super().__init__(head + "\n".join(self.problems))
+
+    @classmethod
+    def combine(cls, errors: Sequence[DataError]) -> DataError:
+        """One error for several files (e.g. the three splits), every problem kept."""
+        if len(errors) == 1:
+            return errors[0]
+        err = cls("\n\n".join(str(e) for e in errors))
+        err.problems = tuple(p for e in errors for p in e.problems)
+        return err
 
 
 class DataWarning(UserWarning):
