@@ -48,6 +48,7 @@ class Stage:
     config: Any  # hashed into the record: a change reruns this stage
     reads: tuple[str, ...] = ()  # upstream stages whose outputs this stage reads
     order: int | None = None  # the NN of its directory; None = position in the run
+    salt: Any = None  # anything else the result depends on (seed, task): hashed with config
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -147,7 +148,7 @@ class Runner:
         if missing:
             raise RuntimeError(f"stage {stage.name!r} reads {missing}, which have not run")
         final = self.stage_dir(index, stage.name)
-        config_digest = digest_json(stage.config)
+        config_digest = digest_json({"config": stage.config, "salt": stage.salt})
         input_digests = {r: self.records[r]["output_digest"] for r in stage.reads}
         key = digest_json({"config": config_digest, "inputs": input_digests})
 
@@ -181,6 +182,7 @@ class Runner:
             "stage": stage.name,
             "key": key,
             "config": to_jsonable(stage.config),
+            "salt": to_jsonable(stage.salt),
             "config_digest": config_digest,
             "input_digests": input_digests,
             "outputs": outputs,

@@ -1,0 +1,149 @@
+"""`semievol demo`: the whole method, its ablations and a small n / θ sweep, over seeds.
+
+Layout of the output directory (results/demo by default):
+  seed<S>/                 the full pipeline for seed S (seed 0 makes the shared
+                           data and base stages; the other seeds adopt them)
+  seed<S>/ablations/<A>/   "without IWP / ICP / CL / AS"
+  seed<S>/sweep/<name>/    n collaborators and θ variants
+  report.md, metrics.json, plots/*.png, digests.json (every sub-run's stage digests)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semievol_jax import environment
+from semievol_jax.config import load_config
+from semievol_jax.pipeline import api
+from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
+from semievol_jax.pipeline.runner import MANIFEST, write_json_atomic
+
+SEEDS = (0, 1, 2)
+SWEEP_N = (2, 8)  # collaborators, besides the preset's n
+SWEEP_THETA = (0.1, 0.5, 1.0)  # θ, besides the preset's θ
+DEMO_MARKER = "demo.json"  # says how the directory was made (for `semievol verify`)
+DIGESTS = "digests.json"  # every sub-run's stage digests in one file
+
+
+def sweep_variants(cfg: RunConfig) -> dict[str, RunConfig]:
+    """The n and θ sweep as named config variants of `cfg`."""
+    rep = dataclasses.replace
+    out = {f"n{n}": rep(cfg, propose=rep(cfg.propose, n=n)) for n in SWEEP_N}
+    out |= {f"theta{t}": rep(cfg, select=rep(cfg.select, theta=t)) for t in SWEEP_THETA}
+    return out
+
+
+def run_seed(cfg: RunConfig, out: Path, *, mesh, shared: dict[str, Path] | None,
+             sweep: bool) -> dict[str, dict[str, Any]]:
+    """Seed `cfg.seed`: the method, the ablations and (optionally) the sweep."""
+    records = {"semievol": api.run_pipeline(cfg, out, mesh=mesh, shared=shared)}
+    share = {n: out / f"{api.ORDER[n]:02d}_{n}" for n in ("data", "base")}
+    if shared:
+        share = dict(shared)
+    variants = {ab: with_ablation(cfg, ab) for ab in ABLATIONS}
+    if sweep:
+        variants |= sweep_variants(cfg)
+    for name, variant in variants.items():
+        sub = dict(share)
+        # Stages a variant does not change are adopted from the main run, not recomputed.
+        for stage in ("sft", "index", "propose", "select"):
+            if not _same_upto(cfg, variant, stage):
+                break
+            sub[stage] = out / f"{api.ORDER[stage]:02d}_{stage}"
+        where = "ablations" if name in ABLATIONS else "sweep"
+        records[name] = api.run_pipeline(variant, out / where / name, mesh=mesh, shared=sub)
+    return records
+
+
+def _same_upto(a: RunConfig, b: RunConfig, stage: str) -> bool:
+    fields = {"sft": ("sft",), "index": ("sft", "index"), "propose": ("sft", "index", "propose"),
+              "select": ("sft", "index", "propose", "select")}[stage]
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+def _eval(rec: dict[str, Any]) -> dict[str, Any]:
+    return rec["eval"]["metrics"]
+
+
+def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Accuracy per strategy as per-seed lists, plus mean and std."""
+    acc: dict[str, list[float]] = {}
+    for records in per_seed.values():
+        main = _eval(records["semievol"])
+        acc.setdefault("vanilla", []).append(main["acc_vanilla"])
+        acc.setdefault("sft", []).append(main["acc_sft"])
+        for name, rec in records.items():
+            acc.setdefault(name, []).append(_eval(rec)["acc_semievol"])
+    return {k: {"per_seed": v, "mean": float(np.mean(v)), "std": float(np.std(v))}
+            for k, v in acc.items()}
+
+
+def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[str, Any]]],
+                  wall_s: float) -> dict[str, Any]:
+    from semievol_jax.pipeline import report, selection
+
+    summary = summarise(per_seed)
+    sel0 = selection.Selection.from_dict(json.loads(
+        (out / "seed0" / "05_select" / "selection.json").read_text()))
+    ev0 = json.loads((out / "seed0" / "07_eval" / "eval.json").read_text())
+    score0 = selection.PseudoLabelScore(**ev0["pseudo_labels"])
+    stage_s: dict[str, float] = {}
+    for records in per_seed.values():
+        for rec in records["semievol"].values():
+            stage_s[rec["stage"]] = stage_s.get(rec["stage"], 0.0) + rec["wall_s"]
+    info = environment.describe()
+    inputs = report.ReportInputs(
+        run_name="SemiEvol demo (synthetic task, tiny Llama, CPU)",
+        accuracy={k: {"demo": v["per_seed"]} for k, v in summary.items()},
+        pseudo_labels={1: report.pseudo_label_stats(sel0, score0)},
+        entropies={k: v["entropies"] for k, v in ev0["models"].items()},
+        config=json.loads(json.dumps(dataclasses.asdict(cfg))),
+        versions=info["packages"],
+        device={"backend": info["jax_backend"], "devices": info["devices"]},
+        stage_seconds=stage_s,
+        notes=[f"seeds: {sorted(per_seed)}; total wall time {wall_s:.0f}s"],
+    )
+    report.write_report(inputs, out)
+    manifests = {str(p.parent.relative_to(out)): json.loads(p.read_text())
+                 for p in sorted(out.rglob(MANIFEST)) if p.parent != out}
+    write_json_atomic(out / DIGESTS, {k: {s: e["output_digest"] for s, e in v.items()}
+                                       for k, v in manifests.items()})
+    return summary
+
+
+def run_demo(out: Path, *, quick: bool = False, overrides: list[str] = ()) -> int:
+    """Run the demo into `out`; finished stages of an earlier run are reused."""
+    start = time.perf_counter()
+    seeds = SEEDS[:1] if quick else SEEDS
+    base_cfg = load_config(RunConfig, "demo", list(overrides))
+    mesh = api.make_mesh(base_cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / DEMO_MARKER, {"quick": quick, "overrides": list(overrides)})
+    per_seed, shared = {}, None
+    for seed in seeds:
+        cfg = dataclasses.replace(base_cfg, seed=seed)
+        per_seed[seed] = run_seed(cfg, out / f"seed{seed}", mesh=mesh, shared=shared,
+                                  sweep=not quick)
+        shared = shared or {n: out / f"seed{seed}" / f"{api.ORDER[n]:02d}_{n}"
+                            for n in ("data", "base")}
+    summary = write_outputs(out, base_cfg, per_seed, time.perf_counter() - start)
+    for name, s in summary.items():
+        print(f"{name:<12} {s['mean']:.3f} ± {s['std']:.3f}  {s['per_seed']}")
+    return 0
+
+
+def rerun_like(run_dir: Path, other: Path) -> None:
+    """Make a fresh run of the same kind as `run_dir` in `other` (for `semievol verify`)."""
+    marker = run_dir / DEMO_MARKER
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        run_demo(other, quick=info["quick"], overrides=info["overrides"])
+        return
+    cfg = load_config(RunConfig, str(run_dir / "config.yaml"))
+    api.run_pipeline(cfg, other)

@@ -1,0 +1,140 @@
+"""The run config: one frozen sub-config per stage, composed into `RunConfig`.
+
+Each stage receives only its own sub-config (hashed into its record), never the whole.
+Presets are YAML files in `semievol_jax/presets/`; overrides are dotted
+(`propose.n=6`), both checked against these types by `semievol_jax.config.load_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+
+from semievol_jax.demo.pretrain import PretrainConfig
+from semievol_jax.demo.synth import SynthConfig
+from semievol_jax.generate.sampling import SampleConfig
+from semievol_jax.model.lora import LoraConfig
+from semievol_jax.retrieval.index import IndexConfig
+from semievol_jax.sharding import MeshConfig
+from semievol_jax.train.config import TrainConfig
+
+ABLATIONS = ("no_iwp", "no_icp", "no_cl", "no_as")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the three splits come from, and which task they are."""
+
+    task: str = "fpb"  # a registered task (semievol_jax.pipeline.tasks) or a user task name
+    labeled: str = ""  # CSV / JSONL / datasets dir / hub id of the labeled split
+    unlabeled: str = ""  # the unlabeled split (its gold answers only score pseudo-labels)
+    test: str = ""  # the test split
+    max_rows: int = 0  # keep the first N rows of each split (0 = all): quick runs
+    synth: SynthConfig | None = None  # generate the demo's synthetic task instead
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    """The base model: an HF checkpoint, or the demo's tiny model pretrained here."""
+
+    model: str = ""  # HF checkpoint directory or hub id ("" when pretraining the demo base)
+    dtype: str = "bfloat16"  # parameter dtype when loading (float32 | bfloat16)
+    allow_pickle: bool = False  # accept pickle .bin weights (they can run code)
+    pretrain: PretrainConfig | None = None  # pretrain a tiny Llama on the demo corpus
+
+
+@dataclasses.dataclass(frozen=True)
+class SftConfig:
+    """In-weight propagation: fine-tune the base on the labeled set -> M1."""
+
+    enabled: bool = True  # False = the "without IWP" ablation (M1 = the base)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # adapter shape (mode=lora)
+    train: TrainConfig = field(default_factory=TrainConfig)  # official: lr 1e-4, 2 epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexStageConfig:
+    """In-context propagation: embed questions with M1, k nearest labeled neighbours."""
+
+    k: int = 3  # demonstrations per unlabeled question (0 = the "without ICP" ablation)
+    layer: int = -1  # hidden layer to embed with (-1 = final norm output)
+    pooling: str = "mean"  # "mean" over question tokens, or "last" token
+    batch_size: int = 32  # texts per embedding batch
+    token_budget: int = 0  # max prompt tokens incl. demonstrations (0 = model context)
+    index: IndexConfig = field(default_factory=IndexConfig)  # ScaNN / exact settings
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposeConfig:
+    """Collaborators: n sampled responses per unlabeled question, with token log-probs."""
+
+    n: int = 4  # collaborators per question (1 = the "without CL" ablation)
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=1.0,
+                                                                      max_new_tokens=32))
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectConfig:
+    """Vote, self-justify disagreements, and keep low-entropy pseudo-labels."""
+
+    theta: float = 0.3  # entropy quantile kept among reflected answers (official 30th pct.)
+    rule: str = "official"  # "official": keep all consistent + reflected under θ;
+    #                         "all": θ-quantile over every answer; "none": keep all (no AS)
+    reflect: bool = True  # resolve disagreements by self-justification (False: majority)
+    reflect_sample: SampleConfig = field(default_factory=lambda: SampleConfig(
+        temperature=0.0, max_new_tokens=32))  # greedy reflection
+    sweep_thetas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 1.0)  # scored for the report
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalConfig:
+    """Final tuning on labeled + selected pseudo-labeled -> M2."""
+
+    from_sft: bool = True  # continue from M1's weights (official) or start from the base
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Accuracy of vanilla / SFT / SemiEvol on the test split."""
+
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=0.0,
+                                                                      max_new_tokens=32))
+    max_rows: int = 0  # evaluate the first N test rows (0 = all)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole SemiEvol run."""
+
+    name: str = "run"  # results/<name>/ unless --run-dir is given
+    seed: int = 0  # the root seed; every stage derives named keys from it
+    base_seed: int = 0  # seed of the demo base's pretraining (shared by all run seeds)
+    rounds: int = 1  # SemiEvol rounds; round r's M2 is round r+1's base
+    ablation: str = ""  # "" or one of no_iwp | no_icp | no_cl | no_as
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    index: IndexStageConfig = field(default_factory=IndexStageConfig)
+    propose: ProposeConfig = field(default_factory=ProposeConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    final: FinalConfig = field(default_factory=FinalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def with_ablation(cfg: RunConfig, ablation: str) -> RunConfig:
+    """The paper's "without X" rows as config changes (the one place they are defined)."""
+    replace = dataclasses.replace
+    if ablation == "":
+        return cfg
+    if ablation == "no_iwp":  # no in-weight propagation: collaborators use the base
+        return replace(cfg, ablation=ablation, sft=replace(cfg.sft, enabled=False))
+    if ablation == "no_icp":  # no in-context propagation: no demonstrations
+        return replace(cfg, ablation=ablation, index=replace(cfg.index, k=0))
+    if ablation == "no_cl":  # no collaborative learning: one response, no reflection
+        return replace(cfg, ablation=ablation, propose=replace(cfg.propose, n=1),
+                       select=replace(cfg.select, reflect=False))
+    if ablation == "no_as":  # no adaptive selection: keep every pseudo-label
+        return replace(cfg, ablation=ablation, select=replace(cfg.select, rule="none"))
+    raise ValueError(f"unknown ablation {ablation!r}; expected one of {ABLATIONS}")

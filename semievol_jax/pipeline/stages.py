@@ -1,0 +1,421 @@
+"""The SemiEvol stages, each a function of its sub-config and its upstream directories.
+
+    data -> base -> sft (IWP) -> index (ICP) -> propose (CL) -> select (CL + AS) -> final -> eval
+
+Files each stage writes (all digested unless under `logs/`):
+  00_data     labeled.jsonl, unlabeled.jsonl (no answers), test.jsonl, leakage.json,
+              held/unlabeled_gold.json (read only by `eval`, to score pseudo-labels)
+  01_base     base.json (the checkpoint's source), model/ when pretrained here
+  02_sft      model/ (PEFT adapter for LoRA, HF checkpoint for full), train.json
+  03_index    labeled_emb.npy, unlabeled_emb.npy, neighbours.npy, prompts.jsonl
+  04_propose  candidates.jsonl (n responses per unlabeled question + log-probs)
+  05_select   reflections.jsonl, selection.json, pseudo.jsonl
+  06_final    model/, train.json
+  07_eval     eval.json, predictions.jsonl
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semievol_jax import rng
+from semievol_jax.errors import UserError
+from semievol_jax.pipeline import data as data_mod
+from semievol_jax.pipeline import prompts, selection
+from semievol_jax.pipeline.config import (
+    BaseConfig,
+    DataConfig,
+    EvalConfig,
+    FinalConfig,
+    IndexStageConfig,
+    ProposeConfig,
+    SelectConfig,
+    SftConfig,
+)
+from semievol_jax.pipeline.runner import StageContext, write_json_atomic
+from semievol_jax.pipeline.tasks import get_task
+
+MODEL_DIR = "model"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _example_row(ex) -> dict[str, Any]:
+    row = {"id": ex.id, "question": ex.question, "options": list(ex.options)}
+    if getattr(ex, "answer", None) is not None:
+        row["answer"] = ex.answer
+    return row
+
+
+def examples(path: Path) -> list[data_mod.Example]:
+    return [data_mod.Example(id=r["id"], question=r["question"], options=tuple(r["options"]),
+                             answer=r.get("answer"), meta={}) for r in read_jsonl(path)]
+
+
+def unlabeled_questions(path: Path) -> list[data_mod.UnlabeledQuestion]:
+    return [data_mod.UnlabeledQuestion(id=r["id"], question=r["question"],
+                                       options=tuple(r["options"]), meta={})
+            for r in read_jsonl(path)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """How to rebuild a model from stage outputs: a base plus an optional adapter."""
+
+    base: str  # HF directory or hub id
+    adapter: str | None = None  # PEFT adapter directory (LoRA) on top of `base`
+
+
+def base_ref(base_dir: Path) -> ModelRef:
+    info = json.loads((base_dir / "base.json").read_text())
+    return ModelRef(str(base_dir / info["model"]) if info["local"] else info["model"])
+
+
+def base_name(base_dir: Path) -> str:
+    """The base's name as configured (written into adapters: no machine paths)."""
+    return json.loads((base_dir / "base.json").read_text())["model"]
+
+
+def tuned_ref(stage_dir: Path, fallback: ModelRef) -> ModelRef:
+    """The model a tuning stage produced (`fallback` when the stage was disabled)."""
+    info = json.loads((stage_dir / "train.json").read_text())
+    if info.get("disabled"):
+        return fallback
+    if info["mode"] == "lora":
+        return ModelRef(fallback.base, str(stage_dir / MODEL_DIR))
+    return ModelRef(str(stage_dir / MODEL_DIR))
+
+
+def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None):
+    """(model, tokenizer) for `ref`; `lora` adds (or, with an adapter, sizes) adapters."""
+    import jax.numpy as jnp
+
+    from semievol_jax import model as m
+
+    if ref.adapter is not None:
+        lora = m.LoraConfig.from_peft_dir(ref.adapter)
+    model, _ = m.load_hf(ref.base, lora=lora, dtype=jnp.dtype(base_cfg.dtype), mesh=mesh,
+                         allow_pickle=base_cfg.allow_pickle)
+    if ref.adapter is not None:
+        m.load_peft_adapter(model, ref.adapter)
+    return model, m.load_tokenizer(ref.base)
+
+
+def user_prompts(tokenizer, task, items) -> list[str]:
+    from semievol_jax.generate import render_prompt
+
+    return [render_prompt(tokenizer, prompts.format_question(task, ex)) for ex in items]
+
+
+# ----------------------------------------------------------------------------- stages
+
+def run_data(ctx: StageContext) -> dict[str, Any]:
+    """Load and validate the three splits (all problems reported at once)."""
+    cfg: DataConfig = ctx.config
+    task = get_task(cfg.task)
+    sources = {"labeled": cfg.labeled, "unlabeled": cfg.unlabeled, "test": cfg.test}
+    if cfg.synth is not None:
+        from semievol_jax.demo.synth import write_demo_data
+
+        paths = write_demo_data(ctx.out / "raw", cfg.synth)
+        sources = {k: str(paths[k]) for k in sources}
+    missing = [k for k, v in sources.items() if not v]
+    if missing:
+        raise UserError(f"data: no source given for {missing} (set data.<split>=PATH)")
+    errors, loaded = [], {}
+    for split, src in sources.items():
+        try:
+            if split == "unlabeled":
+                loaded[split] = data_mod.load_unlabeled(src, task)
+            else:
+                loaded[split] = data_mod.load_split(src, task, split_name=split)
+        except data_mod.DataError as e:  # keep going: report every file's problems at once
+            errors.append(e)
+    if errors:
+        raise data_mod.DataError.combine(errors)
+    labeled, test = loaded["labeled"], loaded["test"]
+    unlabeled, gold = loaded["unlabeled"]
+    if cfg.max_rows:
+        labeled, unlabeled, test = (x[:cfg.max_rows] for x in (labeled, unlabeled, test))
+    write_jsonl(ctx.out / "labeled.jsonl", [_example_row(e) for e in labeled])
+    write_jsonl(ctx.out / "unlabeled.jsonl", [_example_row(q) for q in unlabeled])
+    write_jsonl(ctx.out / "test.jsonl", [_example_row(e) for e in test])
+    (ctx.out / "held").mkdir()
+    kept = {q.id for q in unlabeled}
+    write_json_atomic(ctx.out / "held" / "unlabeled_gold.json",
+                      {qid: gold[qid] for qid in gold.ids() if qid in kept})
+    leakage = data_mod.find_leakage({"labeled": labeled, "unlabeled": unlabeled, "test": test})
+    write_json_atomic(ctx.out / "leakage.json", leakage.to_dict())
+    return {"labeled": len(labeled), "unlabeled": len(unlabeled), "test": len(test),
+            "leakage": leakage.summary()}
+
+
+def run_base(ctx: StageContext, *, seed: int) -> dict[str, Any]:
+    """Resolve the base checkpoint, or pretrain the demo's tiny base on its corpus."""
+    cfg: BaseConfig = ctx.config
+    if cfg.pretrain is not None:
+        from semievol_jax.demo.pretrain import pretrain_base
+        from semievol_jax.demo.synth import read_corpus
+
+        corpus_path = ctx.inputs["data"] / "raw" / "corpus.jsonl"
+        if not corpus_path.exists():
+            raise UserError("base.pretrain needs a corpus: set data.synth (the demo world)")
+        pretrain_base(read_corpus(corpus_path), ctx.out / MODEL_DIR, cfg=cfg.pretrain,
+                      work_dir=ctx.work, seed=seed)
+        write_json_atomic(ctx.out / "base.json", {"model": MODEL_DIR, "local": True})
+        return {"pretrained": True}
+    else:
+        if not cfg.model:
+            raise UserError("base.model is empty: give an HF checkpoint directory or hub id")
+        from semievol_jax.model.hf_io import resolve_checkpoint
+
+        resolved = str(Path(resolve_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle))
+                       .resolve())
+    # The base is referenced where it lies (an 8B checkpoint is not copied) and by the
+    # name the user gave (machine-independent digests); its files' digests go into this
+    # stage's output, so a changed checkpoint reruns everything downstream.
+    from semievol_jax.pipeline.runner import sha256_file
+
+    root = Path(resolved)
+    files = {p.relative_to(root).as_posix(): sha256_file(p)
+             for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    write_json_atomic(ctx.out / "base.json", {"model": cfg.model, "local": False,
+                                              "files": files})
+    return {"resolved": resolved}
+
+
+def _sft_examples(task, exs) -> list:
+    from semievol_jax.train import SFTExample
+
+    return [SFTExample(prompts.format_question(task, e), prompts.target(task, e.answer))
+            for e in exs]
+
+
+def _tune(ctx: StageContext, start: ModelRef, exs, train_cfg, lora_cfg, base_cfg: BaseConfig,
+          *, mesh, seed: int, stream: str) -> dict[str, Any]:
+    """Fine-tune `start` on `exs`; writes the adapter (LoRA) or checkpoint (full)."""
+    from semievol_jax import model as m
+    from semievol_jax.train import train
+
+    lora = lora_cfg if train_cfg.mode == "lora" and start.adapter is None else None
+    model, tokenizer = load_model(start, base_cfg, mesh=mesh, lora=lora)
+    if train_cfg.mode == "full" and start.adapter is not None:
+        model = m.merge_lora(model)
+    result = train(model, tokenizer, exs, train_cfg, ctx.work, mesh=mesh,
+                   key=rng.key_for(seed, stream))
+    out = ctx.out / MODEL_DIR
+    if train_cfg.mode == "lora":
+        m.save_peft_adapter(result.model, out,
+                            base_model_name_or_path=base_name(ctx.inputs["base"]))
+    else:
+        m.save_hf(result.model, out, tokenizer=tokenizer, merge_lora=True)
+    info = {"mode": train_cfg.mode, "steps": result.steps, "final_loss": result.final_loss,
+            "num_examples": result.num_examples, "num_truncated": result.num_truncated,
+            "num_dropped": result.num_dropped}
+    write_json_atomic(ctx.out / "train.json", info)
+    logs = ctx.out / "logs"
+    logs.mkdir(exist_ok=True)
+    if result.metrics_path and Path(result.metrics_path).exists():
+        shutil.copy(result.metrics_path, logs / "metrics.jsonl")
+    return {**info, "tokens_per_sec": result.tokens_per_sec}
+
+
+def run_sft(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str, mesh,
+            seed: int) -> dict[str, Any]:
+    """In-weight propagation: fine-tune the base on the labeled set -> M1."""
+    cfg: SftConfig = ctx.config
+    if not cfg.enabled:
+        write_json_atomic(ctx.out / "train.json", {"disabled": True})
+        return {"disabled": True}
+    task = get_task(task_name)
+    exs = _sft_examples(task, examples(ctx.inputs["data"] / "labeled.jsonl"))
+    return _tune(ctx, base_ref(ctx.inputs["base"]), exs, cfg.train, cfg.lora, base_cfg,
+                 mesh=mesh, seed=seed, stream="sft")
+
+
+def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str,
+              mesh) -> dict[str, Any]:
+    """In-context propagation: k nearest labeled questions as demonstrations."""
+    cfg: IndexStageConfig = ctx.config
+    task = get_task(task_name)
+    labeled = examples(ctx.inputs["data"] / "labeled.jsonl")
+    unlabeled = unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")
+    m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
+    model, tokenizer = load_model(m1, base_cfg, mesh=mesh)
+    if cfg.k == 0:
+        rows = [{"id": q.id, "text": t, "num_demos": 0}
+                for q, t in zip(unlabeled, user_prompts(tokenizer, task, unlabeled), strict=True)]
+        write_jsonl(ctx.out / "prompts.jsonl", rows)
+        return {"k": 0}
+    from semievol_jax.generate import embed
+    from semievol_jax.retrieval import build_demo_prompts, build_index
+
+    fmt = functools.partial(prompts.format_question, task)
+    emb_l = embed(model, tokenizer, [fmt(e) for e in labeled], layer=cfg.layer,
+                  pooling=cfg.pooling, batch_size=cfg.batch_size, mesh=mesh)
+    emb_u = embed(model, tokenizer, [fmt(q) for q in unlabeled], layer=cfg.layer,
+                  pooling=cfg.pooling, batch_size=cfg.batch_size, mesh=mesh)
+    index = build_index(emb_l, cfg.index)
+    idx_QK, score_QK = index.search(emb_u, min(cfg.k, len(labeled)))
+    budget = cfg.token_budget or (model.cfg.max_position_embeddings - 64)
+    demo_prompts = build_demo_prompts(tokenizer, unlabeled, labeled, idx_QK,
+                                      format_question=fmt,
+                                      format_answer=lambda e: prompts.target(task, e.answer),
+                                      max_tokens=budget)
+    np.save(ctx.out / "labeled_emb.npy", emb_l)
+    np.save(ctx.out / "unlabeled_emb.npy", emb_u)
+    np.save(ctx.out / "neighbours.npy", idx_QK)
+    index.save(ctx.out / "index")
+    write_jsonl(ctx.out / "prompts.jsonl",
+                [{"id": q.id, "text": p.text, "num_demos": p.num_demos}
+                 for q, p in zip(unlabeled, demo_prompts, strict=True)])
+    used = [p.num_demos for p in demo_prompts]
+    return {"k": cfg.k, "index": index.describe(), "mean_demos": float(np.mean(used)),
+            "mean_top1_score": float(score_QK[:, 0].mean())}
+
+
+def run_propose(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str, mesh,
+                seed: int) -> dict[str, Any]:
+    """Collaborators: n sampled responses per unlabeled question in one vmapped pass."""
+    cfg: ProposeConfig = ctx.config
+    from semievol_jax.generate import generate
+
+    task = get_task(task_name)
+    unlabeled = {q.id: q for q in unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")}
+    rows = read_jsonl(ctx.inputs["index"] / "prompts.jsonl")
+    m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
+    model, tokenizer = load_model(m1, base_cfg, mesh=mesh)
+    out = generate(model, tokenizer, [r["text"] for r in rows], cfg.sample,
+                   key=rng.key_for(seed, "propose"), num_samples=cfg.n, mesh=mesh)
+    cands = []
+    for r, samples in zip(rows, out, strict=True):
+        opts = unlabeled[r["id"]].options
+        for j, s in enumerate(samples):
+            cands.append({"qid": r["id"], "collaborator": j, "response": s.text,
+                          "answer": task.extract_answer(s.text, opts),
+                          "entropy": float(s.entropy),
+                          "logprobs": [float(x) for x in s.logprobs]})
+    write_jsonl(ctx.out / "candidates.jsonl", cands)
+    answered = sum(c["answer"] is not None for c in cands)
+    return {"n": cfg.n, "questions": len(rows), "answered_fraction": answered / max(len(cands), 1)}
+
+
+def _candidates(path: Path) -> list[selection.Candidate]:
+    return [selection.Candidate(c["qid"], c["collaborator"], c["response"], c["answer"],
+                                c["entropy"]) for c in read_jsonl(path)]
+
+
+def run_select(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str, mesh,
+               seed: int) -> dict[str, Any]:
+    """Vote; self-justify the disagreements with M1; keep low-entropy pseudo-labels.
+
+    Reads only the unlabeled questions and the candidates: the gold answers live in
+    `held/` of the data stage, which this stage is never given.
+    """
+    cfg: SelectConfig = ctx.config
+    task = get_task(task_name)
+    unlabeled = {q.id: q for q in unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")}
+    cands = _candidates(ctx.inputs["propose"] / "candidates.jsonl")
+    votes = selection.vote(cands, key=task.answer_key)
+    todo = selection.needs_reflection(votes) if cfg.reflect else []
+    reflections: dict[str, selection.Reflection] = {}
+    if todo:
+        from semievol_jax.generate import generate, render_prompt
+
+        by_q: dict[str, list[str]] = {}
+        for c in sorted(cands, key=lambda c: (c.qid, c.collaborator)):
+            by_q.setdefault(c.qid, []).append(c.response)
+        m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
+        model, tokenizer = load_model(m1, base_cfg, mesh=mesh)
+        texts = [render_prompt(tokenizer, prompts.format_reflection(task, unlabeled[q],
+                                                                     by_q[q])) for q in todo]
+        outs = generate(model, tokenizer, texts, cfg.reflect_sample,
+                        key=rng.key_for(seed, "reflect"), num_samples=1, mesh=mesh)
+        for qid, (s,) in zip(todo, outs, strict=True):
+            reflections[qid] = selection.Reflection(
+                task.extract_answer(s.text, unlabeled[qid].options), float(s.entropy), s.text)
+    write_jsonl(ctx.out / "reflections.jsonl",
+                [{"qid": q, "answer": r.answer, "entropy": r.entropy, "response": r.response}
+                 for q, r in reflections.items()])
+    sel = selection.select(cands, reflections, cfg, key=task.answer_key)
+    write_json_atomic(ctx.out / "selection.json", sel.to_dict())
+    labels = sel.pseudo_labels()
+    write_jsonl(ctx.out / "pseudo.jsonl",
+                [{**_example_row(unlabeled[q]), "answer": a} for q, a in labels.items()])
+    return {**{k: v for k, v in sel.stats.items() if isinstance(v, int | float | str)},
+            "reflected": len(reflections), "selected": len(labels), "message": sel.message}
+
+
+def run_final(ctx: StageContext, *, base_cfg: BaseConfig, sft_cfg: SftConfig, task_name: str,
+              mesh, seed: int) -> dict[str, Any]:
+    """Final tuning on labeled + selected pseudo-labeled, from M1 (official) or the base."""
+    cfg: FinalConfig = ctx.config
+    task = get_task(task_name)
+    exs = examples(ctx.inputs["data"] / "labeled.jsonl")
+    pseudo = examples(ctx.inputs["select"] / "pseudo.jsonl")
+    base = base_ref(ctx.inputs["base"])
+    start = tuned_ref(ctx.inputs["sft"], base) if cfg.from_sft else base
+    train_cfg = dataclasses.replace(cfg.train, mode=sft_cfg.train.mode)
+    metrics = _tune(ctx, start, _sft_examples(task, exs + pseudo), train_cfg, sft_cfg.lora,
+                    base_cfg, mesh=mesh, seed=seed, stream="final")
+    return {**metrics, "labeled": len(exs), "pseudo": len(pseudo)}
+
+
+def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str, mesh, seed: int,
+             thetas: Sequence[float], select_cfg: SelectConfig) -> dict[str, Any]:
+    """Test accuracy and response entropies of vanilla (base), SFT (M1) and SemiEvol (M2)."""
+    cfg: EvalConfig = ctx.config
+    from semievol_jax.generate import generate
+
+    task = get_task(task_name)
+    test = examples(ctx.inputs["data"] / "test.jsonl")
+    if cfg.max_rows:
+        test = test[:cfg.max_rows]
+    base = base_ref(ctx.inputs["base"])
+    m1 = tuned_ref(ctx.inputs["sft"], base)
+    refs = {"vanilla": base, "sft": m1, "semievol": tuned_ref(ctx.inputs["final"], m1)}
+    results, preds = {}, []
+    for name, ref in refs.items():
+        model, tokenizer = load_model(ref, base_cfg, mesh=mesh)
+        outs = generate(model, tokenizer, user_prompts(tokenizer, task, test), cfg.sample,
+                        key=rng.key_for(seed, "eval"), num_samples=1, mesh=mesh)
+        correct, entropies = [], []
+        for ex, (s,) in zip(test, outs, strict=True):
+            pred = task.extract_answer(s.text, ex.options)
+            ok = pred is not None and task.is_correct(pred, ex.answer)
+            correct.append(ok)
+            entropies.append(float(s.entropy))
+            preds.append({"model": name, "id": ex.id, "pred": pred, "gold": ex.answer,
+                          "correct": ok, "entropy": float(s.entropy), "response": s.text})
+        results[name] = {"accuracy": float(np.mean(correct)) if correct else float("nan"),
+                         "entropies": entropies}
+    # The one place the unlabeled gold answers are read: scoring the pseudo-labels.
+    gold = data_mod.GoldAnswers(json.loads(
+        (ctx.inputs["data"] / "held" / "unlabeled_gold.json").read_text()))
+    sel = selection.Selection.from_dict(
+        json.loads((ctx.inputs["select"] / "selection.json").read_text()))
+    score = selection.score_pseudo_labels(sel, gold, thetas=thetas, is_correct=task.is_correct)
+    write_json_atomic(ctx.out / "eval.json", {"models": results,
+                                              "pseudo_labels": dataclasses.asdict(score)})
+    write_jsonl(ctx.out / "predictions.jsonl", preds)
+    return {f"acc_{k}": v["accuracy"] for k, v in results.items()} | {
+        "pseudo_label_accuracy": score.accuracy_selected}
