@@ -1,0 +1,81 @@
+"""Sharded training == single-device training (8 simulated CPU devices, one subprocess)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from semievol_jax import sharding
+
+TESTS = Path(__file__).parent
+
+# Runs in a fresh interpreter with 8 CPU devices, so the rest of the suite keeps one.
+SCRIPT = r"""
+import json, sys, tempfile
+from pathlib import Path
+import jax
+import numpy as np
+import train_helpers as H
+from semievol_jax import rng, sharding
+from semievol_jax.train import train
+from semievol_jax.train.loop import param_checksum
+
+modes = sys.argv[1].split(",")
+all_meshes = {"single": None, "data8": (8, 1, 1), "fsdp8": (1, 8, 1), "fsdp4_tensor2": (1, 4, 2)}
+meshes = {k: all_meshes[k] for k in ["single"] + sys.argv[2].split(",")}
+assert len(jax.devices()) == 8
+ex = H.digit_examples(8 * 20)
+out = {}
+for mode in modes:
+    for name, shape in meshes.items():
+        if shape is None:
+            mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
+        else:
+            mesh = sharding.make_mesh(sharding.MeshConfig(*shape))
+        model = H.tiny_model(mode)
+        res = train(model, H.tokenizer(), ex, H.small_cfg(mode=mode, checkpoint_every=100),
+                    Path(tempfile.mkdtemp()), mesh=mesh, key=rng.key_for(0, "train"))
+        out[f"{mode}/{name}"] = {"losses": res.losses,
+                                 "params": param_checksum(model).tolist()}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def _run(modes: str, meshes: str) -> dict:
+    env = sharding.cpu_devices_env(8)
+    env["PYTHONPATH"] = f"{TESTS}:{TESTS.parent}"
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, modes, meshes], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+def _check(out: dict, mode: str, meshes: tuple[str, ...]) -> None:
+    import numpy as np
+
+    ref = np.asarray(out[f"{mode}/single"]["losses"])
+    ref_p = np.asarray(out[f"{mode}/single"]["params"])
+    assert len(ref) == 20 and ref[-1] < ref[0]
+    for name in meshes:
+        got = np.asarray(out[f"{mode}/{name}"]["losses"])
+        np.testing.assert_allclose(got, ref, rtol=1e-5, err_msg=f"{mode} loss on {name}")
+        p = np.asarray(out[f"{mode}/{name}"]["params"])
+        np.testing.assert_allclose(p, ref_p, rtol=1e-4, atol=1e-6, err_msg=f"{mode} params")
+
+
+def test_sharded_lora_fsdp_x_tensor_matches_single_device():
+    """Default suite: the hardest mesh (params split two ways, batch over fsdp), LoRA."""
+    out = _run("lora", "fsdp4_tensor2")
+    _check(out, "lora", ("fsdp4_tensor2",))
+
+
+@pytest.mark.slow
+def test_sharded_loss_curve_matches_single_device_lora_and_full():
+    """20 steps on data, FSDP and FSDP x tensor meshes, LoRA and full FT (~3 min on 2 cores)."""
+    meshes = ("data8", "fsdp8", "fsdp4_tensor2")
+    out = _run("lora,full", ",".join(meshes))
+    _check(out, "lora", meshes)
+    _check(out, "full", meshes)
