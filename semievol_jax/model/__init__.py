@@ -1,7 +1,14 @@
 """Flax NNX Llama with LoRA, a KV cache, and Hugging Face / PEFT checkpoint I/O."""
 
 from semievol_jax.model.config import CheckpointError, LlamaConfig, RopeScaling
-from semievol_jax.model.hf_io import load_hf, load_tokenizer, save_hf
+from semievol_jax.model.hf_io import (
+    load_hf,
+    load_peft_adapter,
+    load_tokenizer,
+    lora_config_from_peft,
+    save_hf,
+    save_peft_adapter,
+)
 from semievol_jax.model.kv_cache import KVCache, init_cache
 from semievol_jax.model.llama import Llama, ModelOutput
 from semievol_jax.model.lora import LoraConfig, merge_lora
@@ -17,10 +24,13 @@ __all__ = [
     "RopeScaling",
     "init_cache",
     "load_hf",
+    "load_peft_adapter",
     "load_tokenizer",
+    "lora_config_from_peft",
     "make_tiny_checkpoint",
     "merge_lora",
     "save_hf",
+    "save_peft_adapter",
     "train_tokenizer",
     "write_hf_checkpoint",
 ]
