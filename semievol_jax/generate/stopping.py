@@ -63,18 +63,22 @@ def eos_ids(tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def stop_tables(tokenizer, stop: tuple[str, ...], vocab_size: int) -> StopTables:
-    """Builds the [V] lookups for ``stop`` strings and the tokenizer's EOS ids.
+def stop_tables(tokenizer, stop: tuple[str, ...], vocab_size: int,
+                extra_eos: tuple[int, ...] = ()) -> StopTables:
+    """Builds the [V] lookups for ``stop`` strings and the EOS ids.
 
     Args:
       tokenizer: a Hugging Face tokenizer.
       stop: stop strings (empty strings are ignored).
       vocab_size: the model's V (may exceed the tokenizer's size: padded embeddings).
+      extra_eos: more ids that end a response (the model config's ``eos_token_id``).
 
     Returns:
       :class:`StopTables` as device arrays.
     """
     eos_V, stop_V, ends_JV, starts_JV = _stop_tables_np(tokenizer, tuple(stop), vocab_size)
+    eos_V = eos_V.copy()
+    eos_V[[i for i in extra_eos if 0 <= i < vocab_size]] = True
     return StopTables(jnp.asarray(eos_V), jnp.asarray(stop_V), jnp.asarray(ends_JV),
                       jnp.asarray(starts_JV))
 
