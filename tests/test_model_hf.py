@@ -181,7 +181,8 @@ def test_peft_trained_adapter_loads(tiny_model, tmp_path):
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM.from_pretrained(tiny_model.ckpt_dir)
     peft_model = get_peft_model(hf, PeftLoraConfig(
-        r=2, lora_alpha=6, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+        r=2, lora_alpha=6, target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "peft")
     lora = lora_config_from_peft(tmp_path / "peft")
     assert lora.targets == ("q", "v", "down") and lora.rank == 2 and lora.alpha == 6.0
