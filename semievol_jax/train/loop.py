@@ -206,13 +206,15 @@ def train(
             dt = time.perf_counter() - t0
             if s > start:  # the first step of a call includes compilation
                 tok_count, tok_time = tok_count + m["input_tokens"], tok_time + dt
-            if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+            bad = [k for k in ("loss", "grad_norm", "param_norm") if not math.isfinite(m[k])]
+            if bad:
                 manager.wait_until_finished()
                 where = (f"step {last_saved} in {manager.directory}" if last_saved is not None
                          else "none written yet")
+                values = ", ".join(f"{k}={m[k]}" for k in bad)
                 raise NonFiniteLossError(
-                    f"non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) at "
-                    f"optimizer step {s + 1} of {total}; stopped. Last good checkpoint: {where}"
+                    f"non-finite {values} at optimizer step {s + 1} of {total}; training "
+                    f"stopped, nothing saved for this step. Last good checkpoint: {where}"
                 )
             losses.append(m["loss"])
             m["lr"] = float(schedule(s))

@@ -250,7 +250,9 @@ def make_train_step(
         new_params = optax.apply_updates(params, updates)
         metrics = {
             "loss": loss_sum / denom,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
+            # Non-finite params with a finite loss (an inf update) must not be checkpointed.
+            "param_norm": optax.tree.norm(new_params),
             "loss_tokens": count,
             "input_tokens": jnp.sum(batch.valid_ABT).astype(jnp.float32),
         }
@@ -258,7 +260,8 @@ def make_train_step(
         return new_state, metrics
 
     repl = sharding.replicated(mesh)
-    metrics_sh = {k: repl for k in ("loss", "grad_norm", "loss_tokens", "input_tokens")}
+    metrics_sh = {k: repl for k in ("loss", "grad_norm", "param_norm", "loss_tokens",
+                                    "input_tokens")}
     return jax.jit(
         step,
         in_shardings=(state_sh, rest_sh, batch_shardings(mesh), repl),
@@ -277,7 +280,9 @@ def init_train_state(
     split: SplitModel, tx: optax.GradientTransformation, state_sh: dict[str, Any]
 ) -> dict:
     """Fresh train state from the split model's params, placed by ``state_sh``."""
-    params = jax.device_put(split.params, state_sh["params"])
+    # A copy, never an alias: the step donates the state, and these arrays still belong
+    # to the caller's model.
+    params = jax.device_put(split.params, state_sh["params"], may_alias=False)
     opt_state = jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params)
     step = jax.device_put(jnp.int32(0), state_sh["step"])
     return {"params": params, "opt_state": opt_state, "step": step}
