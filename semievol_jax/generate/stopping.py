@@ -91,10 +91,14 @@ def _stop_tables_np(tokenizer, stop: tuple[str, ...], vocab_size: int):
     stop = tuple(s for s in stop if s)
     stop_V = np.array([any(s in t for s in stop) for t in texts], bool)
     splits = [(s[:j], s[j:]) for s in stop for j in range(1, len(s))]
-    ends_JV = np.array([[t.endswith(a) for t in texts] for a, _ in splits], bool)
-    starts_JV = np.array([[t.startswith(b) for t in texts] for _, b in splits], bool)
-    shape = (len(splits), vocab_size)
-    return eos_V, stop_V, ends_JV.reshape(shape), starts_JV.reshape(shape)
+    # J padded to a multiple of 8 with all-false rows: a new stop string then reuses
+    # the compiled decode program instead of changing its input shapes.
+    shape = (-(-len(splits) // 8) * 8 or 8, vocab_size)
+    ends_JV, starts_JV = np.zeros(shape, bool), np.zeros(shape, bool)
+    for j, (a, b) in enumerate(splits):
+        ends_JV[j] = [t.endswith(a) for t in texts]
+        starts_JV[j] = [t.startswith(b) for t in texts]
+    return eos_V, stop_V, ends_JV, starts_JV
 
 
 def _token_texts(tokenizer, vocab_size: int) -> list[str]:
