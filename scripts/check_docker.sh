@@ -206,7 +206,8 @@ build() {
   for c in /usr/local/share/ca-certificates/*.crt; do
     [ -f "$c" ] && certs+="$(cat "$c")"$'\n'
   done
-  podman build --isolation=chroot "${vols[@]}" \
+  # docker format: OCI image config has no SHELL, and the builder stage relies on it.
+  podman build --isolation=chroot --format docker "${vols[@]}" \
     --build-arg BASE_IMAGE="$standin" \
     --build-arg EXTRA_CA_CERTS="$certs" \
     --target "$target" -t "$tag" .
@@ -214,6 +215,34 @@ build() {
 
 run_in() {
   podman run --rm --network=none "$@"
+}
+
+# The image holds exactly the lock's versions: pip freeze in the image against
+# `uv export` (a name may have several locked versions, one per Python range).
+check_versions() {
+  local frozen
+  frozen=$(run_in --entrypoint python "$image" -m pip freeze --all) || return 1
+  .venv/bin/uv export --frozen --no-emit-project --no-header --no-hashes -q \
+    > "$work/lock-export.txt" || return 1
+  python3 - "$work/lock-export.txt" "$frozen" <<'EOF'
+import re, sys
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+locked = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"([A-Za-z0-9_.-]+)==([^ ;]+)", line)
+    if m:
+        locked.setdefault(norm(m.group(1)), set()).add(m.group(2))
+frozen = {}
+for line in sys.argv[2].splitlines():
+    name, _, version = line.partition("==") if "==" in line else line.partition(" @ ")
+    frozen[norm(name.strip())] = version.strip()
+extra = {"pip", "setuptools", "semievol-jax"}  # venv's own tools; the package itself
+bad = [f"{n}: image {v}, lock {sorted(locked.get(n, []))}" for n, v in frozen.items()
+       if n not in extra and v not in locked.get(n, set())]
+missing = sorted(set(locked) - set(frozen))
+print(f"{len(frozen)} installed, {len(locked)} locked; mismatched {bad}; missing {missing}")
+sys.exit(1 if bad or missing else 0)
+EOF
 }
 
 default_tests() {
@@ -236,6 +265,7 @@ step build_image build image "$image" || fail build_image
 step build_test_image build test "$test_image" || fail build_test_image
 step run_help run_in "$image" --help || fail run_help
 step run_env run_in "$image" env || fail run_env
+step versions check_versions || fail versions
 step run_whoami run_in --entrypoint id "$image" -u || fail run_whoami
 [ "$(tail -n 1 "$work/run_whoami.log")" != "0" ] || { echo "image runs as root" >> "$work/run_whoami.log"; fail run_whoami; }
 read -r -a tests <<< "${SEMIEVOL_DOCKER_TESTS:-$(default_tests)}"
