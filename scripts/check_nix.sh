@@ -7,10 +7,11 @@
 #     and the package set is the lock's packages at the lock's versions;
 #   - packages.default / apps.default: `nix run` runs `semievol demo --out results/demo`
 #     (the stub venv's semievol records its argv instead of running the demo);
-#   - checks.pytest copies tests/ + pyproject.toml and calls pytest on tests/ with
-#     -m "not slow" (the stub pytest records its argv and runs the real pytest from
-#     .venv with --collect-only, so the copied tests must import and collect);
-#   - devShells.default and formatter evaluate.
+#   - checks.pytest copies the source minus semievol_jax/ and calls pytest on tests/
+#     with -m "not slow" (the stub pytest records its argv, checks the source package
+#     is absent and runs the real pytest from .venv with --collect-only, so the copied
+#     tests must import and collect);
+#   - devShells.default builds.
 # Usage: scripts/check_nix.sh      Writes results/packaging/nix-check.json.
 # Needs nix >= 2.8 (Debian: apt-get install nix-bin); run as root (single-user store).
 set -euo pipefail
@@ -114,7 +115,6 @@ cat > "$tmp/stubs/nixpkgs/flake.nix" <<'EOF'
           stdenv = { isLinux = true; cc.cc.lib = dummy "libstdcxx-stub"; };
           zlib = dummy "zlib-stub";
           uv = dummy "uv-stub";
-          nixfmt-rfc-style = dummy "nixfmt-stub";
           python311 = (dummy "python3.11-stub") // { interpreter = "/usr/bin/python3"; };
           callPackage = f: args: f args;
           writeShellApplication = { name, text, ... }:
@@ -182,7 +182,7 @@ cat > "$tmp/stubs/pyproject-nix/flake.nix" <<EOF
                     printf '#!/bin/sh\necho "stub-semievol argv: \$*"\n' > \$out/bin/semievol
                     chmod +x \$out/bin/semievol
                     if [ -n "\$hasPytest" ]; then
-                      printf '#!/bin/sh\necho "stub-pytest argv: \$*"\nls pyproject.toml tests >/dev/null\nexec $host_python -m pytest --collect-only -q -p no:cacheprovider tests\n' > \$out/bin/pytest
+                      printf '#!/bin/sh\necho "stub-pytest argv: \$*"\nls pyproject.toml tests >/dev/null\n[ ! -e semievol_jax ] || { echo "source package present: tests would not use the installed one"; exit 1; }\nexec $host_python -m pytest --collect-only -q -p no:cacheprovider tests\n' > \$out/bin/pytest
                       chmod +x \$out/bin/pytest
                     fi
                   '' ];
@@ -237,7 +237,7 @@ EOF
 # flake.lock is written into the working tree and untracked files don't matter.
 src="$tmp/src"
 mkdir -p "$src"
-cp -r flake.nix nix pyproject.toml uv.lock tests "$src/"
+cp -r flake.nix nix pyproject.toml uv.lock README.md tests semievol_jax "$src/"
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
 
 overrides=()
@@ -294,7 +294,6 @@ check_flake_check() {
 check_devshell() {
   nix "${nixopts[@]}" build --no-link "path:$src#devShells.x86_64-linux.default" "${flake[@]}" || return 1
   eval_json 'devShells.x86_64-linux.default.name'
-  eval_json 'formatter.x86_64-linux.name'
 }
 
 step parse check_parse || fail parse
