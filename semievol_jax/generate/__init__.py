@@ -8,6 +8,7 @@ and hidden-state embeddings.
   embed.py      embed(): pooled, L2-normalised hidden states for retrieval
 """
 
+from semievol_jax.generate.embed import embed
 from semievol_jax.generate.generator import (
     PromptError,
     Sample,
@@ -20,6 +21,7 @@ __all__ = [
     "PromptError",
     "Sample",
     "SampleConfig",
+    "embed",
     "generate",
     "render_prompt",
     "response_entropy",
