@@ -1,8 +1,8 @@
 """Hugging Face / PEFT checkpoint I/O: the only module that knows HF parameter names.
 
-Loading streams one tensor at a time (each safetensors file is re-opened per tensor so
-its memory map is released), so a checkpoint never has two full host copies; with a
-mesh each tensor goes straight into its target sharding.
+Loading streams one tensor at a time (read into an aligned buffer that the CPU backend
+adopts, or copied to the accelerator and dropped), so a checkpoint never has two host
+copies; with a mesh each tensor goes straight into its target sharding.
 """
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ def weight_names(cfg: LlamaConfig) -> dict[str, tuple]:
     return names
 
 
+def hf_tensor_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> the shape a checkpoint of `cfg` stores it with."""
+    model = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+    return {name: _hf_shape(model, path) for name, path in weight_names(cfg).items()}
+
+
 def _resolve(model: nnx.Module, path: tuple) -> Any:
     node = model
     for part in path:
@@ -103,6 +109,7 @@ class _Weights:
         self.ckpt_dir = ckpt_dir
         self.file_of: dict[str, Path] = {}
         self._torch_state: dict[str, Any] | None = None
+        self._headers: dict[Path, _SafetensorsHeader] = {}
         index = ckpt_dir / "model.safetensors.index.json"
         files = sorted(ckpt_dir.glob("*.safetensors"))
         if index.is_file():
@@ -117,9 +124,9 @@ class _Weights:
                     raise CheckpointError(f"{index}: shard {file.name} is missing")
         elif files:
             for file in files:
-                with safe_open(file, "numpy") as f:
-                    for name in f.keys():
-                        self.file_of[name] = file
+                self._headers[file] = _SafetensorsHeader(file)
+                for name in self._headers[file].entries:
+                    self.file_of[name] = file
         else:
             bins = sorted(ckpt_dir.glob("*.bin")) + sorted(ckpt_dir.glob("*.pt"))
             if not bins:
@@ -144,8 +151,55 @@ class _Weights:
             raise CheckpointError(f"{self.ckpt_dir}: tensor {name!r} is missing")
         if self._torch_state is not None:
             return _torch_to_numpy(self._torch_state[name])
-        with safe_open(self.file_of[name], "numpy") as f:
-            return f.get_tensor(name)
+        file = self.file_of[name]
+        if file not in self._headers:
+            self._headers[file] = _SafetensorsHeader(file)
+        return self._headers[file].read(name)
+
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
+              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+              "BOOL": np.bool_}
+_ALIGN = 64  # XLA:CPU adopts 64-byte-aligned host buffers without copying them
+
+
+class _SafetensorsHeader:
+    """The index of one .safetensors file; reads a tensor's byte range into a fresh aligned
+    buffer. Unlike safe_open's memory map (whose touched pages count as resident until
+    closed, on top of the copy it returns) this holds each tensor in host memory once."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        try:
+            with open(file, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if not 0 < n < 2**28:
+                    raise ValueError(f"header length {n}")
+                header = json.loads(f.read(n))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from e
+        header.pop("__metadata__", None)
+        self.entries = header
+        self.data_start = 8 + n
+
+    def read(self, name: str) -> np.ndarray:
+        entry = self.entries[name]
+        dtype = _ST_DTYPES.get(entry["dtype"])
+        if dtype is None:  # exotic dtypes (fp8, ...): let safetensors decode them
+            with safe_open(self.file, "numpy") as f:
+                return f.get_tensor(name)
+        begin, end = entry["data_offsets"]
+        raw = np.empty(end - begin + _ALIGN, np.uint8)
+        offset = -raw.ctypes.data % _ALIGN
+        buf = raw[offset:offset + end - begin]
+        with open(self.file, "rb") as f:
+            f.seek(self.data_start + begin)
+            if f.readinto(memoryview(buf)) != end - begin:
+                raise CheckpointError(f"{self.file}: tensor {name!r} is truncated")
+        try:
+            return buf.view(dtype).reshape(entry["shape"])
+        except ValueError as e:
+            raise CheckpointError(f"{self.file}: tensor {name!r} is malformed ({e})") from e
 
 
 def _torch_to_numpy(t: Any) -> np.ndarray:
@@ -163,7 +217,7 @@ def _torch_to_numpy(t: Any) -> np.ndarray:
 def _place(value: np.ndarray, var: nnx.Variable, dtype: Any, mesh) -> jax.Array:
     dtype = np.dtype(dtype)
     if mesh is None:
-        return jax.device_put(value.astype(dtype, copy=False))
+        return jax.device_put(value.astype(dtype, copy=False), may_alias=True)
     sharding = logical_to_sharding(var.get_metadata("out_sharding"), mesh, value.shape)
     return jax.make_array_from_callback(
         value.shape, sharding, lambda idx: value[idx].astype(dtype, copy=False))
