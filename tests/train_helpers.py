@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -11,6 +14,13 @@ from semievol_jax.model.config import LlamaConfig
 from semievol_jax.model.llama import Llama
 from semievol_jax.model.lora import LoraConfig
 from semievol_jax.train import SFTExample, TrainConfig
+
+# Every train() call jits its step afresh; the persistent cache turns the repeats (same
+# program in another test, a subprocess, a resumed run) into cache hits.
+CACHE_DIR = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "semievol_jax_test_jit"))
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 WORDS = "zero one two three four five six seven eight nine".split()
 
