@@ -36,6 +36,12 @@ from pathlib import Path
 import numpy as np
 
 LETTERS = "ABCDEFGHIJ"
+# The closing instruction of the pipeline's choice tasks (e.g. "mmlu"), so the quizzes in
+# the corpus read like the prompts the demo is evaluated with.
+INSTRUCTION = (
+    "Answer the multiple-choice question. Your response should end with a line of the "
+    "form 'Answer: LETTER' (without quotes), where LETTER is one of {letters}."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,11 +217,18 @@ def _options(value: str, rel: Relation, k: int, rng: np.random.Generator) -> tup
 
 
 def render_quiz(question: str, options: Sequence[str], answer: str | None) -> str:
-    """A quiz document in the prompt's shape: question, `A. ...` lines, `Answer: X`."""
-    lines = [f"Question: {question}"]
-    lines += [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
-    lines.append(f"Answer: {answer}" if answer is not None else "Answer:")
-    return "\n".join(lines)
+    """A quiz in the layout of the pipeline's prompt, plus the worked `Answer: X` line.
+
+    The layout (question, `Options:` with `A. ...` lines, the instruction) matches
+    `semievol_jax.pipeline.prompts.format_question` for a 4-option choice task, the way
+    a real LLM has met exams laid out like its evaluation prompts; tests check the two
+    agree. `answer=None` gives the bare question (no answer line).
+    """
+    lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    letters = ", ".join(LETTERS[: len(options)])
+    text = (f"Question:\n{question}\n\nOptions:\n{lines}\n\n"
+            + INSTRUCTION.replace("{letters}", letters))
+    return text if answer is None else f"{text}\nAnswer: {answer}"
 
 
 def make_corpus(world: World, cfg: SynthConfig) -> list[str]:
