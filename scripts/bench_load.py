@@ -1,0 +1,176 @@
+"""Benchmark: peak host memory of `load_hf` on a ~1.2 GB checkpoint vs the checkpoint size.
+
+Writes a random float32 Llama (D 1536, F 4096, L 8, N 12 / K 4, V 32000, untied: 1.2 GB)
+as sharded safetensors, then loads it in fresh subprocesses and reads each one's peak RSS
+(ru_maxrss). Rows: `load_hf` (streamed), `load_hf` onto a 1-device mesh (the
+make_array_from_callback path used for sharded loading), and a naive reference that reads
+every tensor first (safetensors.numpy.load_file) and then converts. The goal is a peak
+*increase* over the post-import baseline below 1.3x the checkpoint size.
+
+Usage:
+    python scripts/bench_load.py                     # writes results/bench/load.json
+    python scripts/bench_load.py --layers 2 --no-json   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("load_hf", "load_hf_mesh", "naive_load_file")
+
+
+def write_checkpoint(out: Path, args: argparse.Namespace) -> int:
+    """Random HF checkpoint written shard by shard; returns the weights' total bytes."""
+    from safetensors.numpy import save_file
+
+    from semievol_jax.model import LlamaConfig
+    from semievol_jax.model.hf_io import hf_tensor_shapes
+
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden,
+                      intermediate_size=args.mlp, num_layers=args.layers,
+                      num_heads=args.heads, num_kv_heads=args.kv_heads,
+                      head_dim=args.hidden // args.heads)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    sizes = [0]
+    for name, shape in hf_tensor_shapes(cfg).items():
+        nbytes = int(np.prod(shape)) * 4
+        if sizes[-1] and sizes[-1] + nbytes > args.shard_mb * 2**20:
+            shards.append({})
+            sizes.append(0)
+        shards[-1][name] = shape
+        sizes[-1] += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {n: np.ones(s, np.float32) if n.endswith("norm.weight")
+                   else 0.02 * rng.standard_normal(s, dtype=np.float32)
+                   for n, s in shard.items()}
+        save_file(tensors, str(out / file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in shard})
+        del tensors
+    total = sum(sizes)
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}))
+    (out / "config.json").write_text(json.dumps(cfg.to_hf()))
+    return total
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def child(mode: str, ckpt: Path) -> None:
+    """Runs one load in this (fresh) process and prints a JSON line of measurements."""
+    import jax
+    import jax.numpy as jnp
+
+    from semievol_jax.model import load_hf
+
+    jax.block_until_ready(jnp.ones(8) + 1)  # runtime and allocator up before the baseline
+    baseline = _rss_bytes()
+    t0 = time.perf_counter()
+    if mode == "load_hf":
+        model, _ = load_hf(ckpt)
+    elif mode == "load_hf_mesh":
+        mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
+                             axis_types=(jax.sharding.AxisType.Auto,) * 3)
+        model, _ = load_hf(ckpt, mesh=mesh)
+    else:
+        from safetensors.numpy import load_file
+
+        index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+        tensors = {}
+        for file in sorted(set(index["weight_map"].values())):
+            tensors.update(load_file(str(ckpt / file)))
+        model = {k: jax.device_put(v) for k, v in tensors.items()}
+    jax.block_until_ready(jax.tree.leaves(model if isinstance(model, dict) else
+                                          __import__("flax").nnx.state(model)))
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"mode": mode, "baseline_rss": baseline, "peak_rss": peak,
+                      "final_rss": _rss_bytes(), "seconds": seconds}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--hidden", type=int, default=1536)
+    p.add_argument("--mlp", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--shard-mb", type=int, default=400)
+    p.add_argument("--workdir", default=None, help="where to write the checkpoint (temp dir)")
+    p.add_argument("--no-json", action="store_true")
+    p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args.child, Path(args.ckpt))
+        return
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        ckpt = Path(tmp) / "ckpt"
+        size = write_checkpoint(ckpt, args)
+        rows = []
+        for mode in MODES:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", mode, "--ckpt", str(ckpt)],
+                check=True, capture_output=True, text=True, env={**os.environ,
+                                                              "JAX_PLATFORMS": "cpu"})
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["peak_increase"] = row["peak_rss"] - row["baseline_rss"]
+            row["increase_over_size"] = row["peak_increase"] / size
+            row["peak_over_size"] = row["peak_rss"] / size
+            rows.append(row)
+
+    gib = 2**30
+    print(f"checkpoint: {size / gib:.3f} GiB float32, {args.layers} layers, D={args.hidden}")
+    print(f"{'mode':<18}{'baseline GiB':>13}{'peak GiB':>10}{'increase GiB':>14}"
+          f"{'increase/size':>15}{'seconds':>9}")
+    for r in rows:
+        print(f"{r['mode']:<18}{r['baseline_rss'] / gib:>13.3f}{r['peak_rss'] / gib:>10.3f}"
+              f"{r['peak_increase'] / gib:>14.3f}{r['increase_over_size']:>15.2f}"
+              f"{r['seconds']:>9.1f}")
+    if args.no_json:
+        return
+    import jax
+
+    result = {
+        "benchmark": "load_hf peak host RSS vs checkpoint size",
+        "command": "python " + " ".join(sys.argv),
+        "device": {"platform": platform.platform(), "machine": platform.machine(),
+                   "cpu_count": os.cpu_count(), "jax_devices": [str(d) for d in jax.devices()],
+                   "jax": jax.__version__, "python": platform.python_version()},
+        "checkpoint": {"bytes": size, "dtype": "float32", "hidden": args.hidden,
+                       "mlp": args.mlp, "layers": args.layers, "heads": args.heads,
+                       "kv_heads": args.kv_heads, "vocab": args.vocab,
+                       "shard_mb": args.shard_mb},
+        "goal": "peak_increase / checkpoint bytes < 1.3",
+        "rows": rows,
+    }
+    out = Path(__file__).resolve().parent.parent / "results" / "bench" / "load.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
