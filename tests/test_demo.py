@@ -1,0 +1,138 @@
+"""The demo world: synthetic task + corpus generator (fast, pure Python)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from semievol_jax.demo import synth
+from semievol_jax.demo.synth import SynthConfig, SynthError
+
+SPLITS = ("labeled", "unlabeled", "test")
+
+
+@pytest.fixture(scope="module")
+def world_splits():
+    cfg = SynthConfig()
+    world = synth.make_world(cfg)
+    return cfg, world, synth.make_splits(world, cfg), synth.make_corpus(world, cfg)
+
+
+def _bytes(out_dir):
+    return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir())}
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = _bytes(synth.write_demo_data(tmp_path / "a", SynthConfig(seed=3))["test"].parent)
+    b = _bytes(synth.write_demo_data(tmp_path / "b", SynthConfig(seed=3))["test"].parent)
+    c = _bytes(synth.write_demo_data(tmp_path / "c", SynthConfig(seed=4))["test"].parent)
+    assert set(a) == {"labeled.csv", "unlabeled.csv", "test.csv", "corpus.jsonl"}
+    assert a == b
+    assert all(a[k] != c[k] for k in a)
+
+
+def test_splits_load_with_the_pipeline_loader(tmp_path):
+    data = pytest.importorskip("semievol_jax.pipeline.data")
+    paths = synth.write_demo_data(tmp_path, SynthConfig())
+    cfg = SynthConfig()
+    for split, n in zip(SPLITS, (cfg.num_labeled, cfg.num_unlabeled, cfg.num_test),
+                        strict=True):
+        rows = data.load_split(paths[split], "mmlu", split_name=split)
+        assert len(rows) == n
+        assert all(len(r.options) == cfg.num_options and r.answer in "ABCD" for r in rows)
+        assert all(r.options[ord(r.answer) - 65] for r in rows)
+    unl, gold = data.load_unlabeled(paths["unlabeled"], "mmlu")
+    assert len(unl) == cfg.num_unlabeled and len(gold.ids()) == cfg.num_unlabeled
+
+
+def test_ratio_is_the_official_one_to_three_to_one(world_splits):
+    _, _, splits, _ = world_splits
+    n = {k: len(v) for k, v in splits.items()}
+    assert n["unlabeled"] == 3 * n["labeled"] and n["test"] == n["labeled"]
+
+
+def test_answers_are_the_facts_and_letters_are_balanced(world_splits):
+    _, world, splits, _ = world_splits
+    letters = []
+    for qs in splits.values():
+        for q in qs:
+            assert q.options[synth.LETTERS.index(q.answer)] == world.facts[(q.person,
+                                                                              q.relation)]
+            assert len(set(q.options)) == len(q.options)
+            letters.append(q.answer)
+    counts = [letters.count(x) for x in "ABCD"]
+    assert min(counts) > 0.15 * len(letters)  # no letter prior to exploit
+
+
+def test_overlap_is_the_intended_one(world_splits):
+    """Unique question stems across splits; shared facts; labeled covers 2 relations."""
+    cfg, _, splits, _ = world_splits
+    stems = {s: {(q.person, q.relation, q.template) for q in qs} for s, qs in splits.items()}
+    texts = {s: {q.question for q in qs} for s, qs in splits.items()}
+    for a, b in (("labeled", "unlabeled"), ("labeled", "test"), ("unlabeled", "test")):
+        assert not stems[a] & stems[b] and not texts[a] & texts[b]
+    assert {q.relation for q in splits["labeled"]} == set(cfg.labeled_relations)
+    assert {q.relation for q in splits["test"]} == set(cfg.relations)
+    facts = {s: {(q.person, q.relation) for q in qs} for s, qs in splits.items()}
+    test_in_unl = len(facts["test"] & facts["unlabeled"]) / len(facts["test"])
+    test_in_lab = len(facts["test"] & facts["labeled"]) / len(facts["test"])
+    # Most test facts are asked (in another phrasing) in unlabeled; fewer in labeled.
+    assert test_in_unl > 0.6 and test_in_lab < test_in_unl
+
+
+def test_corpus_states_every_fact_and_quizzes_only_practice_people(world_splits):
+    cfg, world, _, corpus = world_splits
+    quizzes = [d for d in corpus if d.startswith("Question:")]
+    prose = [d for d in corpus if not d.startswith("Question:")]
+    assert len(quizzes) == cfg.num_practice_people * cfg.quizzes_per_practice_person
+    task_people = set(world.people)
+    for q in quizzes:
+        assert not any(f" {p}" in q or f"{p}?" in q for p in task_people)
+        assert q.rsplit("\n", 1)[1] in {f"Answer: {x}" for x in "ABCD"}
+    text = "\n".join(prose)
+    for (person, rel), value in world.facts.items():
+        r = next(r for r in synth.RELATIONS if r.name == rel)
+        assert any(t.format(e=person, v=value) in text for t in r.statements)
+
+
+def test_quiz_layout_matches_the_pipeline_prompt():
+    prompts = pytest.importorskip("semievol_jax.pipeline.prompts")
+    tasks = pytest.importorskip("semievol_jax.pipeline.tasks")
+    from semievol_jax.pipeline.data import Example
+
+    task = tasks.get_task("mmlu")
+    ex = Example(id="x", question="Where does Bralo live?", options=("Mora", "Tesk", "Lund",
+                                                                     "Pira"), answer="B")
+    expected = prompts.format_question(task, ex) + "\n" + prompts.target(task, "B")
+    assert synth.render_quiz(ex.question, ex.options, "B") == expected
+
+
+def test_csv_round_trips_options_with_commas_and_quotes():
+    q = synth.Question("t-0", 'Is "x", y?', ('a, "b"', "c"), "A", "town", "P", 0)
+    text = synth.questions_to_csv([q])
+    import csv
+    import io
+
+    row = list(csv.DictReader(io.StringIO(text)))[0]
+    assert json.loads(row["options"]) == ['a, "b"', "c"] and row["question"] == q.question
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(relations=("town", "weather")), "unknown relations"),
+    (dict(labeled_relations=("food",), relations=("town", "colour")), "labeled_relations"),
+    (dict(num_people=4), "question stems"),
+    (dict(num_options=11), "num_options"),
+])
+def test_impossible_configs_raise_clear_errors(change, match):
+    cfg = dataclasses.replace(SynthConfig(), **change)
+    with pytest.raises(SynthError, match=match):
+        synth.make_splits(synth.make_world(cfg), cfg)
+
+
+def test_read_corpus_names_the_bad_line(tmp_path):
+    p = tmp_path / "corpus.jsonl"
+    p.write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(SynthError, match="corpus.jsonl:2"):
+        synth.read_corpus(p)
