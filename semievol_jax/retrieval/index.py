@@ -32,11 +32,11 @@ class IndexConfig:
     backend: str = "auto"  # "auto": ScaNN from min_rows_for_partitioning rows, else exact
     min_rows_for_partitioning: int = 10_000  # below this a partition saves nothing
     num_leaves: int = 0  # ScaNN tree leaves; 0 -> about sqrt(N)
-    leaves_to_search: int = 0  # leaves scored per query; 0 -> max(8, 5% of leaves)
+    leaves_to_search: int = 0  # leaves scored per query; 0 -> max(8, 20% of leaves)
     reorder: int = 0  # AH candidates rescored exactly; 0 -> 100 (never below k)
     dims_per_block: int = 0  # AH dims per code; 0 -> 2 for D <= 1024, else 4
     anisotropic_threshold: float | None = None  # AH eta; None -> 0.2
-    training_sample_size: int = 100_000  # rows sampled for tree / codebook training
+    training_sample_size: int = 0  # rows sampled to train; 0 -> max(20k, 100 per leaf)
     min_partition_size: int = 50  # smallest leaf ScaNN keeps
     seed: int = 0  # tree + codebook seeds; same data and seed -> same index bytes
     training_threads: int = 0  # 0 = all cores (the result does not depend on it)
@@ -48,11 +48,10 @@ class IndexConfig:
             raise RetrievalError(
                 f"IndexConfig.backend={self.backend!r}; expected one of {BACKENDS}")
         for name in ("min_rows_for_partitioning", "num_leaves", "leaves_to_search", "reorder",
-                     "dims_per_block", "training_threads"):
+                     "dims_per_block", "training_threads", "training_sample_size"):
             if getattr(self, name) < 0:
                 raise RetrievalError(f"IndexConfig.{name}={getattr(self, name)} must be >= 0")
-        for name in ("training_sample_size", "min_partition_size", "search_batch_size",
-                     "exact_chunk"):
+        for name in ("min_partition_size", "search_batch_size", "exact_chunk"):
             if getattr(self, name) < 1:
                 raise RetrievalError(f"IndexConfig.{name}={getattr(self, name)} must be >= 1")
 

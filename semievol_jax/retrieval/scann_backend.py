@@ -39,11 +39,13 @@ class ScannParams:
 def resolve_params(cfg, n: int, d: int) -> ScannParams:
     """Fills the IndexConfig fields left at 0/None with values derived from the data.
 
-    The derivations follow ScaNN's tuning guide, fixed by scripts/bench_retrieval.py
-    (100k x 4096, k=4): about sqrt(N) leaves (so a leaf and the centroid table cost the
-    same to score), searching ~5% of them; 2 dims per AH block up to D=1024, 4 above
-    (codes of D/4 bytes already rank well enough for the exact reorder to fix the rest);
-    eta = 0.2 as ScaNN recommends for dot-product search.
+    Fixed with scripts/bench_retrieval.py (100k x 4096 and 20k x 1024, k=4, topics wider
+    than a partition): about sqrt(N) leaves, so scoring the centroids and scoring a leaf
+    cost about the same; searching 20% of them, because true neighbours straddle leaf
+    boundaries and AH scoring of a leaf is cheap next to exact scoring; 2 dims per AH
+    block up to D=1024 and 4 above (D/8 bytes per row; the exact reorder of the top 100
+    repairs the ranking); eta = 0.2 as ScaNN recommends for dot-product search; a
+    training sample of 100 rows per leaf (at least 20k), which k-means needs and no more.
 
     Args:
       cfg: an IndexConfig.
@@ -53,18 +55,19 @@ def resolve_params(cfg, n: int, d: int) -> ScannParams:
     num_leaves = cfg.num_leaves or max(2, round(math.sqrt(n)))
     # Leaves smaller than min_partition_size get merged by ScaNN; keep enough rows each.
     num_leaves = max(2, min(num_leaves, n // max(cfg.min_partition_size, 1)))
-    leaves_to_search = cfg.leaves_to_search or max(8, math.ceil(0.05 * num_leaves))
+    leaves_to_search = cfg.leaves_to_search or max(8, math.ceil(0.2 * num_leaves))
     leaves_to_search = min(leaves_to_search, num_leaves)
     dims_per_block = cfg.dims_per_block or (2 if d <= 1024 else 4)
     dims_per_block = min(dims_per_block, d)
     eta = 0.2 if cfg.anisotropic_threshold is None else float(cfg.anisotropic_threshold)
+    sample = cfg.training_sample_size or max(20_000, 100 * num_leaves)
     return ScannParams(
         num_leaves=int(num_leaves),
         leaves_to_search=int(leaves_to_search),
         dims_per_block=int(dims_per_block),
         anisotropic_threshold=eta,
         reorder=int(cfg.reorder or 100),
-        training_sample_size=int(min(cfg.training_sample_size, n)),
+        training_sample_size=int(min(sample, n)),
         min_partition_size=int(cfg.min_partition_size),
         seed=int(cfg.seed),
         training_threads=int(cfg.training_threads),
