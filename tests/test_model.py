@@ -25,22 +25,22 @@ def _left_padded(vocab, lengths, width, extra, seed=0):
 
 def test_cached_decode_equals_full_forward(tiny_model):
     model, cfg = tiny_model.model, tiny_model.cfg
-    tokens, positions, valid = _left_padded(cfg.vocab_size, [4, 6, 1], width=6, extra=4)
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [4, 6, 1], width=6, extra=2)
     full = model(tokens, positions, valid_BT=valid).logits_BTV
 
     step = nnx.jit(lambda m, t, p, v, c: m(t, p, valid_BT=v, cache=c))
     cache = init_cache(cfg, batch=3, max_len=12)
     chunks = []
     # Prefill in two chunks (the second starts at a non-zero end), then one token at a time.
-    for lo, hi in [(0, 4), (4, 6)] + [(t, t + 1) for t in range(6, 10)]:
+    for lo, hi in [(0, 3), (3, 6), (6, 7), (7, 8)]:
         out = step(model, tokens[:, lo:hi], positions[:, lo:hi], valid[:, lo:hi], cache)
         cache = out.cache
         chunks.append(out.logits_BTV)
     cached = jnp.concatenate(chunks, axis=1)
 
-    assert int(cache.end) == 10
-    np.testing.assert_array_equal(np.asarray(cache.valid_BS[:, :10]), np.asarray(valid))
-    assert not np.asarray(cache.valid_BS[:, 10:]).any()
+    assert int(cache.end) == 8
+    np.testing.assert_array_equal(np.asarray(cache.valid_BS[:, :8]), np.asarray(valid))
+    assert not np.asarray(cache.valid_BS[:, 8:]).any()
     mask = np.asarray(valid)
     diff = np.abs(np.asarray(cached) - np.asarray(full))[mask]
     assert diff.max() <= 1e-4, diff.max()
@@ -51,7 +51,7 @@ def test_cached_decode_equals_full_forward(tiny_model):
 def test_padding_does_not_change_valid_logits(tiny_model):
     """A left-padded row gives the same logits as the same row unpadded."""
     model = tiny_model.model
-    tokens, positions, valid = _left_padded(tiny_model.cfg.vocab_size, [3, 6], width=6, extra=0)
+    tokens, positions, valid = _left_padded(tiny_model.cfg.vocab_size, [5, 8, 1], 8, extra=0)
     padded = model(tokens, positions, valid_BT=valid).logits_BTV[0, 3:]
     alone = model(tokens[:1, 3:], positions[:1, 3:]).logits_BTV[0]
     np.testing.assert_allclose(np.asarray(padded), np.asarray(alone), atol=1e-5)
@@ -59,12 +59,12 @@ def test_padding_does_not_change_valid_logits(tiny_model):
 
 def test_hidden_layers(tiny_model):
     model, cfg = tiny_model.model, tiny_model.cfg
-    tokens, positions, valid = _left_padded(cfg.vocab_size, [5], width=5, extra=0)
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [8, 8, 8], width=8, extra=0)
     last = model(tokens, positions, hidden_layer=cfg.num_layers - 1).hidden_BTD
     final = model(tokens, positions, hidden_layer=-1).hidden_BTD
     first = model(tokens, positions, hidden_layer=0).hidden_BTD
     assert model(tokens, positions).hidden_BTD is None
-    assert final.shape == (1, 5, cfg.hidden_size)
+    assert final.shape == (3, 8, cfg.hidden_size)
     np.testing.assert_allclose(np.asarray(model.norm(last)), np.asarray(final), atol=1e-5)
     assert not np.allclose(np.asarray(first), np.asarray(last))
     with pytest.raises(ValueError, match="hidden_layer"):
@@ -96,7 +96,7 @@ def test_lora_merge_matches_adapter_forward(tiny_model):
     for _, var in nnx.iter_graph(model):
         if isinstance(var, nnx.LoRAParam) and var.get_metadata("out_sharding")[-1] == "lora_rank":
             var.set_value(0.1 * jax.random.normal(jax.random.key(3), var.shape))
-    tokens, positions, valid = _left_padded(cfg.vocab_size, [4, 6], width=6, extra=0)
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [8, 5, 1], width=8, extra=0)
     with_lora = model(tokens, positions, valid_BT=valid).logits_BTV
     base = tiny_model.model(tokens, positions, valid_BT=valid).logits_BTV
     merged = merge_lora(model)
@@ -112,8 +112,7 @@ def test_lora_dropout_only_in_train_mode(tiny_model):
     for _, var in nnx.iter_graph(model):
         if isinstance(var, nnx.LoRAParam):
             var.set_value(jnp.ones(var.shape, var.dtype) * 0.05)
-    tokens = jnp.arange(1, 6)[None]
-    positions = jnp.arange(5)[None]
+    tokens, positions, _ = _left_padded(cfg.vocab_size, [8, 8, 8], width=8, extra=0)
     a = model(tokens, positions).logits_BTV
     b = model(tokens, positions).logits_BTV
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # eval mode by default

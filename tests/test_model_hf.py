@@ -28,6 +28,10 @@ LLAMA31_SMALL = RopeScaling("llama3", factor=8.0, low_freq_factor=1.0, high_freq
                             original_max_position_embeddings=32)
 
 
+# One batch shape for every test (eager JAX compiles each primitive once per shape).
+LENGTHS, WIDTH = [8, 5, 1], 8
+
+
 def _batch(vocab, lengths, width, seed=0):
     """Left-padded random rows: tokens, positions, valid as numpy."""
     rng = np.random.RandomState(seed)
@@ -46,6 +50,7 @@ def _hf_logits(path, tokens, positions, valid, dtype=torch.float32, peft_dir=Non
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, peft_dir).eval()
+    tokens, positions, valid = (np.asarray(x) for x in (tokens, positions, valid))
     with torch.no_grad():
         out = model(input_ids=torch.tensor(tokens), position_ids=torch.tensor(positions),
                     attention_mask=torch.tensor(valid.astype(np.int64)))
@@ -74,7 +79,7 @@ def tied_dir(tmp_path_factory):
 
 
 def test_parity_gqa_untied_padded(tiny_model):
-    tokens, positions, valid = _batch(tiny_model.cfg.vocab_size, [12, 7, 1], width=12)
+    tokens, positions, valid = _batch(tiny_model.cfg.vocab_size, LENGTHS, WIDTH)
     ref = _hf_logits(tiny_model.ckpt_dir, tokens, positions, valid)
     ours = _flax_logits(tiny_model.model, tokens, positions, valid)
     assert tiny_model.cfg.num_kv_heads < tiny_model.cfg.num_heads
@@ -85,7 +90,7 @@ def test_parity_gqa_untied_padded(tiny_model):
 def test_parity_tied_embeddings(tied_dir):
     model, cfg = load_hf(tied_dir)
     assert cfg.tie_word_embeddings and not hasattr(model, "lm_head_VD")
-    tokens, positions, valid = _batch(cfg.vocab_size, [9, 5], width=9, seed=1)
+    tokens, positions, valid = _batch(cfg.vocab_size, LENGTHS, WIDTH, seed=1)
     ref = _hf_logits(tied_dir, tokens, positions, valid)
     assert _max_diff(_flax_logits(model, tokens, positions, valid), ref, valid) <= 1e-4
 
@@ -106,12 +111,13 @@ def test_parity_llama31_rope_scaling_past_original_length(llama31_dir):
     assert _max_diff(_flax_logits(plain, tokens, positions, valid), ref, valid) > 1e-3
 
 
+@pytest.mark.slow
 # bf16 tolerance, measured: with these O(1)-logit random models both implementations
 # drift from the fp32 reference by ~0.05-0.1 (bf16 has an 8-bit mantissa: 2^-8 relative
 # per op, compounding over 2 layers and a 64-wide contraction). We require our bf16
 # logits to be no further from HF's fp32 logits than 2x HF's own bf16 drift, plus 0.02.
 def test_parity_bf16(tiny_model):
-    tokens, positions, valid = _batch(tiny_model.cfg.vocab_size, [10, 6], width=10, seed=3)
+    tokens, positions, valid = _batch(tiny_model.cfg.vocab_size, LENGTHS, WIDTH, seed=3)
     ref32 = _hf_logits(tiny_model.ckpt_dir, tokens, positions, valid)
     ref16 = _hf_logits(tiny_model.ckpt_dir, tokens, positions, valid, dtype=torch.bfloat16)
     model, _ = load_hf(tiny_model.ckpt_dir, dtype=jnp.bfloat16)
@@ -130,7 +136,7 @@ def test_export_roundtrip_transformers_loads(tiny_model, tmp_path):
                   max_shard_bytes=100_000)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
-    tokens, positions, valid = _batch(tiny_model.cfg.vocab_size, [8, 3], width=8, seed=4)
+    tokens, positions, valid = _batch(tiny_model.cfg.vocab_size, LENGTHS, WIDTH, seed=4)
     ours = _flax_logits(tiny_model.model, tokens, positions, valid)
     assert _max_diff(_hf_logits(out, tokens, positions, valid), ours, valid) <= 1e-4
     reloaded, cfg = load_hf(out)
@@ -155,7 +161,7 @@ def test_peft_adapter_interop(tiny_model, tmp_path):
     lora = LoraConfig(rank=4, alpha=8.0, dropout=0.0)
     model = _random_lora_model(tiny_model, lora)
     adapter = save_peft_adapter(model, tmp_path / "adapter", str(tiny_model.ckpt_dir))
-    tokens, positions, valid = _batch(tiny_model.cfg.vocab_size, [7, 4], width=7, seed=5)
+    tokens, positions, valid = _batch(tiny_model.cfg.vocab_size, LENGTHS, WIDTH, seed=5)
     ours = _flax_logits(model, tokens, positions, valid)
     base = _flax_logits(tiny_model.model, tokens, positions, valid)
     assert _max_diff(ours, base, valid) > 1e-2  # the adapter does something
@@ -173,6 +179,7 @@ def test_peft_adapter_interop(tiny_model, tmp_path):
     np.testing.assert_allclose(_flax_logits(fresh, tokens, positions, valid), ours, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_peft_trained_adapter_loads(tiny_model, tmp_path):
     """An adapter written by PEFT itself (subset of targets) loads and matches PeftModel."""
     from peft import LoraConfig as PeftLoraConfig
@@ -188,6 +195,6 @@ def test_peft_trained_adapter_loads(tiny_model, tmp_path):
     assert lora.targets == ("q", "v", "down") and lora.rank == 2 and lora.alpha == 6.0
     model, _ = load_hf(tiny_model.ckpt_dir, lora=lora)
     load_peft_adapter(model, tmp_path / "peft")
-    tokens, positions, valid = _batch(tiny_model.cfg.vocab_size, [6, 6], width=6, seed=6)
+    tokens, positions, valid = _batch(tiny_model.cfg.vocab_size, LENGTHS, WIDTH, seed=6)
     ref = _hf_logits(tiny_model.ckpt_dir, tokens, positions, valid, peft_dir=tmp_path / "peft")
     assert _max_diff(_flax_logits(model, tokens, positions, valid), ref, valid) <= 1e-4
