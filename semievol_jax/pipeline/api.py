@@ -30,7 +30,7 @@ def build_stages(cfg: RunConfig, mesh) -> list[Stage]:
     """The pipeline of one round as Stage objects (see stages.py for what each writes)."""
     if cfg.rounds != 1:
         raise UserError("rounds > 1 is not supported yet (tracked in the pipeline issue)")
-    common = {"base_cfg": cfg.base, "task_name": cfg.data.task, "mesh": mesh}
+    common = {"base_cfg": cfg.base, "task": st.task_of(cfg.data), "mesh": mesh}
     seeded = {**common, "seed": cfg.seed}
     return [
         _stage("data", st.run_data, cfg.data),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import field
+from typing import Any
 
 from semievol_jax.demo.pretrain import PretrainConfig
 from semievol_jax.demo.synth import SynthConfig
@@ -26,6 +27,7 @@ class DataConfig:
     """Where the three splits come from, and which task they are."""
 
     task: str = "fpb"  # a registered task (semievol_jax.pipeline.tasks) or a user task name
+    task_def: dict[str, Any] | None = None  # inline user task (kind, instruction, ...)
     labeled: str = ""  # CSV / JSONL / datasets dir / hub id of the labeled split
     unlabeled: str = ""  # the unlabeled split (its gold answers only score pseudo-labels)
     test: str = ""  # the test split

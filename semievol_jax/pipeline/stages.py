@@ -41,12 +41,19 @@ from semievol_jax.pipeline.config import (
     SftConfig,
 )
 from semievol_jax.pipeline.runner import StageContext, write_json_atomic
-from semievol_jax.pipeline.tasks import get_task
+from semievol_jax.pipeline.tasks import Task, resolve_task
 
 MODEL_DIR = "model"
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def task_of(data_cfg: DataConfig) -> Task:
+    """The run's task: a registered name, or an inline definition (`data.task_def`)."""
+    if data_cfg.task_def is None:
+        return resolve_task(data_cfg.task)
+    return resolve_task({**data_cfg.task_def, "name": data_cfg.task})
+
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
@@ -131,7 +138,7 @@ def user_prompts(tokenizer, task, items) -> list[str]:
 def run_data(ctx: StageContext) -> dict[str, Any]:
     """Load and validate the three splits (all problems reported at once)."""
     cfg: DataConfig = ctx.config
-    task = get_task(cfg.task)
+    task = task_of(cfg)
     sources = {"labeled": cfg.labeled, "unlabeled": cfg.unlabeled, "test": cfg.test}
     if cfg.synth is not None:
         from semievol_jax.demo.synth import write_demo_data
@@ -239,24 +246,22 @@ def _tune(ctx: StageContext, start: ModelRef, exs, train_cfg, lora_cfg, base_cfg
     return {**info, "tokens_per_sec": result.tokens_per_sec}
 
 
-def run_sft(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str, mesh,
+def run_sft(ctx: StageContext, *, base_cfg: BaseConfig, task: Task, mesh,
             seed: int) -> dict[str, Any]:
     """In-weight propagation: fine-tune the base on the labeled set -> M1."""
     cfg: SftConfig = ctx.config
     if not cfg.enabled:
         write_json_atomic(ctx.out / "train.json", {"disabled": True})
         return {"disabled": True}
-    task = get_task(task_name)
     exs = _sft_examples(task, examples(ctx.inputs["data"] / "labeled.jsonl"))
     return _tune(ctx, base_ref(ctx.inputs["base"]), exs, cfg.train, cfg.lora, base_cfg,
                  mesh=mesh, seed=seed, stream="sft")
 
 
-def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str,
+def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task,
               mesh) -> dict[str, Any]:
     """In-context propagation: k nearest labeled questions as demonstrations."""
     cfg: IndexStageConfig = ctx.config
-    task = get_task(task_name)
     labeled = examples(ctx.inputs["data"] / "labeled.jsonl")
     unlabeled = unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")
     m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
@@ -293,13 +298,12 @@ def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str,
             "mean_top1_score": float(score_QK[:, 0].mean())}
 
 
-def run_propose(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str, mesh,
+def run_propose(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
                 seed: int) -> dict[str, Any]:
     """Collaborators: n sampled responses per unlabeled question in one vmapped pass."""
     cfg: ProposeConfig = ctx.config
     from semievol_jax.generate import generate
 
-    task = get_task(task_name)
     unlabeled = {q.id: q for q in unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")}
     rows = read_jsonl(ctx.inputs["index"] / "prompts.jsonl")
     m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
@@ -324,7 +328,7 @@ def _candidates(path: Path) -> list[selection.Candidate]:
                                 c["entropy"]) for c in read_jsonl(path)]
 
 
-def run_select(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str, mesh,
+def run_select(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
                seed: int) -> dict[str, Any]:
     """Vote; self-justify the disagreements with M1; keep low-entropy pseudo-labels.
 
@@ -332,7 +336,6 @@ def run_select(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str, mesh,
     `held/` of the data stage, which this stage is never given.
     """
     cfg: SelectConfig = ctx.config
-    task = get_task(task_name)
     unlabeled = {q.id: q for q in unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")}
     cands = _candidates(ctx.inputs["propose"] / "candidates.jsonl")
     votes = selection.vote(cands, key=task.answer_key)
@@ -365,11 +368,10 @@ def run_select(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str, mesh,
             "reflected": len(reflections), "selected": len(labels), "message": sel.message}
 
 
-def run_final(ctx: StageContext, *, base_cfg: BaseConfig, sft_cfg: SftConfig, task_name: str,
+def run_final(ctx: StageContext, *, base_cfg: BaseConfig, sft_cfg: SftConfig, task,
               mesh, seed: int) -> dict[str, Any]:
     """Final tuning on labeled + selected pseudo-labeled, from M1 (official) or the base."""
     cfg: FinalConfig = ctx.config
-    task = get_task(task_name)
     exs = examples(ctx.inputs["data"] / "labeled.jsonl")
     pseudo = examples(ctx.inputs["select"] / "pseudo.jsonl")
     base = base_ref(ctx.inputs["base"])
@@ -380,13 +382,12 @@ def run_final(ctx: StageContext, *, base_cfg: BaseConfig, sft_cfg: SftConfig, ta
     return {**metrics, "labeled": len(exs), "pseudo": len(pseudo)}
 
 
-def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task_name: str, mesh, seed: int,
+def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
              thetas: Sequence[float], select_cfg: SelectConfig) -> dict[str, Any]:
     """Test accuracy and response entropies of vanilla (base), SFT (M1) and SemiEvol (M2)."""
     cfg: EvalConfig = ctx.config
     from semievol_jax.generate import generate
 
-    task = get_task(task_name)
     test = examples(ctx.inputs["data"] / "test.jsonl")
     if cfg.max_rows:
         test = test[:cfg.max_rows]
