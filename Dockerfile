@@ -57,10 +57,9 @@ RUN case "${ACCEL}" in \
     && /opt/buildtools/bin/pip install --require-hashes --no-deps -r /tmp/requirements-build.txt
 COPY . ./
 # The package itself: a wheel built with the lock's setuptools, no build isolation
-# (isolation would fetch an unpinned, unhashed setuptools).
-RUN /opt/buildtools/bin/pip wheel --no-deps --no-build-isolation -w /tmp/wheels . \
-    && /opt/venv/bin/pip install --no-deps /tmp/wheels/semievol_jax-*.whl \
-    && /opt/venv/bin/semievol --help > /dev/null
+# (isolation would fetch an unpinned, unhashed setuptools). It is installed in the
+# runtime stage, so a source edit leaves the large dependency layer cached.
+RUN /opt/buildtools/bin/pip wheel --no-deps --no-build-isolation -w /tmp/wheels .
 
 FROM base AS runtime
 COPY --from=builder /opt/venv /opt/venv
@@ -69,6 +68,10 @@ ENV PATH=/opt/venv/bin:${PATH} \
 RUN useradd --create-home --uid 10001 --user-group --shell /bin/bash semievol \
     && mkdir -p /results \
     && chown semievol:semievol /results
+COPY --from=builder /tmp/wheels /tmp/wheels
+RUN pip install --no-deps /tmp/wheels/semievol_jax-*.whl \
+    && rm -rf /tmp/wheels \
+    && semievol --help > /dev/null
 USER 10001:10001
 WORKDIR /home/semievol
 VOLUME ["/results"]

@@ -11,7 +11,8 @@
 # Env: SEMIEVOL_DOCKER_CACHE (stand-in rootfs cache, default /var/tmp/semievol-docker),
 #      DEBIAN_MIRROR (default http://deb.debian.org/debian),
 #      SEMIEVOL_DOCKER_TESTS (test files run in the image; default: the torch-free ones
-#      that exist), SEMIEVOL_DOCKER_DEMO=1 (also run the default CMD, the demo).
+#      that exist), SEMIEVOL_DOCKER_DEMO=1|quick (also run the default CMD, the demo,
+#      or `demo --quick`, with /results bind-mounted from results/packaging/work/).
 # Needs root (debootstrap, rootful podman). Writes results/packaging/docker-check.json;
 # full logs go to results/packaging/work/ (git-ignored).
 set -euo pipefail
@@ -270,8 +271,15 @@ step run_whoami run_in --entrypoint id "$image" -u || fail run_whoami
 [ "$(tail -n 1 "$work/run_whoami.log")" != "0" ] || { echo "image runs as root" >> "$work/run_whoami.log"; fail run_whoami; }
 read -r -a tests <<< "${SEMIEVOL_DOCKER_TESTS:-$(default_tests)}"
 step run_tests run_in "$test_image" -q "${tests[@]}" || fail run_tests
-if [ "${SEMIEVOL_DOCKER_DEMO:-0}" = "1" ]; then
-  mkdir -p "$work/demo-results" && chmod 777 "$work/demo-results"
-  step run_demo run_in -v "$PWD/$work/demo-results:/results" "$image" || fail run_demo
-fi
+# The default CMD (the full demo) or its --quick smoke run, results on a bind mount.
+case "${SEMIEVOL_DOCKER_DEMO:-0}" in
+  0) ;;
+  1|quick)
+    demo_args=()
+    [ "$SEMIEVOL_DOCKER_DEMO" = quick ] && demo_args=(demo --out /results/demo --quick)
+    rm -rf "$work/demo-results" && mkdir -p "$work/demo-results" && chmod 777 "$work/demo-results"
+    step run_demo run_in -v "$PWD/$work/demo-results:/results" "$image" "${demo_args[@]}" \
+      || fail run_demo ;;
+  *) echo "SEMIEVOL_DOCKER_DEMO must be 0, 1 or quick" >&2; exit 2 ;;
+esac
 write_record pass
