@@ -59,6 +59,8 @@ case "${1:-}" in
 esac
 
 mkdir -p "$work" "$cache"
+# Hashed before building, so an input edited during the build cannot be recorded as verified.
+inputs_at_start=$(inputs_json)
 steps_file="$work/steps.tsv"
 : > "$steps_file"
 
@@ -76,7 +78,7 @@ step() {
 
 write_record() {
   local outcome="$1"
-  python3 - "$record" "$outcome" "$(inputs_json)" "$steps_file" "$work" <<'EOF'
+  python3 - "$record" "$outcome" "$inputs_at_start" "$steps_file" "$work" <<'EOF'
 import datetime, json, os, platform, re, subprocess, sys
 path, outcome, inputs, steps_file, work = sys.argv[1:6]
 
