@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from semievol_jax.model import LoraConfig, init_cache, merge_lora
+from semievol_jax.model import LlamaConfig, LoraConfig, RopeScaling, init_cache, merge_lora
 from semievol_jax.model.llama import Llama
 
 
@@ -119,3 +119,30 @@ def test_lora_dropout_only_in_train_mode(tiny_model):
     model.train()
     c = model(tokens, positions).logits_BTV
     assert np.abs(np.asarray(c) - np.asarray(a)).max() > 1e-4
+
+
+def test_cache_overflow_is_refused_outside_jit(tiny_model):
+    cache = init_cache(tiny_model.cfg, batch=1, max_len=4)
+    tokens = jnp.ones((1, 5), jnp.int32)
+    with pytest.raises(ValueError, match="KV cache overflow: 0 slots used \\+ 5 new > max_len 4"):
+        tiny_model.model(tokens, jnp.arange(5)[None], cache=cache)
+
+
+@pytest.mark.parametrize("scaling", [None, RopeScaling("linear", 2.0),
+                                     RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)])
+def test_config_hf_round_trip(tiny_model, scaling):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_model.cfg, rope_scaling=scaling, rope_theta=500000.0)
+    assert LlamaConfig.from_hf(cfg.to_hf()) == cfg
+
+
+def test_config_reads_legacy_rope_layout(tiny_model):
+    hf = tiny_model.cfg.to_hf()
+    del hf["rope_parameters"]
+    hf["rope_theta"] = 500000.0
+    hf["rope_scaling"] = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    cfg = LlamaConfig.from_hf(hf)
+    assert cfg.rope_theta == 500000.0
+    assert cfg.rope_scaling == RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)

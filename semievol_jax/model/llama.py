@@ -143,6 +143,17 @@ class Block(nnx.Module):
         return x_BTD + self.mlp(self.mlp_norm(x_BTD)), new_kv
 
 
+def _check_room(cache: KVCache, T: int) -> None:
+    """Outside jit, refuse to write past the cache (inside jit the write would be clamped)."""
+    try:
+        end = int(cache.end)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+        return
+    if end + T > cache.max_len:
+        raise ValueError(f"KV cache overflow: {end} slots used + {T} new > max_len "
+                         f"{cache.max_len}")
+
+
 class Llama(nnx.Module):
     """Llama causal LM. `dtype` is the compute dtype, `param_dtype` the storage dtype."""
 
@@ -207,6 +218,7 @@ class Llama(nnx.Module):
             valid_BS = valid_BT
             causal_TS = t_T[None, :] <= t_T[:, None]
         else:
+            _check_room(cache, T)
             valid_BS = jax.lax.dynamic_update_slice(
                 cache.valid_BS, valid_BT, (jnp.zeros((), jnp.int32), cache.end))
             s_S = jnp.arange(cache.max_len, dtype=jnp.int32)
