@@ -192,6 +192,31 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def put(tree: Any, shardings: Any, *, copy: bool = False) -> Any:
+    """``jax.device_put`` that also works across processes.
+
+    Multi-process, every process holds the same host value (same seed, same file), and
+    each device takes its slice of it (``make_array_from_callback``); single-process this
+    is ``device_put``.
+
+    Args:
+      tree: arrays (host or single-device), including typed PRNG keys.
+      shardings: a matching tree (or prefix) of target shardings.
+      copy: never alias the input buffers (the result will be donated).
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings, may_alias=False if copy else None)
+
+    def one(x: Any, s: NamedSharding) -> jax.Array:
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x), s),
+                                            impl=jax.random.key_impl(x))
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
+
+    return jax.tree.map(one, tree, shardings)
+
+
 def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     """Place every variable of ``model`` on ``mesh`` by its logical axis names (in place).
 
@@ -200,7 +225,7 @@ def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     """
     state = nnx.state(model)
     shardings = state_shardings(state, mesh)
-    nnx.update(model, jax.device_put(state, shardings))
+    nnx.update(model, put(state, shardings))
     return model
 
 

@@ -81,7 +81,8 @@ def restore_or_init(
     key_data = jax.random.key_data(key)
     target = {
         "train": _abstract(abstract_state, state_sh),
-        "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype),
+        "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype,
+                                    sharding=state_sh["step"]),  # replicated
     }
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))

@@ -166,7 +166,7 @@ def train(
     state_sh = step_lib.state_shardings(split, tx, mesh)
     rest = step_lib.cast_rest(split.rest, cfg.compute_dtype)
     rest_sh = sharding.state_shardings(rest, mesh)
-    rest = jax.device_put(rest, rest_sh)
+    rest = sharding.put(rest, rest_sh)
 
     cfg_digest = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
     expect = {"data_digest": data.digest, "mode": cfg.mode, "total_steps": total,
@@ -183,6 +183,7 @@ def train(
     start = int(jax.device_get(state["step"]))
 
     step_fn = step_lib.make_train_step(split, tx, cfg, mesh, state_sh, rest_sh)
+    key = sharding.put(key, sharding.replicated(mesh))
     batch_sh = step_lib.batch_shardings(mesh)
     rows = sharding.process_slice(cfg.micro) if jax.process_count() > 1 else None
     logger = _Logger(work_dir, cfg, total, start)

@@ -282,9 +282,9 @@ def init_train_state(
     """Fresh train state from the split model's params, placed by ``state_sh``."""
     # A copy, never an alias: the step donates the state, and these arrays still belong
     # to the caller's model.
-    params = jax.device_put(split.params, state_sh["params"], may_alias=False)
+    params = sharding.put(split.params, state_sh["params"], copy=True)
     opt_state = jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params)
-    step = jax.device_put(jnp.int32(0), state_sh["step"])
+    step = sharding.put(jnp.int32(0), state_sh["step"])
     return {"params": params, "opt_state": opt_state, "step": step}
 
 
