@@ -56,3 +56,36 @@ def test_train_tokenizer_on_own_corpus():
     text = "zebra 🙂 never seen: Ω"
     assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text  # byte-level
     assert len(tok("zebra", add_special_tokens=False).input_ids) == 1  # merges were learned
+
+
+# config.json of meta-llama/Llama-3.1-8B-Instruct (transformers 4.43 layout), verbatim keys.
+LLAMA31_8B = {
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "hidden_act": "silu",
+    "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336,
+    "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
+    "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+    "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.0.dev0", "use_cache": True, "vocab_size": 128256,
+}
+
+
+def test_llama31_8b_config_and_shapes():
+    from semievol_jax.model import LlamaConfig
+    from semievol_jax.model.hf_io import hf_tensor_shapes
+    from semievol_jax.model.rope import rope_inv_freq
+
+    cfg = LlamaConfig.from_hf(LLAMA31_8B)
+    assert (cfg.head_dim, cfg.num_kv_heads, cfg.eos_token_id) == (128, 8, (128001, 128008, 128009))
+    shapes = hf_tensor_shapes(cfg)
+    assert len(shapes) == 2 + 32 * 9 + 1
+    assert shapes["model.layers.0.self_attn.k_proj.weight"] == (1024, 4096)
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 8_030_261_248  # "8B"
+    inv = rope_inv_freq(cfg)
+    # Llama 3.1: the highest frequencies are untouched, the lowest divided by 8.
+    plain = 1.0 / 500000.0 ** (np.arange(0, 128, 2) / 128)
+    np.testing.assert_allclose(inv[:8], plain[:8], rtol=1e-6)
+    np.testing.assert_allclose(inv[-8:], plain[-8:] / 8, rtol=1e-6)
