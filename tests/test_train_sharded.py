@@ -39,15 +39,40 @@ for mode in modes:
                     Path(tempfile.mkdtemp()), mesh=mesh, key=rng.key_for(0, "train"))
         out[f"{mode}/{name}"] = {"losses": res.losses,
                                  "params": param_checksum(model).tolist()}
+if sys.argv[3] == "resume":
+    # Interrupt a data-parallel run right after its step-4 checkpoint, resume on FSDP x tensor.
+    from semievol_jax.train import checkpoint as ckpt
+    real_save = ckpt.save
+    class Preempted(Exception):
+        pass
+    def save_then_stop(manager, step, *a, **k):
+        real_save(manager, step, *a, **k)
+        if step == 4:
+            manager.wait_until_finished()
+            raise Preempted
+    work = Path(tempfile.mkdtemp())
+    cfg = H.small_cfg(mode="lora", checkpoint_every=2)
+    ckpt.save = save_then_stop
+    try:
+        train(H.tiny_model("lora"), H.tokenizer(), ex, cfg, work,
+              mesh=sharding.make_mesh(sharding.MeshConfig(8, 1, 1)), key=rng.key_for(0, "train"))
+    except Preempted:
+        pass
+    ckpt.save = real_save
+    model = H.tiny_model("lora")
+    res = train(model, H.tokenizer(), ex, cfg, work,
+                mesh=sharding.make_mesh(sharding.MeshConfig(1, 4, 2)), key=rng.key_for(0, "train"))
+    out["resumed"] = {"from": res.resumed_from, "losses": res.losses,
+                      "params": param_checksum(model).tolist()}
 print("RESULT" + json.dumps(out))
 """
 
 
-def _run(modes: str, meshes: str) -> dict:
+def _run(modes: str, meshes: str, resume: bool = False) -> dict:
     env = sharding.cpu_devices_env(8)
     env["PYTHONPATH"] = f"{TESTS}:{TESTS.parent}"
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, modes, meshes], env=env,
-                          capture_output=True, text=True, timeout=900)
+    argv = [sys.executable, "-c", SCRIPT, modes, meshes, "resume" if resume else "-"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
     return json.loads(line[len("RESULT"):])
@@ -66,10 +91,17 @@ def _check(out: dict, mode: str, meshes: tuple[str, ...]) -> None:
         np.testing.assert_allclose(p, ref_p, rtol=1e-4, atol=1e-6, err_msg=f"{mode} params")
 
 
-def test_sharded_lora_fsdp_x_tensor_matches_single_device():
+def test_sharded_lora_fsdp_x_tensor_matches_single_device_and_resumes_across_meshes():
     """Default suite: the hardest mesh (params split two ways, batch over fsdp), LoRA."""
-    out = _run("lora", "fsdp4_tensor2")
+    out = _run("lora", "fsdp4_tensor2", resume=True)
     _check(out, "lora", ("fsdp4_tensor2",))
+    # Checkpointed on a data-parallel mesh, resumed on FSDP x tensor: same run.
+    import numpy as np
+
+    r = out["resumed"]
+    assert r["from"] == 4 and len(r["losses"]) == 16
+    np.testing.assert_allclose(r["losses"], out["lora/single"]["losses"][4:], rtol=1e-5)
+    np.testing.assert_allclose(r["params"], out["lora/single"]["params"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
