@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     set_determinism_flags()  # before anything imports a JAX backend
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "ablate", "demo", "verify"):
+        from semievol_jax.environment import enable_compilation_cache
+
+        enable_compilation_cache()
     from semievol_jax.errors import UserError
 
     try:

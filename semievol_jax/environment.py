@@ -26,6 +26,23 @@ def set_determinism_flags() -> None:
         os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
 
 
+def enable_compilation_cache(path: str | None = None) -> str | None:
+    """Persist compiled XLA programs across processes (demo reruns, verify, tests).
+
+    `SEMIEVOL_XLA_CACHE` overrides the location; set it to "off" to disable. A cache hit
+    returns the very program a compile would produce, so results do not change.
+    """
+    import jax
+
+    path = path or os.environ.get("SEMIEVOL_XLA_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "semievol-jax", "xla")
+    if path == "off":
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
 def pinned_versions() -> dict[str, str]:
     """Installed version of this package's every declared dependency (extras included)."""
     versions = {"semievol-jax": metadata.version("semievol-jax")}

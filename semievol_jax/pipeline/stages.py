@@ -112,8 +112,13 @@ def tuned_ref(stage_dir: Path, fallback: ModelRef) -> ModelRef:
     return ModelRef(str(stage_dir / MODEL_DIR))
 
 
-def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None):
-    """(model, tokenizer) for `ref`; `lora` adds (or, with an adapter, sizes) adapters."""
+def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None,
+               merged: bool = False):
+    """(model, tokenizer) for `ref`; `lora` adds (or, with an adapter, sizes) adapters.
+
+    `merged=True` folds the adapter into the weights: for inference, where it is faster
+    and every model (vanilla, M1, M2) then shares one compiled program per shape.
+    """
     import jax.numpy as jnp
 
     from semievol_jax import model as m
@@ -124,6 +129,8 @@ def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None):
                          allow_pickle=base_cfg.allow_pickle)
     if ref.adapter is not None:
         m.load_peft_adapter(model, ref.adapter)
+        if merged:
+            model = m.merge_lora(model)
     return model, m.load_tokenizer(ref.base)
 
 
@@ -265,7 +272,7 @@ def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task,
     labeled = examples(ctx.inputs["data"] / "labeled.jsonl")
     unlabeled = unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")
     m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
-    model, tokenizer = load_model(m1, base_cfg, mesh=mesh)
+    model, tokenizer = load_model(m1, base_cfg, mesh=mesh, merged=True)
     if cfg.k == 0:
         rows = [{"id": q.id, "text": t, "num_demos": 0}
                 for q, t in zip(unlabeled, user_prompts(tokenizer, task, unlabeled), strict=True)]
@@ -307,7 +314,7 @@ def run_propose(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
     unlabeled = {q.id: q for q in unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")}
     rows = read_jsonl(ctx.inputs["index"] / "prompts.jsonl")
     m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
-    model, tokenizer = load_model(m1, base_cfg, mesh=mesh)
+    model, tokenizer = load_model(m1, base_cfg, mesh=mesh, merged=True)
     out = generate(model, tokenizer, [r["text"] for r in rows], cfg.sample,
                    key=rng.key_for(seed, "propose"), num_samples=cfg.n, mesh=mesh)
     cands = []
@@ -348,7 +355,7 @@ def run_select(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
         for c in sorted(cands, key=lambda c: (c.qid, c.collaborator)):
             by_q.setdefault(c.qid, []).append(c.response)
         m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
-        model, tokenizer = load_model(m1, base_cfg, mesh=mesh)
+        model, tokenizer = load_model(m1, base_cfg, mesh=mesh, merged=True)
         texts = [render_prompt(tokenizer, prompts.format_reflection(task, unlabeled[q],
                                                                      by_q[q])) for q in todo]
         outs = generate(model, tokenizer, texts, cfg.reflect_sample,
@@ -396,7 +403,7 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
     refs = {"vanilla": base, "sft": m1, "semievol": tuned_ref(ctx.inputs["final"], m1)}
     results, preds = {}, []
     for name, ref in refs.items():
-        model, tokenizer = load_model(ref, base_cfg, mesh=mesh)
+        model, tokenizer = load_model(ref, base_cfg, mesh=mesh, merged=True)
         outs = generate(model, tokenizer, user_prompts(tokenizer, task, test), cfg.sample,
                         key=rng.key_for(seed, "eval"), num_samples=1, mesh=mesh)
         correct, entropies = [], []
