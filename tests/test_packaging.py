@@ -180,3 +180,13 @@ def test_docker_status_tracks_inputs(tmp_path):
     with open(tmp_path / "uv.lock", "a") as f:
         f.write("\n# changed\n")
     assert status() == 1
+
+
+def test_runtime_deps_cover_chat_templates():
+    """transformers renders chat templates with jinja2, which only torch pulled in
+    before: the runtime-only image then failed the demo (caught by check_docker.sh)."""
+    uses = any("apply_chat_template" in p.read_text()
+               for p in (ROOT / "semievol_jax").rglob("*.py"))
+    deps = {re.split(r"[=<>;\[ ]", d, maxsplit=1)[0].lower()
+            for d in _pyproject()["project"]["dependencies"]}
+    assert not uses or "jinja2" in deps
