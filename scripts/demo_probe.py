@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     scfg = SynthConfig(seed=args.data_seed, **_fields(SynthConfig, args.synth))
     pcfg = PretrainConfig(**_fields(PretrainConfig, args.pretrain))
     paths = write_demo_data(work / "data", scfg)
-    task = get_task("mmlu")  # 4-option choice task: its instruction is synth.INSTRUCTION
+    task = get_task("mmlu_pro")  # choice task, 3-10 options; instruction = synth.INSTRUCTION
     splits = {s: load_split(paths[s], task, split_name=s) for s in ("labeled", "unlabeled",
                                                                       "test")}
     timings = {}

@@ -39,11 +39,12 @@ def test_splits_load_with_the_pipeline_loader(tmp_path):
     cfg = SynthConfig()
     for split, n in zip(SPLITS, (cfg.num_labeled, cfg.num_unlabeled, cfg.num_test),
                         strict=True):
-        rows = data.load_split(paths[split], "mmlu", split_name=split)
+        rows = data.load_split(paths[split], "mmlu_pro", split_name=split)
         assert len(rows) == n
-        assert all(len(r.options) == cfg.num_options and r.answer in "ABCD" for r in rows)
+        assert all(len(r.options) == cfg.num_values for r in rows)
+        assert all(r.answer in synth.LETTERS[:cfg.num_values] for r in rows)
         assert all(r.options[ord(r.answer) - 65] for r in rows)
-    unl, gold = data.load_unlabeled(paths["unlabeled"], "mmlu")
+    unl, gold = data.load_unlabeled(paths["unlabeled"], "mmlu_pro")
     assert len(unl) == cfg.num_unlabeled and len(gold.ids()) == cfg.num_unlabeled
 
 
@@ -53,17 +54,21 @@ def test_ratio_is_the_official_one_to_three_to_one(world_splits):
     assert n["unlabeled"] == 3 * n["labeled"] and n["test"] == n["labeled"]
 
 
-def test_answers_are_the_facts_and_letters_are_balanced(world_splits):
-    _, world, splits, _ = world_splits
+@pytest.mark.parametrize("fixed", [True, False])
+def test_answers_are_the_facts_and_letters_are_balanced(fixed):
+    cfg = SynthConfig(fixed_options=fixed)
+    world = synth.make_world(cfg)
     letters = []
-    for qs in splits.values():
+    for qs in synth.make_splits(world, cfg).values():
         for q in qs:
             assert q.options[synth.LETTERS.index(q.answer)] == world.facts[(q.person,
                                                                               q.relation)]
             assert len(set(q.options)) == len(q.options)
+            assert len(q.options) == (cfg.num_values if fixed else cfg.num_options)
             letters.append(q.answer)
-    counts = [letters.count(x) for x in "ABCD"]
-    assert min(counts) > 0.15 * len(letters)  # no letter prior to exploit
+    n = cfg.num_values if fixed else cfg.num_options
+    counts = [letters.count(x) for x in synth.LETTERS[:n]]
+    assert min(counts) > 0.5 * len(letters) / n  # no strong letter prior to exploit
 
 
 def test_overlap_is_the_intended_one(world_splits):
@@ -90,7 +95,7 @@ def test_corpus_states_every_fact_and_quizzes_only_practice_people(world_splits)
     task_people = set(world.people)
     for q in quizzes:
         assert not any(f" {p}" in q or f"{p}?" in q for p in task_people)
-        assert q.rsplit("\n", 1)[1] in {f"Answer: {x}" for x in "ABCD"}
+        assert q.rsplit("\n", 1)[1] in {f"Answer: {x}" for x in synth.LETTERS}
     text = "\n".join(prose)
     for (person, rel), value in world.facts.items():
         r = next(r for r in synth.RELATIONS if r.name == rel)
@@ -102,7 +107,7 @@ def test_quiz_layout_matches_the_pipeline_prompt():
     tasks = pytest.importorskip("semievol_jax.pipeline.tasks")
     from semievol_jax.pipeline.data import Example
 
-    task = tasks.get_task("mmlu")
+    task = tasks.get_task("mmlu_pro")
     ex = Example(id="x", question="Where does Bralo live?", options=("Mora", "Tesk", "Lund",
                                                                      "Pira"), answer="B")
     expected = prompts.format_question(task, ex) + "\n" + prompts.target(task, "B")
@@ -123,7 +128,8 @@ def test_csv_round_trips_options_with_commas_and_quotes():
     (dict(relations=("town", "weather")), "unknown relations"),
     (dict(labeled_relations=("food",), relations=("town", "colour")), "labeled_relations"),
     (dict(num_people=4), "question stems"),
-    (dict(num_options=11), "num_options"),
+    (dict(num_values=11), "num_values"),
+    (dict(fixed_options=False, num_options=7), "num_options"),
 ])
 def test_impossible_configs_raise_clear_errors(change, match):
     cfg = dataclasses.replace(SynthConfig(), **change)

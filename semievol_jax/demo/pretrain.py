@@ -43,13 +43,13 @@ class PretrainConfig:
 
     vocab_size: int = 768  # BPE vocabulary incl. special tokens
     hidden_size: int = 128  # model width D
-    num_layers: int = 4  # transformer blocks L
+    num_layers: int = 3  # transformer blocks L
     num_heads: int = 4  # query heads N
     num_kv_heads: int = 2  # kv heads K (GQA, like Llama 3)
-    intermediate_size: int = 384  # MLP hidden F
+    intermediate_size: int = 256  # MLP hidden F
     seq_len: int = 128  # tokens per packed row T
     batch_size: int = 8  # rows per step B
-    steps: int = 400  # optimizer steps
+    steps: int = 600  # optimizer steps
     learning_rate: float = 3e-3  # peak AdamW lr (tiny models tolerate a high one)
     warmup_steps: int = 30  # linear warmup, then cosine to 10% of the peak
     weight_decay: float = 0.01  # AdamW decoupled weight decay

@@ -1,27 +1,31 @@
 """The demo world: invented people, facts about them, a prose corpus and a quiz task.
 
 The embedded demo needs a task where SemiEvol's mechanism has something to work with
-(see docs/demo.md for the argument and the measured numbers):
+(docs/demo.md has the argument and the measured numbers):
 
-* **Latent knowledge.** Every fact about a *task person* ("Bralo lives in Tesk") is
-  stated in the pretraining corpus, in several phrasings, but never as a quiz: the base
-  model knows the fact and has not been taught to answer questions about it.
-* **A skill learnt elsewhere.** *Practice people* (disjoint from the task people) have
-  facts in prose and also quiz documents with worked answers, so the base model meets
-  the multiple-choice lookup ("which letter holds the value I recall?") in
-  pretraining, as a real LLM meets exams on other topics.
-* **Under-covering labels.** The labeled split asks about only `labeled_relations`
-  (by default 2 of the 4 relations); unlabeled and test are i.i.d. draws over all
-  relations. SFT on labeled teaches the answer format and the mapping for part of the
-  relations; confident pseudo-labels on unlabeled questions carry it to the rest.
-* **Shared facts, unique questions.** A question *stem* is a (person, relation,
-  phrasing) triple; every stem is used at most once across the three splits, so no
-  test question appears in labeled or unlabeled, but the same fact is asked again
-  under another phrasing (with other distractors, in another order) across splits,
-  as subject matter repeats across the splits of a real benchmark.
+* **Latent knowledge.** Every fact about a *task person* ("Bapis lives in Vasso") is
+  stated in the pretraining corpus, many times and in three phrasings, but never as a
+  quiz: the base model knows the fact and has not been taught to answer questions
+  about it.
+* **A closed answer set.** Each relation has `num_values` values and, by default, every
+  question lists all of them in one fixed order (like FPB's negative / neutral /
+  positive), so answering = recalling the value + mapping it to its letter. The
+  mapping (relation, value) -> letter and the question phrasings are what fine-tuning
+  must teach; 100 labeled rows cover each (relation, value) pair only a few times.
+* **Unique questions, shared facts.** A question *stem* is a (person, relation,
+  phrasing) triple and is used at most once across the three splits, so no test
+  question appears in labeled or unlabeled; but there are few people, so the same fact
+  is asked again under another phrasing across splits, as subject matter repeats
+  across the splits of a real benchmark. Confidently (and mostly correctly)
+  pseudo-labeled unlabeled rows thus add examples of the letter mapping and of
+  answering about the very facts the test asks.
+* **Practice quizzes.** A few *practice people* (never asked in the splits) also have
+  quiz documents, laid out like the pipeline's prompt, so the tokenizer and the base
+  have met the exam layout, as a real LLM has.
 
-Everything is a pure function of `SynthConfig` (a seeded `numpy.random.Generator`,
-no global RNG), so the same seed writes byte-identical files.
+`fixed_options=False` gives the harder variant (random distractors, random order).
+Everything is a pure function of `SynthConfig` (seeded `numpy.random.Generator`
+streams, no global RNG), so the same seed writes byte-identical files.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ RELATIONS: tuple[Relation, ...] = (
         ("Mora", "Tesk", "Lund", "Pira", "Vasso", "Kell", "Orna", "Dunmo", "Sarn", "Ebro"),
         ("{e} lives in {v}.", "The home of {e} is in {v}.", "{e} has a house in {v}."),
         ("Where does {e} live?", "In which town is the home of {e}?",
-         "Which town does {e} live in?"),
+         "Which town does {e} live in?", "Where is the house of {e}?",
+         "In which town does {e} have a house?", "What is the home town of {e}?"),
     ),
     Relation(
         "colour",
@@ -69,7 +74,8 @@ RELATIONS: tuple[Relation, ...] = (
         ("The favourite colour of {e} is {v}.", "{e} loves the colour {v}.",
          "{e} likes {v} best of all colours."),
         ("What is the favourite colour of {e}?", "Which colour does {e} love?",
-         "Which colour does {e} like best?"),
+         "Which colour does {e} like best?", "What colour does {e} like most?",
+         "Which colour is the favourite of {e}?", "What colour does {e} love?"),
     ),
     Relation(
         "food",
@@ -78,7 +84,8 @@ RELATIONS: tuple[Relation, ...] = (
         ("{e} likes to eat {v}.", "The favourite food of {e} is {v}.",
          "Every day {e} eats {v}."),
         ("What does {e} like to eat?", "What is the favourite food of {e}?",
-         "What does {e} eat every day?"),
+         "What does {e} eat every day?", "Which food does {e} like?",
+         "Which food is the favourite of {e}?", "What food does {e} eat every day?"),
     ),
     Relation(
         "job",
@@ -86,18 +93,14 @@ RELATIONS: tuple[Relation, ...] = (
          "smith", "potter"),
         ("{e} works as a {v}.", "The job of {e} is {v}.", "By trade {e} is a {v}."),
         ("What does {e} work as?", "What is the job of {e}?",
-         "What is {e} by trade?"),
+         "What is {e} by trade?", "What work does {e} do?",
+         "Which job does {e} have?", "What is the trade of {e}?"),
     ),
 )
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "n", "r", "l", "s")
-
-# Prose filler between facts: gives documents some variety so the model must learn the
-# facts, not fixed byte offsets.
-_OPENERS = ("", "Here is a note about {e}.", "This is about {e}.", "Some facts about {e}.")
-
 
 class SynthError(ValueError):
     """A SynthConfig that cannot produce the requested splits."""
@@ -108,16 +111,18 @@ class SynthConfig:
     """Knobs of the demo world; defaults are the ones docs/demo.md measured."""
 
     seed: int = 0  # root seed of the world, corpus and splits
-    num_people: int = 48  # task people: their facts are asked in the splits
-    num_practice_people: int = 48  # people with quiz documents in the corpus, never asked
+    num_people: int = 24  # task people: their facts are asked in the splits
+    num_practice_people: int = 8  # people with quiz documents in the corpus, never asked
     relations: tuple[str, ...] = ("town", "colour", "food", "job")  # names from RELATIONS
-    labeled_relations: tuple[str, ...] = ("town", "colour")  # the only ones in labeled.csv
+    labeled_relations: tuple[str, ...] = ("town", "colour", "food", "job")  # in labeled.csv
     num_labeled: int = 100  # rows of labeled.csv (the official release: about 1 : 3 : 1)
     num_unlabeled: int = 300  # rows of unlabeled.csv
     num_test: int = 100  # rows of test.csv
-    num_options: int = 4  # answer options per question
+    num_values: int = 6  # values per relation in use (the first ones of Relation.values)
+    fixed_options: bool = True  # options = all values in a fixed order (FPB-like closed set)
+    num_options: int = 4  # options per question when not fixed_options (random distractors)
     bios_per_person: int = 12  # prose documents per person (task and practice)
-    quizzes_per_practice_person: int = 6  # quiz documents per practice person
+    quizzes_per_practice_person: int = 4  # quiz documents per practice person
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,12 +190,14 @@ def _names(rng: np.random.Generator, count: int) -> list[str]:
 def make_world(cfg: SynthConfig) -> World:
     """Draws the people and one value per (person, relation)."""
     rels = _relations(cfg.relations)
+    if not 2 <= cfg.num_values <= min(len(LETTERS), *(len(r.values) for r in rels)):
+        raise SynthError(f"num_values={cfg.num_values} must be in [2, values per relation]")
     rng = _rng(cfg, "world")
     names = _names(rng, cfg.num_people + cfg.num_practice_people)
     people = tuple(names[: cfg.num_people])
     practice = tuple(names[cfg.num_people:])
     facts = {
-        (p, r.name): r.values[rng.integers(len(r.values))]
+        (p, r.name): r.values[rng.integers(cfg.num_values)]
         for p in people + practice
         for r in rels
     }
@@ -198,9 +205,8 @@ def make_world(cfg: SynthConfig) -> World:
 
 
 def _bio(world: World, person: str, rels: Sequence[Relation], rng: np.random.Generator) -> str:
-    opener = _OPENERS[rng.integers(len(_OPENERS))].format(e=person)
     order = rng.permutation(len(rels))
-    sentences = [opener] if opener else []
+    sentences = []
     for i in order:
         r = rels[i]
         tpl = r.statements[rng.integers(len(r.statements))]
@@ -208,8 +214,13 @@ def _bio(world: World, person: str, rels: Sequence[Relation], rng: np.random.Gen
     return " ".join(sentences)
 
 
-def _options(value: str, rel: Relation, k: int, rng: np.random.Generator) -> tuple[list[str], str]:
-    distractors = [v for v in rel.values if v != value]
+def _options(value: str, rel: Relation, cfg: SynthConfig,
+             rng: np.random.Generator) -> tuple[list[str], str]:
+    values = list(rel.values[: cfg.num_values])
+    if cfg.fixed_options:
+        return values, LETTERS[values.index(value)]
+    k = cfg.num_options
+    distractors = [v for v in values if v != value]
     picked = [distractors[i] for i in rng.choice(len(distractors), size=k - 1, replace=False)]
     options = picked + [value]
     options = [options[i] for i in rng.permutation(k)]
@@ -250,7 +261,7 @@ def make_corpus(world: World, cfg: SynthConfig) -> list[str]:
         for _ in range(cfg.quizzes_per_practice_person):
             r = rels[rng.integers(len(rels))]
             q = r.questions[rng.integers(len(r.questions))].format(e=p)
-            options, letter = _options(world.facts[(p, r.name)], r, cfg.num_options, rng)
+            options, letter = _options(world.facts[(p, r.name)], r, cfg, rng)
             docs.append(render_quiz(q, options, letter))
     return [docs[i] for i in rng.permutation(len(docs))]
 
@@ -265,8 +276,10 @@ def make_splits(world: World, cfg: SynthConfig) -> dict[str, list[Question]]:
     lab_rels = set(cfg.labeled_relations)
     if not lab_rels <= {r.name for r in rels}:
         raise SynthError(f"labeled_relations {sorted(lab_rels)} not within {cfg.relations}")
-    if not 2 <= cfg.num_options <= min(len(r.values) for r in rels):
-        raise SynthError(f"num_options={cfg.num_options} must be in [2, values per relation]")
+    if not 2 <= cfg.num_values <= min(len(LETTERS), *(len(r.values) for r in rels)):
+        raise SynthError(f"num_values={cfg.num_values} must be in [2, values per relation]")
+    if not cfg.fixed_options and not 2 <= cfg.num_options <= cfg.num_values:
+        raise SynthError(f"num_options={cfg.num_options} must be in [2, num_values]")
     rng = _rng(cfg, "splits")
     stems = [(p, r, t) for p in world.people for r in rels for t in range(len(r.questions))]
     stems = [stems[i] for i in rng.permutation(len(stems))]
@@ -294,7 +307,7 @@ def make_splits(world: World, cfg: SynthConfig) -> dict[str, list[Question]]:
     for split, rows in chosen.items():
         qs = []
         for i, (p, r, t) in enumerate(rows):
-            options, letter = _options(world.facts[(p, r.name)], r, cfg.num_options, rng)
+            options, letter = _options(world.facts[(p, r.name)], r, cfg, rng)
             qs.append(Question(f"{split}-{i:04d}", r.questions[t].format(e=p),
                                tuple(options), letter, r.name, p, t))
         out[split] = qs
