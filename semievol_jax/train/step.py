@@ -192,6 +192,8 @@ def make_train_step(
     mesh: Mesh,
     state_sh: dict[str, Any],
     rest_sh: Any,
+    *,
+    donate: bool = True,
 ) -> Callable[[dict, Any, Batch, jax.Array], tuple[dict, dict]]:
     """Build ``step(state, rest, batch, key) -> (state, metrics)`` as one jax.jit.
 
@@ -202,6 +204,7 @@ def make_train_step(
       mesh: the device mesh.
       state_sh: shardings of the train state ``{"params", "opt_state", "step"}``.
       rest_sh: shardings of the frozen state.
+      donate: donate the input state (off only to measure what donation saves).
 
     Returns:
       The jitted step. ``state`` is donated (its buffers are reused for the output);
@@ -266,7 +269,7 @@ def make_train_step(
         step,
         in_shardings=(state_sh, rest_sh, batch_shardings(mesh), repl),
         out_shardings=(state_sh, metrics_sh),
-        donate_argnums=(0,),
+        donate_argnums=(0,) if donate else (),
     )
 
 

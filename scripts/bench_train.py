@@ -1,0 +1,306 @@
+"""Train-step throughput: our jit'd sharded step vs Hugging Face transformers on torch.
+
+Same Llama shape, batch, sequence length, AdamW, loss over every token; LoRA (rank 16 on
+all seven projections, PEFT on the torch side) and full fine-tuning. Prints a table
+and writes results/bench/train.json with the device and the command.
+
+FLOPs per trained token (N = base params, N_lora = adapter params, L/T/D as usual;
+attention scores+values add 2*2*L*T*D forward per token, causal mask not discounted):
+  full FT: 6*N + 12*L*T*D      (forward 2N, backward 4N: activation and weight grads)
+  LoRA:    4*N + 6*N_lora + 12*L*T*D   (the frozen base needs activation grads only,
+                                        2N, not weight grads; the adapter is fully trained)
+MFU = achieved FLOP/s / peak, reported only for devices with a known peak.
+
+What we found on CPU (2 cores) -- see "findings" in the JSON for the numbers:
+  * compute dtype: XLA:CPU has no fast bf16 matmul path; bf16 runs slower than fp32
+    there, so CPU numbers use fp32 compute (bf16 is the accelerator setting).
+  * the step was dominated by dot ops; HF/torch calls MKL/oneDNN sgemm directly.
+  * donation and the optimizer update are a small share (measured as variants).
+
+Usage:
+  python scripts/bench_train.py --preset small            # CPU table, JSON
+  python scripts/bench_train.py --preset llama8b --mode lora --no-torch   # accelerators
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+PRESETS = {
+    # STYLE's tiny test model (dispatch-bound: numbers say little about kernels).
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+                 num_heads=4, num_kv_heads=2, head_dim=16, batch=8, seq=128),
+    # A small but matmul-bound model for CPU comparisons.
+    "small": dict(vocab_size=4096, hidden_size=512, intermediate_size=1408, num_layers=4,
+                  num_heads=8, num_kv_heads=4, head_dim=64, batch=8, seq=256),
+    # Llama-3.1-8B shapes with random weights: for GPUs/TPUs.
+    "llama8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                    num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, batch=8,
+                    seq=1024),
+}
+
+# Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v5 lite": 197e12,
+              "TPU v4": 275e12, "TPU v5p": 459e12}
+
+
+def _shape(preset: str, args: argparse.Namespace) -> dict:
+    s = dict(PRESETS[preset])
+    if args.batch:
+        s["batch"] = args.batch
+    if args.seq:
+        s["seq"] = args.seq
+    return s
+
+
+def flops_per_token(n_base: int, n_lora: int, layers: int, seq: int, width: int,
+                    mode: str) -> float:
+    attn = 12 * layers * seq * width
+    if mode == "full":
+        return 6 * n_base + attn
+    return 4 * n_base + 6 * n_lora + attn
+
+
+def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
+              part: str = "step", mesh_cfg: tuple[int, int, int] = (-1, 1, 1)) -> dict:
+    """Our train step on random weights; ``part`` = step | fwd_bwd | fwd (profiling)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from semievol_jax import rng, sharding
+    from semievol_jax.model.config import LlamaConfig
+    from semievol_jax.model.llama import Llama
+    from semievol_jax.model.lora import LoraConfig
+    from semievol_jax.train import step as step_lib
+    from semievol_jax.train.config import TrainConfig
+    from semievol_jax.train.data import Batch
+    from semievol_jax.train.optim import make_optimizer
+
+    b, t = shape["batch"], shape["seq"]
+    cfg = LlamaConfig(**{k: v for k, v in shape.items() if k not in ("batch", "seq")})
+    lora = LoraConfig(rank=16, alpha=32.0, dropout=0.0) if mode == "lora" else None
+    mesh = sharding.make_mesh(sharding.MeshConfig(*mesh_cfg))
+    # Abstract init + placement by logical names: an 8B model never sits on one device.
+    model = nnx.eval_shape(lambda: Llama(cfg, lora=lora, rngs=nnx.Rngs(0)))
+    state = nnx.state(model)
+    shardings = sharding.state_shardings(state, mesh)
+    keys = iter(jax.random.split(jax.random.key(0), 10_000))
+
+    def init(x, s):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):  # RNG streams (LoRA dropout)
+            return jax.device_put(jax.random.split(next(keys), x.shape), s) if x.shape \
+                else jax.device_put(next(keys), s)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return jax.device_put(jnp.zeros(x.shape, x.dtype), s)
+        return jax.jit(lambda k: 0.02 * jax.random.normal(k, x.shape, x.dtype),
+                       out_shardings=s)(next(keys))
+
+    nnx.update(model, jax.tree.map(init, state, shardings))
+    tc = TrainConfig(mode=mode, compute_dtype=dtype, batch_size=b, learning_rate=1e-4)
+    old = step_lib.set_compute_dtype(model, dtype)
+    split = step_lib.split_model(model, mode)
+    step_lib.restore_compute_dtype(old)
+    tx = make_optimizer(tc, 1000)
+    state_sh = step_lib.state_shardings(split, tx, mesh)
+    rest = step_lib.cast_rest(split.rest, dtype)
+    rest = sharding.put(rest, sharding.state_shardings(rest, mesh))
+    r = np.random.default_rng(0)
+    tok = r.integers(0, cfg.vocab_size, (1, b, t + 1)).astype(np.int32)
+    ones = np.ones((1, b, t), bool)
+    pos = np.broadcast_to(np.arange(t, dtype=np.int32), (1, b, t)).copy()
+    batch = jax.device_put(Batch(tok[..., :-1], tok[..., 1:], ones, ones, pos),
+                           step_lib.batch_shardings(mesh))
+    key = rng.key_for(0, "train")
+    holder = {"state": step_lib.init_train_state(split, tx, state_sh)}
+    if part == "step":
+        fn = step_lib.make_train_step(split, tx, tc, mesh, state_sh,
+                                      sharding.state_shardings(rest, mesh), donate=donate)
+
+        def run():
+            holder["state"], m = fn(holder["state"], rest, batch, key)
+            return jax.block_until_ready(m["loss"])
+        flops = fn.lower(holder["state"], rest, batch, key).compile().cost_analysis()
+    else:
+        def loss(params):
+            mb = jax.tree.map(lambda x: x[0], batch)
+            out = split.merge(params, rest)(mb.tokens_ABT, mb.positions_ABT,
+                                            valid_BT=mb.valid_ABT)
+            ls, n = step_lib.masked_cross_entropy(out.logits_BTV, mb.targets_ABT,
+                                                  mb.loss_mask_ABT)
+            return ls / n
+        fn = jax.jit(jax.value_and_grad(loss) if part == "fwd_bwd" else loss)
+
+        def run():
+            return jax.block_until_ready(fn(holder["state"]["params"]))
+        flops = fn.lower(holder["state"]["params"]).compile().cost_analysis()
+    if isinstance(flops, list):
+        flops = flops[0]
+    n_base = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                 if not isinstance(v, nnx.LoRAParam))
+    n_lora = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(
+        nnx.state(model, nnx.LoRAParam)))
+    name = f"jax/{part}/{dtype}" + ("" if donate else "/no_donate")
+    return dict(name=name, run=run, framework="jax", mode=mode, dtype=dtype, part=part,
+                donate=donate, n_base=n_base, n_lora=n_lora,
+                xla_flops_per_step=float((flops or {}).get("flops", 0.0)),
+                device=str(jax.devices()[0].device_kind), platform=jax.devices()[0].platform,
+                num_devices=len(jax.devices()))
+
+
+def build_torch(shape: dict, mode: str, dtype: str, part: str = "step") -> dict:
+    """HF LlamaForCausalLM (+PEFT LoRA) with torch AdamW, same shapes and loss."""
+    import numpy as np
+    import torch
+    import transformers
+
+    b, t = shape["batch"], shape["seq"]
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=shape["vocab_size"], hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"], num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"], num_key_value_heads=shape["num_kv_heads"],
+        head_dim=shape["head_dim"], tie_word_embeddings=False)
+    torch.manual_seed(0)
+    tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    model = transformers.LlamaForCausalLM(hf_cfg).to(tdt)
+    if mode == "lora":
+        import peft
+
+        pc = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                             "gate_proj", "up_proj", "down_proj"])
+        model = peft.get_peft_model(model, pc)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+    r = np.random.default_rng(0)
+    ids = torch.from_numpy(r.integers(0, shape["vocab_size"], (b, t + 1)).astype(np.int64))
+    x, y = ids[:, :-1], ids[:, 1:]
+
+    def run():
+        with torch.set_grad_enabled(part != "fwd"):
+            logits = model(input_ids=x).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        if part != "fwd":
+            loss.backward()
+        if part == "step":
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return dict(name=f"torch/{part}/{dtype}", run=run, framework="torch", mode=mode,
+                dtype=dtype, part=part, threads=torch.get_num_threads(),
+                torch=torch.__version__, transformers=transformers.__version__)
+
+
+def time_interleaved(entries: list[dict], steps: int, warmup: int) -> None:
+    """Median step time of each entry, timed round-robin so load swings hit all alike."""
+    import time as _t
+
+    import numpy as np
+
+    for e in entries:
+        t0 = _t.perf_counter()
+        e["run"]()  # compile / first call
+        e["first_call_s"] = _t.perf_counter() - t0
+        for _ in range(warmup):
+            e["run"]()
+        e["times"] = []
+    for _ in range(steps):
+        for e in entries:
+            t0 = _t.perf_counter()
+            e["run"]()
+            e["times"].append(_t.perf_counter() - t0)
+    for e in entries:
+        e["step_s"] = float(np.median(e["times"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--mode", default="both", choices=["lora", "full", "both"])
+    p.add_argument("--dtype", default=None, help="float32|bfloat16 (default: fp32 on CPU)")
+    p.add_argument("--batch", type=int, default=0)
+    p.add_argument("--seq", type=int, default=0)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--variants", action="store_true",
+                   help="also time bf16 compute and no-donation JAX variants (profiling)")
+    p.add_argument("--out", default="results/bench/train.json")
+    args = p.parse_args(argv)
+
+    from semievol_jax import environment
+
+    environment.set_determinism_flags()  # before JAX starts a backend
+    import jax
+
+    shape = _shape(args.preset, args)
+    platform_name = jax.devices()[0].platform
+    dtype = args.dtype or ("float32" if platform_name == "cpu" else "bfloat16")
+    modes = ["lora", "full"] if args.mode == "both" else [args.mode]
+    kind = jax.devices()[0].device_kind
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+    tokens = shape["batch"] * shape["seq"]
+    rows = []
+    for mode in modes:
+        entries = [build_jax(shape, mode, dtype)]
+        if args.variants:
+            entries += [build_jax(shape, mode, dtype, part="fwd_bwd"),
+                        build_jax(shape, mode, dtype, part="fwd"),
+                        build_jax(shape, mode, dtype, donate=False)]
+            if platform_name == "cpu" and dtype == "float32":
+                entries.append(build_jax(shape, mode, "bfloat16"))
+        if not args.no_torch:
+            entries.append(build_torch(shape, mode, dtype))
+            if args.variants:
+                entries += [build_torch(shape, mode, dtype, "fwd_bwd"),
+                            build_torch(shape, mode, dtype, "fwd")]
+        time_interleaved(entries, args.steps, args.warmup)
+        fpt = flops_per_token(entries[0]["n_base"], entries[0]["n_lora"], shape["num_layers"],
+                              shape["seq"], shape["hidden_size"], mode)
+        torch_step = next((e for e in entries if e["name"] == f"torch/step/{dtype}"), None)
+        for e in entries:
+            e.pop("run")
+            e["tokens_per_s"] = tokens / e["step_s"]
+        for e in entries:
+            e["flops_per_token"] = fpt
+            e["mfu"] = (e["tokens_per_s"] * fpt / (peak * e.get("num_devices", 1))) \
+                if peak and e["part"] == "step" else None
+            if torch_step is not None:
+                e["vs_torch_step"] = e["tokens_per_s"] / torch_step["tokens_per_s"]
+            rows.append(e)
+
+    print(f"{'mode':5} {'name':28} {'step_s':>8} {'tokens/s':>10} {'vs torch':>8} {'MFU':>6}")
+    for r in rows:
+        mfu = f"{r['mfu']:.3f}" if r.get("mfu") else "-"
+        vs = f"{r['vs_torch_step']:.2f}" if "vs_torch_step" in r else "-"
+        print(f"{r['mode']:5} {r['name']:28} {r['step_s']:8.4f} {r['tokens_per_s']:10.0f} "
+              f"{vs:>8} {mfu:>6}")
+
+    record = {
+        "command": " ".join(["python", "scripts/bench_train.py", *(argv or sys.argv[1:])]),
+        "preset": args.preset, "shape": shape, "device": kind, "platform": platform_name,
+        "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "jax": jax.__version__, "rows": rows,
+        "flops_note": "full: 6N + 12*L*T*D per token; LoRA: 4N (frozen base: forward + "
+                      "activation grads only) + 6*N_lora + 12*L*T*D",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = json.loads(out.read_text()) if out.exists() else {}
+    doc.setdefault("runs", {})[f"{args.preset}/{platform_name}"] = record
+    out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
