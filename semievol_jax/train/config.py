@@ -29,7 +29,7 @@ class TrainConfig:
     adam_eps: float = 1e-8  # AdamW epsilon
     max_grad_norm: float = 1.0  # global-norm gradient clipping; 0 = off
     compute_dtype: str | None = "bfloat16"  # matmul dtype (None: the model's); masters stay f32
-    remat: bool = False  # recompute activations in the backward pass (jax.checkpoint)
+    remat: bool = False  # jax.checkpoint the loss, keeping only matmul outputs (less memory)
     shuffle: bool = True  # seeded permutation of the examples each epoch
     max_steps: int | None = None  # stop after this many optimizer steps (None = all epochs)
     checkpoint_every: int = 100  # optimizer steps between checkpoints (and one at the end)

@@ -168,9 +168,13 @@ def train(
     rest_sh = sharding.state_shardings(rest, mesh)
     rest = sharding.put(rest, rest_sh)
 
-    cfg_digest = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    # Fields that change the trained numbers; logging/checkpoint cadence may change on resume.
+    cosmetic = {"checkpoint_every", "keep_checkpoints", "async_checkpoint", "log_every",
+                "tensorboard", "progress"}
+    cfg_digest = json.dumps({k: v for k, v in dataclasses.asdict(cfg).items()
+                             if k not in cosmetic}, sort_keys=True, default=str)
     expect = {"data_digest": data.digest, "mode": cfg.mode, "total_steps": total,
-              "params": sorted(split.params)}
+              "params": sorted(split.params), "config": cfg_digest}
     abstract = {"params": split.params,
                 "opt_state": jax.eval_shape(tx.init, split.params),
                 "step": jax.ShapeDtypeStruct((), jnp.int32)}
