@@ -9,6 +9,7 @@ from train_helpers import digit_examples, small_cfg, tiny_model, tokenizer
 
 from semievol_jax import rng, sharding
 from semievol_jax.train import (
+    CheckpointMismatchError,
     DataError,
     ModelSetupError,
     NonFiniteLossError,
@@ -66,6 +67,10 @@ def test_nan_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, monk
         _train(model, digit_examples(40), small_cfg(checkpoint_every=2), tmp_path)
     ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert ckpts == [2]
+    # Other data in the same work_dir: refused, not silently resumed.
+    with pytest.raises(CheckpointMismatchError, match="data_digest"):
+        _train(tiny_model("lora"), digit_examples(40, seed=5), small_cfg(checkpoint_every=2),
+               tmp_path)
     # The caller's model is untouched by the failed run.
     np.testing.assert_array_equal(loop_lib.param_checksum(model), before)
 
