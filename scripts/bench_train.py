@@ -235,11 +235,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--variants", action="store_true",
                    help="also time bf16 compute and no-donation JAX variants (profiling)")
+    p.add_argument("--xla-flags", default="",
+                   help="extra XLA_FLAGS for this run, e.g. --xla_cpu_use_onednn=true")
+    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor (e.g. 1,-1,1 = FSDP)")
+    p.add_argument("--tag", default="", help="suffix of this run's key in the JSON")
     p.add_argument("--out", default="results/bench/train.json")
     args = p.parse_args(argv)
 
     from semievol_jax import environment
 
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
     environment.set_determinism_flags()  # before JAX starts a backend
     import jax
 
@@ -252,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     tokens = shape["batch"] * shape["seq"]
     rows = []
     for mode in modes:
-        entries = [build_jax(shape, mode, dtype)]
+        mesh_cfg = tuple(int(x) for x in args.mesh.split(","))
+        entries = [build_jax(shape, mode, dtype, mesh_cfg=mesh_cfg)]
         if args.variants:
             entries += [build_jax(shape, mode, dtype, part="fwd_bwd"),
                         build_jax(shape, mode, dtype, part="fwd"),
@@ -290,14 +297,20 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["python", "scripts/bench_train.py", *(argv or sys.argv[1:])]),
         "preset": args.preset, "shape": shape, "device": kind, "platform": platform_name,
         "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "jax": jax.__version__, "rows": rows,
+        "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": rows,
         "flops_note": "full: 6N + 12*L*T*D per token; LoRA: 4N (frozen base: forward + "
                       "activation grads only) + 6*N_lora + 12*L*T*D",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = json.loads(out.read_text()) if out.exists() else {}
-    doc.setdefault("runs", {})[f"{args.preset}/{platform_name}"] = record
+    if not any(k.startswith("llama8b/") for k in doc.get("runs", {})) and args.preset != "llama8b":
+        doc["llama8b"] = ("not run: no GPU/TPU in the session that wrote this file; command: "
+                          "python scripts/bench_train.py --preset llama8b --mode lora --no-torch "
+                          "(and --mode full; full FT of 8B needs ~128 GB for fp32 masters + "
+                          "Adam, i.e. several devices with --mesh 1,-1,1)")
+    key = f"{args.preset}/{platform_name}" + (f"/{args.tag}" if args.tag else "")
+    doc.setdefault("runs", {})[key] = record
     out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     print(f"wrote {out}")
 
