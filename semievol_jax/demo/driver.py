@@ -22,7 +22,7 @@ from semievol_jax import environment
 from semievol_jax.config import load_config
 from semievol_jax.pipeline import api
 from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
-from semievol_jax.pipeline.runner import MANIFEST, write_json_atomic
+from semievol_jax.pipeline.runner import run_manifests, write_json_atomic
 
 SEEDS = (0, 1, 2)
 SWEEP_N = (2, 8)  # collaborators, besides the preset's n
@@ -84,6 +84,15 @@ def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
             for k, v in acc.items()}
 
 
+def _score_from_json(d: dict[str, Any]):
+    """PseudoLabelScore back from eval.json (JSON made its float θ keys strings)."""
+    from semievol_jax.pipeline.selection import PseudoLabelScore
+
+    per_theta = ("accuracy_per_theta", "selected_fraction_per_theta")
+    return PseudoLabelScore(**{k: ({float(t): x for t, x in v.items()} if k in per_theta else v)
+                               for k, v in d.items()})
+
+
 def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[str, Any]]],
                   wall_s: float) -> dict[str, Any]:
     from semievol_jax.pipeline import report, selection
@@ -92,7 +101,7 @@ def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[
     sel0 = selection.Selection.from_dict(json.loads(
         (out / "seed0" / "05_select" / "selection.json").read_text()))
     ev0 = json.loads((out / "seed0" / "07_eval" / "eval.json").read_text())
-    score0 = selection.PseudoLabelScore(**ev0["pseudo_labels"])
+    score0 = _score_from_json(ev0["pseudo_labels"])
     stage_s: dict[str, float] = {}
     for records in per_seed.values():
         for rec in records["semievol"].values():
@@ -111,7 +120,7 @@ def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[
     )
     report.write_report(inputs, out)
     manifests = {str(p.parent.relative_to(out)): json.loads(p.read_text())
-                 for p in sorted(out.rglob(MANIFEST)) if p.parent != out}
+                 for p in run_manifests(out)}
     write_json_atomic(out / DIGESTS, {k: {s: e["output_digest"] for s, e in v.items()}
                                        for k, v in manifests.items()})
     return summary

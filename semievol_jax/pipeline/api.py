@@ -13,7 +13,7 @@ from semievol_jax.config import load_config, to_yaml
 from semievol_jax.errors import UserError
 from semievol_jax.pipeline import stages as st
 from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
-from semievol_jax.pipeline.runner import MANIFEST, Runner, Stage, read_record
+from semievol_jax.pipeline.runner import MANIFEST, Runner, Stage, read_record, run_manifests
 
 ORDER = {name: i for i, name in enumerate(
     ("data", "base", "sft", "index", "propose", "select", "final", "eval"))}
@@ -125,7 +125,7 @@ def verify(run_dir: Path, *, rerun: bool = True, fresh: str | None = None) -> in
     from semievol_jax.pipeline.runner import digest_dir
 
     run_dir = Path(run_dir)
-    manifests = sorted(run_dir.rglob(MANIFEST))
+    manifests = run_manifests(run_dir)
     if not manifests:
         raise UserError(f"{run_dir}: no {MANIFEST} found")
     bad = []

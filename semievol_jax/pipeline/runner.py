@@ -213,6 +213,12 @@ class Runner:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def run_manifests(root: Path) -> list[Path]:
+    """Every run's manifest under `root` (a run dir holds config.yaml beside it; stage
+    outputs may carry manifests of their own, e.g. a saved index)."""
+    return [p for p in sorted(Path(root).rglob(MANIFEST)) if (p.parent / "config.yaml").exists()]
+
+
 def status(run_dir: Path) -> list[dict[str, Any]]:
     """One row per stage directory found in `run_dir` (for `semievol status`)."""
     rows = []
