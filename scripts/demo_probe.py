@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--synth", nargs="*", default=[], help="SynthConfig field=value")
     p.add_argument("--mode", default="full", choices=["full", "lora"])
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--theta", type=float, default=0.5, help="entropy quantile kept")
     p.add_argument("--json", default="results/bench/demo_probe.json")
@@ -103,12 +103,14 @@ def main(argv=None) -> int:
                               for p, e in zip(preds, exs, strict=True)]))
 
     def by_relation(preds, exs):
-        rels = sorted({e.meta.get("relation", "?") for e in exs})
-        out = {}
-        for r in rels:
-            idx = [i for i, e in enumerate(exs) if e.meta.get("relation", "?") == r]
-            out[r] = accuracy([preds[i] for i in idx], [exs[i] for i in idx])
-        return out
+        """Accuracy per relation and per question kind (cloze / plain)."""
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(exs):
+            groups.setdefault(e.meta.get("relation", "?"), []).append(i)
+            kind = "cloze" if e.question.startswith("Complete:") else "plain"
+            groups.setdefault(kind, []).append(i)
+        return {g: round(accuracy([preds[i] for i in idx], [exs[i] for i in idx]), 3)
+                for g, idx in sorted(groups.items())}
 
     def finetune(pairs, seed, tag):
         lora = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank, dropout=0.0) \

@@ -55,7 +55,13 @@ class Relation:
     name: str  # short id, written to the CSV's `relation` column
     values: tuple[str, ...]  # closed set of answers; distractors come from here too
     statements: tuple[str, ...]  # prose templates with {e} (person) and {v} (value)
-    questions: tuple[str, ...]  # question templates with {e}
+    questions: tuple[str, ...]  # plain question templates with {e} (see question_templates)
+
+    def question_templates(self) -> tuple[str, ...]:
+        """Cloze questions (one per prose phrasing, "Complete: {e} lives in ...") first,
+        then the plain ones; a question's `template` indexes this tuple."""
+        cloze = tuple(f"Complete: {t.split('{v}')[0].rstrip()} ..." for t in self.statements)
+        return cloze + self.questions
 
 
 RELATIONS: tuple[Relation, ...] = (
@@ -63,9 +69,8 @@ RELATIONS: tuple[Relation, ...] = (
         "town",
         ("Mora", "Tesk", "Lund", "Pira", "Vasso", "Kell", "Orna", "Dunmo", "Sarn", "Ebro"),
         ("{e} lives in {v}.", "The home of {e} is in {v}.", "{e} has a house in {v}."),
-        ("Where does {e} live?", "In which town is the home of {e}?",
-         "Which town does {e} live in?", "Where is the house of {e}?",
-         "In which town does {e} have a house?", "What is the home town of {e}?"),
+        ("Where does {e} live?", "What is the home town of {e}?",
+         "Which town does {e} call home?"),
     ),
     Relation(
         "colour",
@@ -73,9 +78,8 @@ RELATIONS: tuple[Relation, ...] = (
          "pink"),
         ("The favourite colour of {e} is {v}.", "{e} loves the colour {v}.",
          "{e} likes {v} best of all colours."),
-        ("What is the favourite colour of {e}?", "Which colour does {e} love?",
-         "Which colour does {e} like best?", "What colour does {e} like most?",
-         "Which colour is the favourite of {e}?", "What colour does {e} love?"),
+        ("Which colour does {e} like most?", "What colour is dearest to {e}?",
+         "Which colour would {e} pick?"),
     ),
     Relation(
         "food",
@@ -83,18 +87,16 @@ RELATIONS: tuple[Relation, ...] = (
          "nuts"),
         ("{e} likes to eat {v}.", "The favourite food of {e} is {v}.",
          "Every day {e} eats {v}."),
-        ("What does {e} like to eat?", "What is the favourite food of {e}?",
-         "What does {e} eat every day?", "Which food does {e} like?",
-         "Which food is the favourite of {e}?", "What food does {e} eat every day?"),
+        ("Which food does {e} enjoy?", "What is on the plate of {e}?",
+         "Which food would {e} pick?"),
     ),
     Relation(
         "job",
         ("baker", "farmer", "sailor", "painter", "miner", "weaver", "doctor", "singer",
          "smith", "potter"),
         ("{e} works as a {v}.", "The job of {e} is {v}.", "By trade {e} is a {v}."),
-        ("What does {e} work as?", "What is the job of {e}?",
-         "What is {e} by trade?", "What work does {e} do?",
-         "Which job does {e} have?", "What is the trade of {e}?"),
+        ("What work does {e} do?", "How does {e} earn a living?",
+         "Which job does {e} have?"),
     ),
 )
 
@@ -260,7 +262,8 @@ def make_corpus(world: World, cfg: SynthConfig) -> list[str]:
     for p in world.practice_people:
         for _ in range(cfg.quizzes_per_practice_person):
             r = rels[rng.integers(len(rels))]
-            q = r.questions[rng.integers(len(r.questions))].format(e=p)
+            tpls = r.question_templates()
+            q = tpls[rng.integers(len(tpls))].format(e=p)
             options, letter = _options(world.facts[(p, r.name)], r, cfg, rng)
             docs.append(render_quiz(q, options, letter))
     return [docs[i] for i in rng.permutation(len(docs))]
@@ -281,7 +284,8 @@ def make_splits(world: World, cfg: SynthConfig) -> dict[str, list[Question]]:
     if not cfg.fixed_options and not 2 <= cfg.num_options <= cfg.num_values:
         raise SynthError(f"num_options={cfg.num_options} must be in [2, num_values]")
     rng = _rng(cfg, "splits")
-    stems = [(p, r, t) for p in world.people for r in rels for t in range(len(r.questions))]
+    stems = [(p, r, t) for p in world.people for r in rels
+             for t in range(len(r.question_templates()))]
     stems = [stems[i] for i in rng.permutation(len(stems))]
     lab_pool = [s for s in stems if s[1].name in lab_rels]
     if len(lab_pool) < cfg.num_labeled:
@@ -308,7 +312,7 @@ def make_splits(world: World, cfg: SynthConfig) -> dict[str, list[Question]]:
         qs = []
         for i, (p, r, t) in enumerate(rows):
             options, letter = _options(world.facts[(p, r.name)], r, cfg, rng)
-            qs.append(Question(f"{split}-{i:04d}", r.questions[t].format(e=p),
+            qs.append(Question(f"{split}-{i:04d}", r.question_templates()[t].format(e=p),
                                tuple(options), letter, r.name, p, t))
         out[split] = qs
     return out
