@@ -1,12 +1,13 @@
 """The compiled generator: prefill a left-padded batch once, then sample M continuations.
 
 One jit-compiled program per (batch size, prompt length, M, max_new_tokens, sampling
-rule): the prompt is prefilled into the KV cache once, the cache is broadcast to the M
+rule): the prompt is prefilled into the KV cache once, the cache is repeated for the M
 samples, and a ``jax.lax.while_loop`` decodes until every row has ended (EOS, stop
-string) or ``max_new_tokens`` is reached, with no Python per token. The per-sample step
-is ``jax.vmap``-ed over the M axis of the PRNG keys and of the cache, so the M
-collaborators of one prompt run as one batched program; different prompt variants of
-one question (other demonstrations, other instructions) are simply other rows of B.
+string) or ``max_new_tokens`` is reached, with no Python per token. The sampling rule
+and the stop checks are ``jax.vmap``-ed over the M axis of the per-sample PRNG keys;
+the model step sees the M x B rows as one batch (see ``_decode_jit``). So the M
+collaborators of one prompt run as one program; different prompt variants of one
+question (other demonstrations, other instructions) are simply other rows of B.
 
 Left padding: position of a real token = number of real tokens before it, so a prompt's
 positions do not depend on the bucket it was padded to. The last column must be a real
@@ -43,7 +44,7 @@ class DecodeState:
     step: jax.Array  # int32 scalar: tokens generated so far
     token_MB: jax.Array  # int32: last token, fed at the next step
     position_MB: jax.Array  # int32: its position
-    cache: object  # KVCache with a leading M axis on every non-scalar leaf
+    cache: object  # KVCache over M * B rows (row m * B + b)
     keys_MB: jax.Array  # typed PRNG keys, one stream per sample
     tokens_MBN: jax.Array  # int32 generated tokens (0 after the end)
     logprobs_MBN: jax.Array  # float32 log p under the unmodified model distribution
@@ -133,18 +134,17 @@ def _decode_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, tables, *, rule, 
     if T > 1:
         cache = model(tokens_BT[:, :-1], positions_BT[:, :-1], valid_BT=valid_BT[:, :-1],
                       cache=cache).cache
-    cache = _constrain(cache, mesh)
-    # Share the prefill: one cache per prompt, broadcast to its M samples.
-    cache_M = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.broadcast_to(x, (M,) + x.shape),
-                           cache)
-    cache_axes = jax.tree.map(lambda x: None if x.ndim == 0 else 0, cache)
+    # Share the prefill: one cache per prompt, repeated for its M samples. The M copies
+    # are flattened into the model's batch axis (row m * B + b) rather than vmapped:
+    # under vmap the cache write becomes a scatter that rewrites the whole cache every
+    # step, while a plain batch keeps it an in-place dynamic_update_slice.
+    cache = _constrain(_repeat_batch(cache, M), mesh)
 
-    def step_one(token_B, position_B, cache):
-        out = model(token_B[:, None], position_B[:, None],
-                    valid_BT=jnp.ones((token_B.shape[0], 1), bool), cache=cache)
-        return out.logits_BTV[:, 0], out.cache
+    def step_all(token_MB, position_MB, cache):
+        out = model(token_MB.reshape(M * B, 1), position_MB.reshape(M * B, 1),
+                    valid_BT=jnp.ones((M * B, 1), bool), cache=cache)
+        return out.logits_BTV.reshape(M, B, -1), out.cache
 
-    step_all = jax.vmap(step_one, in_axes=(0, 0, cache_axes), out_axes=(0, cache_axes))
     sample_all = jax.vmap(lambda logits_BV, keys_B: sample(logits_BV, keys_B, rule))
     check_all = jax.vmap(lambda prev_B, tok_B, has_prev: stopping.check_stop(
         prev_B, tok_B, has_prev, tables), in_axes=(0, 0, None))
@@ -185,7 +185,7 @@ def _decode_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, tables, *, rule, 
         step=jnp.int32(0),
         token_MB=jnp.broadcast_to(tokens_BT[:, -1], (M, B)).astype(jnp.int32),
         position_MB=jnp.broadcast_to(positions_BT[:, -1], (M, B)).astype(jnp.int32),
-        cache=cache_M,
+        cache=cache,
         keys_MB=keys_BM.T,
         tokens_MBN=jnp.zeros((M, B, N), jnp.int32),
         logprobs_MBN=jnp.zeros((M, B, N), jnp.float32),
@@ -202,6 +202,16 @@ def _decode_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, tables, *, rule, 
         length_BM=s.length_MB.T,
         finish_BM=s.finish_MB.T,
     )
+
+
+def _repeat_batch(cache, M: int):
+    """[L, B, ...] / [B, S] cache leaves -> M copies along the batch axis, m-major."""
+    if M == 1:
+        return cache
+    return dataclasses.replace(
+        cache, k_LBSKH=jnp.tile(cache.k_LBSKH, (1, M, 1, 1, 1)),
+        v_LBSKH=jnp.tile(cache.v_LBSKH, (1, M, 1, 1, 1)),
+        valid_BS=jnp.tile(cache.valid_BS, (M, 1)))
 
 
 def _cache_dtype(model) -> jnp.dtype:

@@ -1,0 +1,288 @@
+"""Benchmark: our jit-compiled n-sample generator vs HF transformers generate, same checkpoint.
+
+Prints one table and writes results/bench/generate.json. Three parts:
+
+1. Throughput (CPU, default): 16 chat-rendered prompts x 4 samples x 64 new tokens,
+   temperature 1.0, on a random 4-layer, 256-wide Llama written as a real HF checkpoint
+   (our tiny-checkpoint builder, vocab 384). Ours: ``generate(num_samples=4)`` (one
+   compiled program, per-token log-probs and entropy included). HF:
+   ``generate(do_sample=True, num_return_sequences=4, output_scores=True)`` plus
+   ``compute_transition_scores`` for its per-token log-probs. Both stop rows at EOS;
+   tokens/s counts generated tokens (up to and including EOS) over wall time, median
+   of ``--repeats`` runs, runs of the two engines interleaved so shared-machine load
+   hits both alike. Our first (compiling) call is reported separately.
+2. Compilations: one pass of ``generate`` over ``--many`` prompts of 5 to ~1,000 tokens
+   (batch 32, 4 new tokens): the number of decode programs traced (target <= 8).
+3. ``--accelerator-8b``: an 8B-shaped random Llama (bf16, vocab 128,256) decoding on
+   the default JAX device, tokens/s vs the HBM-bandwidth bound (every decode step must
+   read all weights once). Not run on CPU.
+
+Usage:
+    python scripts/bench_generate.py                 # parts 1 and 2, writes the JSON
+    python scripts/bench_generate.py --accelerator-8b --hbm-gbps 3350   # on an H100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from semievol_jax.generate import SampleConfig, generate, render_prompt
+from semievol_jax.generate import decode as decode_lib
+from semievol_jax.generate.generator import bucket_length
+from semievol_jax.model import load_hf, load_tokenizer, make_tiny_checkpoint
+
+BENCH_MODEL = dict(hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=8,
+                   num_kv_heads=4, head_dim=32, max_position_embeddings=2048)
+WORDS = ("the model answers a question about the cat and the dog in the park while rain "
+         "falls on the sea and numbers like 42 and 2024 appear").split()
+
+
+def make_prompts(tokenizer, n: int, lo: int, hi: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [render_prompt(tokenizer, " ".join(rng.choice(WORDS, int(rng.integers(lo, hi)))))
+            for _ in range(n)]
+
+
+def run_ours(model, tokenizer, prompts, cfg, num_samples, seed):
+    t = time.perf_counter()
+    out = generate(model, tokenizer, prompts, cfg, key=jax.random.key(seed),
+                   num_samples=num_samples, progress=False)
+    dt = time.perf_counter() - t
+    return sum(len(s.token_ids) for x in out for s in x), dt
+
+
+def run_hf(hf, tokenizer, prompts, cfg, num_samples, eos, seed):
+    import torch
+
+    torch.manual_seed(seed)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                      add_special_tokens=False)
+    t = time.perf_counter()
+    with torch.no_grad():
+        out = hf.generate(**batch, do_sample=True, temperature=cfg.temperature, top_k=0,
+                          top_p=1.0, num_return_sequences=num_samples,
+                          max_new_tokens=cfg.max_new_tokens, output_scores=True,
+                          return_dict_in_generate=True, eos_token_id=eos,
+                          pad_token_id=tokenizer.pad_token_id)
+        logprobs = hf.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    dt = time.perf_counter() - t
+    new = out.sequences[:, batch["input_ids"].shape[1]:].numpy()
+    n_tokens = 0
+    for row in new:  # tokens up to and including the first EOS
+        hit = np.flatnonzero(np.isin(row, eos))
+        n_tokens += int(hit[0]) + 1 if len(hit) else len(row)
+    assert logprobs.shape == new.shape
+    return n_tokens, dt
+
+
+def hf_runs(args, ckpt: Path) -> dict:
+    """HF warm-up + timed runs; called in a subprocess of its own (--hf-only) so JAX's
+    threads and memory in this process do not slow torch down."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = load_tokenizer(ckpt)
+    eos = list(json.loads((ckpt / "config.json").read_text())["eos_token_id"])
+    hf = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    prompts = make_prompts(tokenizer, args.prompts, 8, 60, seed=0)
+    cfg = _throughput_cfg(args)
+    run_hf(hf, tokenizer, prompts, cfg, args.samples, eos, seed=100)  # warm-up
+    runs = [run_hf(hf, tokenizer, prompts, cfg, args.samples, eos, seed=r)
+            for r in range(args.repeats)]
+    return {"runs": runs, "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def throughput(args, ckpt: Path) -> dict:
+    import transformers
+
+    model, mcfg = load_hf(ckpt)
+    tokenizer = load_tokenizer(ckpt)
+    prompts = make_prompts(tokenizer, args.prompts, 8, 60, seed=0)
+    cfg = _throughput_cfg(args)
+    t = time.perf_counter()
+    run_ours(model, tokenizer, prompts, cfg, args.samples, seed=100)
+    first_call_s = time.perf_counter() - t
+    # Ours before and after HF, so a change in the shared machine's load over the
+    # run shows up on both sides.
+    ours = [run_ours(model, tokenizer, prompts, cfg, args.samples, seed=r)
+            for r in range(args.repeats)]
+    proc = subprocess.run([sys.executable, __file__, "--hf-only", str(ckpt),
+                           "--prompts", str(args.prompts), "--samples", str(args.samples),
+                           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)],
+                          capture_output=True, text=True, check=True)
+    hf = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours += [run_ours(model, tokenizer, prompts, cfg, args.samples, seed=r)
+             for r in range(args.repeats)]
+    ours_tps = statistics.median(n / dt for n, dt in ours)
+    hf_tps = statistics.median(n / dt for n, dt in hf["runs"])
+    return {
+        "model": {**BENCH_MODEL, "vocab_size": mcfg.vocab_size, "dtype": "float32"},
+        "prompts": args.prompts, "samples_per_prompt": args.samples,
+        "max_new_tokens": args.new_tokens, "temperature": 1.0, "repeats": args.repeats,
+        "prompt_tokens": [len(x) for x in tokenizer(prompts, add_special_tokens=False)
+                          ["input_ids"]],
+        "ours": {"tokens_per_s_median": round(ours_tps, 1),
+                 "runs": [{"tokens": n, "seconds": round(dt, 4)} for n, dt in ours],
+                 "first_call_incl_compile_s": round(first_call_s, 2)},
+        "hf": {"tokens_per_s_median": round(hf_tps, 1),
+               "runs": [{"tokens": n, "seconds": round(dt, 4)} for n, dt in hf["runs"]],
+               "torch_threads": hf["torch_threads"], "torch": hf["torch"],
+               "transformers": transformers.__version__,
+               "call": "generate(do_sample=True, num_return_sequences=M, output_scores=True, "
+                       "return_dict_in_generate=True) + compute_transition_scores"},
+        "speedup": round(ours_tps / hf_tps, 2),
+        "goal_speedup": 5.0,
+    }
+
+
+def _throughput_cfg(args) -> SampleConfig:
+    return SampleConfig(temperature=1.0, max_new_tokens=args.new_tokens, stop=(),
+                        batch_size=args.prompts)
+
+
+def compilations(args, ckpt: Path) -> dict:
+    model, _ = load_hf(ckpt)
+    tokenizer = load_tokenizer(ckpt)
+    prompts = make_prompts(tokenizer, args.many, 1, 450, seed=1)
+    lengths = [len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    cfg = SampleConfig(temperature=1.0, max_new_tokens=4, stop=(), batch_size=32)
+    before = sum(decode_lib.TRACES.values())
+    t = time.perf_counter()
+    out = generate(model, tokenizer, prompts, cfg, key=jax.random.key(0), progress=False)
+    dt = time.perf_counter() - t
+    assert len(out) == len(prompts)
+    return {"model": "STYLE tiny (D 64, L 2, vocab 384)", "prompts": len(prompts),
+            "prompt_tokens_min": min(lengths),
+            "prompt_tokens_max": max(lengths), "batch_size": 32, "max_new_tokens": 4,
+            "length_buckets": sorted({bucket_length(n) for n in lengths}),
+            "programs_compiled": sum(decode_lib.TRACES.values()) - before,
+            "target_max_programs": 8, "wall_s_incl_compiles": round(dt, 1)}
+
+
+def accelerator_8b(args) -> dict:
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from semievol_jax.generate import stopping
+    from semievol_jax.model import Llama, LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                      num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
+                      rope_theta=500000.0, max_position_embeddings=8192)
+    model = nnx.eval_shape(lambda: Llama(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
+                                         rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    key = jax.random.key(0)
+    state = jax.tree.map(lambda x: (0.02 * jax.random.normal(key, x.shape, jnp.float32)
+                                    ).astype(x.dtype), state)
+    model = nnx.merge(graphdef, state)
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    B, T, M, N = args.batch_8b, 512, 1, 256
+    tokens = jax.random.randint(key, (B, T), 0, cfg.vocab_size)
+    valid = jnp.ones((B, T), bool)
+    keys = decode_lib.sample_keys(key, jnp.arange(B), M)
+    none = jnp.zeros((cfg.vocab_size,), bool)
+    tables = stopping.StopTables(none, none, jnp.zeros((8, cfg.vocab_size), bool),
+                                 jnp.zeros((8, cfg.vocab_size), bool))
+    g, s = decode_lib.split_model(model)
+    sc = SampleConfig(temperature=1.0, max_new_tokens=N)
+    jax.block_until_ready(decode_lib.decode(g, s, tokens, valid, keys, tables, sc))
+    t = time.perf_counter()
+    jax.block_until_ready(decode_lib.decode(g, s, tokens, valid, keys, tables, sc))
+    dt = time.perf_counter() - t
+    bound_steps = args.hbm_gbps * 1e9 / weight_bytes
+    return {"device": str(jax.devices()[0]), "batch": B, "prompt_tokens": T,
+            "new_tokens": N, "seconds_incl_prefill": round(dt, 3),
+            "tokens_per_s": round(B * M * N / dt, 1),
+            "weight_gb": round(weight_bytes / 1e9, 2), "hbm_gbps": args.hbm_gbps,
+            "bound_tokens_per_s": round(bound_steps * B * M, 1),
+            "fraction_of_bound": round((B * M * N / dt) / (bound_steps * B * M), 3)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--many", type=int, default=1000)
+    ap.add_argument("--accelerator-8b", action="store_true")
+    ap.add_argument("--batch-8b", type=int, default=16)
+    ap.add_argument("--hbm-gbps", type=float, default=3350.0, help="H100 SXM: 3350")
+    ap.add_argument("--out", default="results/bench/generate.json")
+    ap.add_argument("--no-json", action="store_true")
+    ap.add_argument("--hf-only", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.hf_only:
+        print(json.dumps(hf_runs(args, args.hf_only)))
+        return 0
+
+    result: dict = {
+        "command": "python " + " ".join(sys.argv),
+        "git_commit": _git_commit(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": {"jax_devices": [str(d) for d in jax.devices()],
+                   "platform": platform.platform(), "processor": platform.processor(),
+                   "cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
+        "versions": {"jax": jax.__version__, "python": platform.python_version()},
+    }
+    if args.accelerator_8b:
+        result["accelerator_8b"] = accelerator_8b(args)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = make_tiny_checkpoint(Path(tmp) / "bench", seed=0, **BENCH_MODEL)
+            result["throughput"] = throughput(args, ckpt)
+            # Program count does not depend on model size: the STYLE tiny model keeps
+            # the 1,000-prompt pass (up to ~1,000-token prompts) short.
+            small = make_tiny_checkpoint(Path(tmp) / "small", seed=0,
+                                         max_position_embeddings=2048)
+            result["compilations"] = compilations(args, small)
+        result["accelerator_8b"] = "not run: no accelerator in this session"
+        result["device"]["load_avg_at_end"] = os.getloadavg()
+    _print_table(result)
+    if not args.no_json:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _print_table(r: dict) -> None:
+    if "throughput" in r:
+        t = r["throughput"]
+        print(f"{'engine':<28}{'tokens/s (median)':>20}")
+        print(f"{'ours (jit, vmap M)':<28}{t['ours']['tokens_per_s_median']:>20.1f}")
+        print(f"{'HF generate (torch CPU)':<28}{t['hf']['tokens_per_s_median']:>20.1f}")
+        print(f"speedup {t['speedup']}x (goal >= 5x); our first call incl. compile "
+              f"{t['ours']['first_call_incl_compile_s']} s")
+        c = r["compilations"]
+        print(f"compilations over {c['prompts']} prompts of {c['prompt_tokens_min']}-"
+              f"{c['prompt_tokens_max']} tokens: {c['programs_compiled']} (target <= 8)")
+    if isinstance(r.get("accelerator_8b"), dict):
+        a = r["accelerator_8b"]
+        print(f"8B on {a['device']}: {a['tokens_per_s']} tokens/s, bound "
+              f"{a['bound_tokens_per_s']} ({a['fraction_of_bound']:.0%})")
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
