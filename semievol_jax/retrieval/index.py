@@ -35,7 +35,7 @@ class IndexConfig:
     leaves_to_search: int = 0  # leaves scored per query; 0 -> max(8, 20% of leaves)
     reorder: int = 0  # AH candidates rescored exactly; 0 -> 100 (never below k)
     dims_per_block: int = 0  # AH dims per code; 0 -> 2 for D <= 1024, else 4
-    anisotropic_threshold: float | None = None  # AH eta; None -> 0.2
+    anisotropic_threshold: float | None = None  # AH eta; None -> off (plain AH ranked better)
     training_sample_size: int = 0  # rows sampled to train; 0 -> max(20k, 100 per leaf)
     min_partition_size: int = 50  # smallest leaf ScaNN keeps
     seed: int = 0  # tree + codebook seeds; same data and seed -> same index bytes
@@ -78,8 +78,9 @@ class Index:
         if self.params is None:
             return head + "; exact dot product on unit rows"
         p = self.params
+        eta = "off" if p.anisotropic_threshold is None else p.anisotropic_threshold
         return (f"{head}; tree {p.num_leaves} leaves, search {p.leaves_to_search}; AH "
-                f"{p.dims_per_block} dims/block, eta {p.anisotropic_threshold}; "
+                f"{p.dims_per_block} dims/block, eta {eta}; "
                 f"reorder {p.reorder}; seed {p.seed}")
 
     def search(self, queries_QD: np.ndarray, k: int, *, exclude_self: bool = False
