@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--theta", type=float, default=0.5, help="entropy quantile kept")
     p.add_argument("--json", default="results/bench/demo_probe.json")
+    p.add_argument("--reuse-base", action="store_true",
+                   help="keep <work>/base when it was pretrained with the same config")
     return p.parse_args(argv)
 
 
@@ -82,8 +84,13 @@ def main(argv=None) -> int:
                                                                       "test")}
     timings = {}
     t0 = time.perf_counter()
-    base = pretrain_base(read_corpus(paths["corpus"]), work / "base", cfg=pcfg,
-                         seed=args.base_seed, log=lambda m: print(m, flush=True))
+    base = work / "base"
+    metrics = base / "pretrain_metrics.json"
+    same = metrics.exists() and json.loads(metrics.read_text())["config"] == \
+        dataclasses.asdict(pcfg) and json.loads(metrics.read_text())["seed"] == args.base_seed
+    if not (args.reuse_base and same):
+        pretrain_base(read_corpus(paths["corpus"]), base, cfg=pcfg, seed=args.base_seed,
+                      log=lambda m: print(m, flush=True))
     timings["pretrain_s"] = time.perf_counter() - t0
     tokenizer = load_tokenizer(base)
     mesh = make_mesh(MeshConfig())
@@ -137,6 +144,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         m1 = finetune([(e, e.answer) for e in lab], seed, "l")
         p1, _ = predict(m1, test)
+        fit = accuracy(predict(m1, lab)[0], lab)
         pu, hu = predict(m1, unl)
         ok = np.array([p is not None for p in pu])
         cut = np.quantile(hu[ok], args.theta) if ok.any() else -np.inf
@@ -148,7 +156,7 @@ def main(argv=None) -> int:
         p2, _ = predict(m2, test)
         rows["sft"].append(accuracy(p1, test))
         rows["semi"].append(accuracy(p2, test))
-        d = {"seed": seed, "sft": rows["sft"][-1], "semi": rows["semi"][-1],
+        d = {"seed": seed, "sft": rows["sft"][-1], "semi": rows["semi"][-1], "sft_train_acc": fit,
              "sft_by_relation": by_relation(p1, test), "semi_by_relation": by_relation(p2, test),
              "unlabeled_acc": float(right.mean()), "kept": len(keep),
              "kept_acc": float(right[keep].mean()) if keep else None,

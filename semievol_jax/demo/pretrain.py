@@ -49,7 +49,7 @@ class PretrainConfig:
     intermediate_size: int = 256  # MLP hidden F
     seq_len: int = 128  # tokens per packed row T
     batch_size: int = 8  # rows per step B
-    steps: int = 600  # optimizer steps
+    steps: int = 800  # optimizer steps
     learning_rate: float = 3e-3  # peak AdamW lr (tiny models tolerate a high one)
     warmup_steps: int = 30  # linear warmup, then cosine to 10% of the peak
     weight_decay: float = 0.01  # AdamW decoupled weight decay

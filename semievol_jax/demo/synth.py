@@ -114,7 +114,7 @@ class SynthConfig:
 
     seed: int = 0  # root seed of the world, corpus and splits
     num_people: int = 24  # task people: their facts are asked in the splits
-    num_practice_people: int = 8  # people with quiz documents in the corpus, never asked
+    num_practice_people: int = 16  # people with quiz documents in the corpus, never asked
     relations: tuple[str, ...] = ("town", "colour", "food", "job")  # names from RELATIONS
     labeled_relations: tuple[str, ...] = ("town", "colour", "food", "job")  # in labeled.csv
     num_labeled: int = 100  # rows of labeled.csv (the official release: about 1 : 3 : 1)
@@ -124,7 +124,7 @@ class SynthConfig:
     fixed_options: bool = True  # options = all values in a fixed order (FPB-like closed set)
     num_options: int = 4  # options per question when not fixed_options (random distractors)
     bios_per_person: int = 12  # prose documents per person (task and practice)
-    quizzes_per_practice_person: int = 4  # quiz documents per practice person
+    quizzes_per_practice_person: int = 16  # quiz documents per practice person
 
 
 @dataclasses.dataclass(frozen=True)
