@@ -86,9 +86,18 @@ def sample_keys(key: jax.Array, index_B: jax.Array, num_samples: int) -> jax.Arr
         jnp.arange(num_samples)))(per_prompt)
 
 
-def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
-    """Graph and state of the model in inference mode (dropout off), for :func:`decode`."""
-    return nnx.split(nnx.view(model, deterministic=True, raise_if_not_found=False))
+def split_model(model: nnx.Module, mesh=None) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph and state of the model in inference mode (dropout off), for :func:`decode`.
+
+    With a mesh, the state is placed by its params' logical axis names (tensor
+    parallel); a model already sharded that way (``load_hf(mesh=...)``) is not moved.
+    """
+    graphdef, state = nnx.split(nnx.view(model, deterministic=True, raise_if_not_found=False))
+    if mesh is not None:
+        from semievol_jax.sharding import state_shardings
+
+        state = jax.device_put(state, state_shardings(state, mesh))
+    return graphdef, state
 
 
 def decode(graphdef: nnx.GraphDef, state: nnx.State, tokens_BT: jax.Array,

@@ -75,7 +75,7 @@ def embed(model, tokenizer, texts: list[str], *, layer: int = -1, pooling: str =
             ids = [x[:limit] for x in ids]
 
     bos = tokenizer.bos_token_id
-    graphdef, state = decode_lib.split_model(model)
+    graphdef, state = decode_lib.split_model(model, mesh)
     b = min(batch_size, 1 << max(0, len(ids) - 1).bit_length())
     if mesh is not None:
         ways = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -121,8 +121,8 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
       cfg: sampling rule, ``max_new_tokens``, stop strings, batch size, truncation.
       key: typed PRNG key; sample m of prompt i uses ``fold_in(fold_in(key, i), m)``.
       num_samples: M, responses per prompt (SemiEvol's collaborators).
-      mesh: optional mesh: batches are split over its batch axes (data x fsdp), the
-        model's params keep their own (tensor-parallel) shardings.
+      mesh: optional mesh: batches are split over its batch axes (data x fsdp) and the
+        params placed by their logical names (tensor parallel; see split_model).
       progress: show a tqdm bar with prompts/s and generated tokens/s.
 
     Returns:
@@ -133,12 +133,14 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not prompts:
+        return []
     ids = tokenize_prompts(tokenizer, prompts)
     ids, dropped = _fit_context(ids, cfg, _max_positions(model))
     if cfg.max_new_tokens == 0:
         return [[_empty_sample(d) for _ in range(num_samples)] for d in dropped]
 
-    graphdef, state = decode_lib.split_model(model)
+    graphdef, state = decode_lib.split_model(model, mesh)
     tables = stopping.stop_tables(tokenizer, cfg.stop, model.cfg.vocab_size,
                                   tuple(model.cfg.eos_token_id or ()))
     filler = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
@@ -146,6 +148,19 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
     out: list[list[Sample] | None] = [None] * len(ids)
     bar = tqdm(total=len(ids), desc="generate", unit="prompt", disable=not progress)
     start, n_tokens = time.perf_counter(), 0
+
+    def collect(idx: list[int], res: decode_lib.DecodeOutput) -> None:
+        nonlocal n_tokens
+        res = jax.device_get(res)
+        for b, i in enumerate(idx):
+            out[i] = [_to_sample(tokenizer, res, b, m, cfg, dropped[i])
+                      for m in range(num_samples)]
+            n_tokens += int(res.length_BM[b].sum())
+        bar.update(len(idx))
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(prompts_s=f"{bar.n / elapsed:.1f}", tokens_s=f"{n_tokens / elapsed:.0f}")
+
+    pending = None
     for idx, length in plan_batches([len(x) for x in ids], batch_size):
         rows = idx + [-1] * (batch_size - len(idx))  # -1: filler row, a one-token prompt
         tokens_BT = np.zeros((batch_size, length), np.int32)
@@ -155,17 +170,17 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
             tokens_BT[b, length - len(x):] = x
             valid_BT[b, length - len(x):] = True
         index_B = jnp.asarray([max(i, 0) for i in rows], jnp.int32)
-        keys_BM = decode_lib.sample_keys(key, index_B, num_samples)
+        keys_BM = _place(decode_lib.sample_keys(key, index_B, num_samples), mesh)
         tokens_BT, valid_BT = _place(tokens_BT, mesh), _place(valid_BT, mesh)
-        res = jax.device_get(decode_lib.decode(graphdef, state, tokens_BT, valid_BT, keys_BM,
-                                               tables, cfg, mesh=mesh))
-        for b, i in enumerate(idx):
-            out[i] = [_to_sample(tokenizer, res, b, m, cfg, dropped[i])
-                      for m in range(num_samples)]
-            n_tokens += int(res.length_BM[b].sum())
-        bar.update(len(idx))
-        elapsed = max(time.perf_counter() - start, 1e-9)
-        bar.set_postfix(prompts_s=f"{bar.n / elapsed:.1f}", tokens_s=f"{n_tokens / elapsed:.0f}")
+        # Dispatch is asynchronous: detokenising the previous batch on the host overlaps
+        # with this batch's decoding on the device.
+        res = decode_lib.decode(graphdef, state, tokens_BT, valid_BT, keys_BM, tables, cfg,
+                                mesh=mesh)
+        if pending is not None:
+            collect(*pending)
+        pending = (idx, res)
+    if pending is not None:
+        collect(*pending)
     bar.close()
     return out  # type: ignore[return-value]
 
@@ -226,7 +241,7 @@ def _batch_size(batch_size: int, n: int, mesh) -> int:
     return b
 
 
-def _place(x: np.ndarray, mesh):
+def _place(x, mesh):
     if mesh is None:
         return jnp.asarray(x)
     from semievol_jax.sharding import batch_sharding
