@@ -62,7 +62,8 @@ def test_embed_order_and_batching_invariant(tiny_model):
     assert np.abs(other - a).max() > 1e-3  # the layer argument is honoured
 
 
-def test_lora_unmerged_equals_merged(tiny_model):
+@pytest.fixture(scope="module")
+def lora_pair(tiny_model):
     lora_model, _ = load_hf(tiny_model.ckpt_dir, lora=LoraConfig(rank=4, alpha=8.0))
     # Fresh adapters have B = 0; give them a real update so the check is not vacuous.
     key = jax.random.key(0)
@@ -70,12 +71,22 @@ def test_lora_unmerged_equals_merged(tiny_model):
         if isinstance(var, nnx.LoRAParam) and path[-1] == "lora_b":
             key, sub = jax.random.split(key)
             var.set_value(0.3 * jax.random.normal(sub, var.shape, var.dtype))
-    merged = merge_lora(lora_model)
+    return lora_model, merge_lora(lora_model)
+
+
+def test_lora_unmerged_equals_merged_embed(tiny_model, lora_pair):
+    lora_model, merged = lora_pair
     tok = tiny_model.tokenizer
     a, b = embed(lora_model, tok, TEXTS[:4]), embed(merged, tok, TEXTS[:4])
     np.testing.assert_allclose(a, b, atol=1e-4)
     base = embed(tiny_model.model, tok, TEXTS[:4])
     assert np.abs(a - base).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_lora_unmerged_equals_merged_generate(tiny_model, lora_pair):
+    lora_model, merged = lora_pair
+    tok = tiny_model.tokenizer
     cfg = SampleConfig(temperature=0.0, max_new_tokens=6, stop=(), batch_size=4)
     g1 = generate(lora_model, tok, TEXTS[:4], cfg, key=jax.random.key(0), progress=False)
     g2 = generate(merged, tok, TEXTS[:4], cfg, key=jax.random.key(0), progress=False)
