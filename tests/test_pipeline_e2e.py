@@ -27,7 +27,7 @@ STAGES = ["00_data", "01_base", "02_sft", "03_index", "04_propose", "05_select",
 
 def tiny_overrides(ckpt: Path, data: Path) -> list[str]:
     return [
-        "data.task=mmlu", f"data.labeled={data / 'labeled.csv'}",
+        "data.task=mmlu_pro", f"data.labeled={data / 'labeled.csv'}",
         f"data.unlabeled={data / 'unlabeled.csv'}", f"data.test={data / 'test.csv'}",
         f"base.model={ckpt}", "base.dtype=float32",
         "sft.lora.rank=4", "sft.train.epochs=1", "sft.train.batch_size=4",
