@@ -79,6 +79,13 @@ def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
     assert "data" in records["select"]["input_digests"]
     assert not (run / "05_select" / "held").exists()
 
+    from semievol_jax.pipeline.api import write_run_report
+
+    summary = write_run_report(run, run, cfg, {0: {"semievol": records}}, 1.0, title="tiny")
+    assert summary["semievol"]["per_seed"] == [records["eval"]["metrics"]["acc_semievol"]]
+    assert "| SemiEvol |" in (run / "report.md").read_text()
+    assert json.loads((run / "metrics.json").read_text())
+
     before = record_times(run)
     run_pipeline(cfg, run)
     assert record_times(run) == before  # everything skipped

@@ -16,9 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from semievol_jax import environment
 from semievol_jax.config import load_config
 from semievol_jax.pipeline import api
 from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
@@ -71,54 +68,11 @@ def _eval(rec: dict[str, Any]) -> dict[str, Any]:
     return rec["eval"]["metrics"]
 
 
-def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Accuracy per strategy as per-seed lists, plus mean and std."""
-    acc: dict[str, list[float]] = {}
-    for records in per_seed.values():
-        main = _eval(records["semievol"])
-        acc.setdefault("vanilla", []).append(main["acc_vanilla"])
-        acc.setdefault("sft", []).append(main["acc_sft"])
-        for name, rec in records.items():
-            acc.setdefault(name, []).append(_eval(rec)["acc_semievol"])
-    return {k: {"per_seed": v, "mean": float(np.mean(v)), "std": float(np.std(v))}
-            for k, v in acc.items()}
-
-
-def _score_from_json(d: dict[str, Any]):
-    """PseudoLabelScore back from eval.json (JSON made its float θ keys strings)."""
-    from semievol_jax.pipeline.selection import PseudoLabelScore
-
-    per_theta = ("accuracy_per_theta", "selected_fraction_per_theta")
-    return PseudoLabelScore(**{k: ({float(t): x for t, x in v.items()} if k in per_theta else v)
-                               for k, v in d.items()})
-
-
 def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[str, Any]]],
                   wall_s: float) -> dict[str, Any]:
-    from semievol_jax.pipeline import report, selection
-
-    summary = summarise(per_seed)
-    sel0 = selection.Selection.from_dict(json.loads(
-        (out / "seed0" / "05_select" / "selection.json").read_text()))
-    ev0 = json.loads((out / "seed0" / "07_eval" / "eval.json").read_text())
-    score0 = _score_from_json(ev0["pseudo_labels"])
-    stage_s: dict[str, float] = {}
-    for records in per_seed.values():
-        for rec in records["semievol"].values():
-            stage_s[rec["stage"]] = stage_s.get(rec["stage"], 0.0) + rec["wall_s"]
-    info = environment.describe()
-    inputs = report.ReportInputs(
-        run_name="SemiEvol demo (synthetic task, tiny Llama, CPU)",
-        accuracy={k: {"demo": v["per_seed"]} for k, v in summary.items()},
-        pseudo_labels={1: report.pseudo_label_stats(sel0, score0)},
-        entropies={k: v["entropies"] for k, v in ev0["models"].items()},
-        config=json.loads(json.dumps(dataclasses.asdict(cfg))),
-        versions=info["packages"],
-        device={"backend": info["jax_backend"], "devices": info["devices"]},
-        stage_seconds=stage_s,
-        notes=[f"seeds: {sorted(per_seed)}; total wall time {wall_s:.0f}s"],
-    )
-    report.write_report(inputs, out)
+    """report.md, metrics.json, plots and digests.json (every sub-run's stage digests)."""
+    summary = api.write_run_report(out, out / "seed0", cfg, per_seed, wall_s,
+                                   title="SemiEvol demo (synthetic task, tiny Llama, CPU)")
     manifests = {str(p.parent.relative_to(out)): json.loads(p.read_text())
                  for p in run_manifests(out)}
     write_json_atomic(out / DIGESTS, {k: {s: e["output_digest"] for s, e in v.items()}

@@ -93,18 +93,79 @@ def accuracy_table(records: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Test accuracy per strategy (vanilla, sft, semievol, ablations...) over seeds."""
+    import numpy as np
+
+    acc: dict[str, list[float]] = {}
+    for records in per_seed.values():
+        main = records["semievol"]["eval"]["metrics"]
+        acc.setdefault("vanilla", []).append(main["acc_vanilla"])
+        acc.setdefault("sft", []).append(main["acc_sft"])
+        for name, rec in records.items():
+            acc.setdefault(name, []).append(rec["eval"]["metrics"]["acc_semievol"])
+    return {k: {"per_seed": v, "mean": float(np.mean(v)), "std": float(np.std(v))}
+            for k, v in acc.items()}
+
+
+def _score_from_json(d: dict[str, Any]):
+    """PseudoLabelScore back from eval.json (JSON made its float θ keys strings)."""
+    from semievol_jax.pipeline.selection import PseudoLabelScore
+
+    per_theta = ("accuracy_per_theta", "selected_fraction_per_theta")
+    return PseudoLabelScore(**{k: ({float(t): x for t, x in v.items()} if k in per_theta else v)
+                               for k, v in d.items()})
+
+
+def write_run_report(out: Path, main_run: Path, cfg: RunConfig,
+                     per_seed: dict[int, dict[str, dict[str, Any]]], wall_s: float, *,
+                     title: str) -> dict[str, Any]:
+    """report.md + metrics.json + plots in `out` from finished runs' records."""
+    import dataclasses
+
+    from semievol_jax import environment
+    from semievol_jax.pipeline import report, selection
+
+    summary = summarise(per_seed)
+    sel = selection.Selection.from_dict(json.loads(
+        (main_run / "05_select" / "selection.json").read_text()))
+    ev = json.loads((main_run / "07_eval" / "eval.json").read_text())
+    stage_s: dict[str, float] = {}
+    for records in per_seed.values():
+        for rec in records["semievol"].values():
+            stage_s[rec["stage"]] = stage_s.get(rec["stage"], 0.0) + rec["wall_s"]
+    info = environment.describe()
+    report.write_report(report.ReportInputs(
+        run_name=title,
+        accuracy={k: {cfg.data.task: v["per_seed"]} for k, v in summary.items()},
+        pseudo_labels={1: report.pseudo_label_stats(sel, _score_from_json(ev["pseudo_labels"]))},
+        entropies={k: v["entropies"] for k, v in ev["models"].items()},
+        config=json.loads(json.dumps(dataclasses.asdict(cfg))),
+        versions=info["packages"],
+        device={"backend": info["jax_backend"], "devices": info["devices"]},
+        stage_seconds=stage_s,
+        notes=[f"seeds: {sorted(per_seed)}; wall time of this invocation {wall_s:.0f}s "
+               "(stages reused from an earlier invocation count their original time)"],
+    ), out)
+    return summary
+
+
 def run_from_cli(preset: str, overrides: list[str], *, run_dir: str | None,
                  ablate: bool) -> int:
     cfg = load_config(RunConfig, preset, overrides)
     out = Path(run_dir or Path("results") / cfg.name)
+    import time
+
+    start = time.perf_counter()
     mesh = make_mesh(cfg)
     if ablate:
         records = ablation_runs(cfg, out, mesh=mesh)
-        table = accuracy_table(records)
-        (out / "ablations.md").write_text(table + "\n")
     else:
-        table = accuracy_table({"semievol": run_pipeline(cfg, out, mesh=mesh)})
-    print(table)
+        records = {"semievol": run_pipeline(cfg, out, mesh=mesh)}
+    write_run_report(out, out, cfg, {cfg.seed: records}, time.perf_counter() - start,
+                     title=cfg.name)
+    print(accuracy_table(records))
+    print(f"report: {out / 'report.md'}")
     return 0
 
 
