@@ -44,7 +44,10 @@ def _lines(work_dir):
 
 def _run(work_dir):
     model = tiny_model("lora", dropout=0.1)  # dropout on: the RNG stream must resume too
-    res = train(model, tokenizer(), digit_examples(N_EXAMPLES), small_cfg(), work_dir,
+    # Async checkpointing here (sync in the child): saving while the next step donates
+    # the state must not corrupt either; the config digest ignores this field.
+    cfg = small_cfg(async_checkpoint=True)
+    res = train(model, tokenizer(), digit_examples(N_EXAMPLES), cfg, work_dir,
                 mesh=sharding.make_mesh(), key=rng.key_for(0, "train"))
     return res, param_checksum(model)
 
