@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--theta", type=float, default=0.5, help="entropy quantile kept")
     p.add_argument("--json", default="results/bench/demo_probe.json")
+    p.add_argument("--oracle", action="store_true",
+                   help="also (d): SFT on labeled + unlabeled with its gold answers")
     p.add_argument("--reuse-base", action="store_true",
                    help="keep <work>/base when it was pretrained with the same config")
     return p.parse_args(argv)
@@ -154,6 +156,10 @@ def main(argv=None) -> int:
         m2 = finetune([(e, e.answer) for e in lab] + [(unl[i], pu[i]) for i in keep], seed,
                       "lu")
         p2, _ = predict(m2, test)
+        if args.oracle:  # the most that pseudo-labels on this unlabeled set could give
+            m3 = finetune([(e, e.answer) for e in lab] + [(e, e.answer) for e in unl], seed,
+                          "oracle")
+            rows.setdefault("oracle", []).append(accuracy(predict(m3, test)[0], test))
         rows["sft"].append(accuracy(p1, test))
         rows["semi"].append(accuracy(p2, test))
         d = {"seed": seed, "sft": rows["sft"][-1], "semi": rows["semi"][-1], "sft_train_acc": fit,
