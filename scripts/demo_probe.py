@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -132,7 +133,9 @@ def main(argv=None) -> int:
                            log_every=10_000)
         examples = [SFTExample(prompts.format_question(task, e), prompts.target(task, a))
                     for e, a in pairs]
-        train(model, tokenizer, examples, tcfg, work / f"sft-{tag}-{seed}", mesh=mesh,
+        run_dir = work / f"sft-{tag}-{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # never resume a run of another config
+        train(model, tokenizer, examples, tcfg, run_dir, mesh=mesh,
               key=rng.key_for(seed, "train"))
         return model
 
