@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default="results/bench/demo_probe.json")
     p.add_argument("--oracle", action="store_true",
                    help="also (d): SFT on labeled + unlabeled with its gold answers")
+    p.add_argument("--diagnose-only", action="store_true",
+                   help="only pretrain (or reuse) the base and print base_diagnostics")
     p.add_argument("--reuse-base", action="store_true",
                    help="keep <work>/base when it was pretrained with the same config")
     return p.parse_args(argv)
@@ -60,6 +62,54 @@ def _fields(cls, items: list[str]):
         out[k] = (tuple(v.split(",")) if isinstance(d, tuple) else
                   type(d)(v) if not isinstance(d, bool) else v.lower() in ("1", "true"))
     return out
+
+
+def base_diagnostics(model, tokenizer, scfg, *, people: int = 24) -> dict[str, float]:
+    """What the base knows, without the chat template (the numbers in docs/demo.md).
+
+    recall: the relation's values scored after the first prose prefix ("Bapis lives
+    in"), argmax == the fact. quiz_cloze / quiz_plain: the corpus's quiz layout ending in
+    "Answer: ", argmax over the option letters == the right one.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from semievol_jax.demo import synth
+
+    world = synth.make_world(scfg)
+    rels = {r.name: r for r in synth.RELATIONS}
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+
+    def logprob(texts):
+        ids = [[bos, *tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
+        width = max(map(len, ids))
+        x = np.array([i + [pad] * (width - len(i)) for i in ids])
+        valid = np.array([[1] * len(i) + [0] * (width - len(i)) for i in ids], bool)
+        pos = np.broadcast_to(np.arange(width), x.shape)
+        lp = jax.nn.log_softmax(model(jnp.asarray(x), jnp.asarray(pos),
+                                      valid_BT=jnp.asarray(valid)).logits_BTV)
+        tok = np.take_along_axis(np.asarray(lp[:, :-1]), x[:, 1:, None], -1)[..., 0]
+        return (tok * valid[:, 1:]).sum(1)
+
+    rng = np.random.default_rng(0)
+    out: dict[str, list[bool]] = {}
+    for group, names in (("task", world.people), ("practice", world.practice_people)):
+        for person in names[:people]:
+            for rn in scfg.relations:
+                r, value = rels[rn], world.facts[(person, rn)]
+                values = r.values[: scfg.num_values]
+                prefix = r.statements[0].split("{v}")[0].format(e=person)
+                best = values[int(np.argmax(logprob([prefix + v for v in values])))]
+                out.setdefault(f"{group}_recall", []).append(best == value)
+                tpls = r.question_templates()
+                t = int(rng.integers(len(tpls)))
+                options, letter = synth._options(value, r, scfg, rng)
+                text = synth.render_quiz(tpls[t].format(e=person), options, None)
+                letters = synth.LETTERS[: len(options)]
+                pick = letters[int(np.argmax(logprob([f"{text}\nAnswer: {x}" for x in letters])))]
+                kind = "cloze" if tpls[t].startswith("Complete:") else "plain"
+                out.setdefault(f"{group}_quiz_{kind}", []).append(pick == letter)
+    return {k: round(float(np.mean(v)), 3) for k, v in sorted(out.items())}
 
 
 def main(argv=None) -> int:
@@ -140,6 +190,10 @@ def main(argv=None) -> int:
         return model
 
     vanilla, _ = load_hf(base)
+    diagnostics = base_diagnostics(vanilla, tokenizer, scfg)
+    print(f"base diagnostics: {diagnostics}", flush=True)
+    if args.diagnose_only:
+        return 0
     pv, _ = predict(vanilla, splits["test"])
     rows = {"vanilla": [accuracy(pv, splits["test"])] * len(args.seeds), "sft": [],
             "semi": []}
@@ -187,7 +241,8 @@ def main(argv=None) -> int:
                   f"{jax.device_count()} device(s); 2 shared CPU cores",
         "synth": dataclasses.asdict(scfg), "pretrain": dataclasses.asdict(pcfg),
         "sft": {"mode": args.mode, "lr": args.lr, "epochs": args.epochs, "theta": args.theta},
-        "summary": summary, "per_seed": detail, "timings_s": timings,
+        "base_diagnostics": diagnostics, "summary": summary, "per_seed": detail,
+        "timings_s": timings,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
