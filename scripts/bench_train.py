@@ -11,11 +11,20 @@ attention scores+values add 2*2*L*T*D forward per token, causal mask not discoun
                                         2N, not weight grads; the adapter is fully trained)
 MFU = achieved FLOP/s / peak, reported only for devices with a known peak.
 
-What we found on CPU (2 cores) -- see "findings" in the JSON for the numbers:
-  * compute dtype: XLA:CPU has no fast bf16 matmul path; bf16 runs slower than fp32
-    there, so CPU numbers use fp32 compute (bf16 is the accelerator setting).
-  * the step was dominated by dot ops; HF/torch calls MKL/oneDNN sgemm directly.
-  * donation and the optimizer update are a small share (measured as variants).
+What we found on CPU (2 shared cores, load average 6-15 from other jobs; the numbers
+are in results/bench/train.json, run "small/cpu", batch 4 x 128 tokens):
+  * our fp32 step ran at 529 tok/s (LoRA) and 365 tok/s (full) against HF+torch's
+    81 and 64 tok/s, timed round-robin in the same process. torch's per-step times
+    swung 3x between rounds (its OpenMP workers spin on an oversubscribed host), so
+    the ratio is load-dependent; the earlier 0.55-0.65x did not reproduce here.
+  * where the time goes (XLA cost analysis + variants): the optimizer update is
+    3-7% of the step (step vs fwd_bwd); LoRA's backward costs ~2x its forward
+    (31.1 vs 14.9 GFLOP: no weight grads for the frozen base), full FT's ~3x
+    (44.5 GFLOP), matching the 4N vs 6N accounting above.
+  * bf16 compute on CPU: no gain (XLA:CPU has no fast bf16 dot; within noise of fp32),
+    so CPU runs use fp32 and bf16 stays the accelerator default.
+  * donation: no measurable effect at this size (it saves memory, not time, on CPU).
+  * oneDNN matmuls (--xla_cpu_use_onednn=true): see run "small/cpu/onednn".
 
 Usage:
   python scripts/bench_train.py --preset small            # CPU table, JSON
