@@ -24,7 +24,8 @@ are in results/bench/train.json, run "small/cpu", batch 4 x 128 tokens):
   * bf16 compute on CPU: no gain (XLA:CPU has no fast bf16 dot; within noise of fp32),
     so CPU runs use fp32 and bf16 stays the accelerator default.
   * donation: no measurable effect at this size (it saves memory, not time, on CPU).
-  * oneDNN matmuls (--xla_cpu_use_onednn=true): see run "small/cpu/onednn".
+  * oneDNN matmuls (--xla_cpu_use_onednn=true, run "small/cpu/onednn"): no consistent
+    gain (LoRA 478 tok/s, full 545; torch 177/182 in that process's rounds).
 
 Usage:
   python scripts/bench_train.py --preset small            # CPU table, JSON
