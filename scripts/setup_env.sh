@@ -28,5 +28,10 @@ case "$mode" in
   *) echo "usage: $0 [runtime|test]" >&2; exit 2 ;;
 esac
 .venv/bin/python -m pip install -q --require-hashes --no-deps -r "$req"
+# The package is built with the lock's (hash-checked) setuptools, without build
+# isolation, which would fetch an unpinned one; venv's own setuptools is too old.
+"$uv" export --frozen --no-emit-project --extra test -q \
+  | awk '/^setuptools==/{p=1; print; next} p && /^ /{print; next} {p=0}' > "$req"
+.venv/bin/python -m pip install -q --require-hashes --no-deps -r "$req"
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 echo "environment ready: $(.venv/bin/python --version), $(.venv/bin/semievol --version 2>/dev/null || echo semievol)"
