@@ -86,6 +86,11 @@ def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
     assert "| SemiEvol |" in (run / "report.md").read_text()
     assert json.loads((run / "metrics.json").read_text())
 
+    from semievol_jax.pipeline.api import verify
+
+    assert verify(run, rerun=False) == 0
+    assert verify(run, fresh=str(run)) == 0  # a run compared with itself agrees
+
     before = record_times(run)
     run_pipeline(cfg, run)
     assert record_times(run) == before  # everything skipped
@@ -96,6 +101,10 @@ def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
     after = record_times(run)
     same = [s for s in STAGES if after[s] == before[s]]
     assert same == STAGES[:5]  # data .. propose untouched; select, final, eval rerun
+
+    with open(run / "05_select" / "pseudo.jsonl", "a") as f:
+        f.write("{}\n")  # tampered output: verify names the stage
+    assert verify(run, rerun=False) == 1
 
 
 def test_bad_data_stops_before_any_stage(tmp_path, tiny_ckpt_dir, tiny_task):
