@@ -151,3 +151,18 @@ def test_sigkill_anywhere_resumes_to_same_digests(tmp_path, tiny_ckpt_dir, tiny_
     proc.wait()
     subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run), *over], check=True)
     assert manifest(run) == manifest(ref)
+
+
+@pytest.mark.slow
+def test_ablations_recompute_only_the_stages_they_change(tmp_path, tiny_ckpt_dir, tiny_task):
+    from semievol_jax.pipeline.api import ablation_runs, make_mesh
+
+    cfg = load_config(RunConfig, None, tiny_overrides(tiny_ckpt_dir, tiny_task))
+    records = ablation_runs(cfg, tmp_path, mesh=make_mesh(cfg))
+    assert set(records) == {"semievol", "no_iwp", "no_icp", "no_cl", "no_as"}
+    first_own = {"no_iwp": "02_sft", "no_icp": "03_index", "no_cl": "04_propose",
+                 "no_as": "05_select"}
+    for ab, first in first_own.items():
+        own = sorted(p.name for p in (tmp_path / "ablations" / ab).iterdir()
+                     if p.name[:2].isdigit())
+        assert own == STAGES[STAGES.index(first):], ab

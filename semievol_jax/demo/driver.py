@@ -39,33 +39,10 @@ def sweep_variants(cfg: RunConfig) -> dict[str, RunConfig]:
 def run_seed(cfg: RunConfig, out: Path, *, mesh, shared: dict[str, Path] | None,
              sweep: bool) -> dict[str, dict[str, Any]]:
     """Seed `cfg.seed`: the method, the ablations and (optionally) the sweep."""
-    records = {"semievol": api.run_pipeline(cfg, out, mesh=mesh, shared=shared)}
-    share = {n: out / f"{api.ORDER[n]:02d}_{n}" for n in ("data", "base")}
-    if shared:
-        share = dict(shared)
-    variants = {ab: with_ablation(cfg, ab) for ab in ABLATIONS}
+    variants = {ab: ("ablations", with_ablation(cfg, ab)) for ab in ABLATIONS}
     if sweep:
-        variants |= sweep_variants(cfg)
-    for name, variant in variants.items():
-        sub = dict(share)
-        # Stages a variant does not change are adopted from the main run, not recomputed.
-        for stage in ("sft", "index", "propose", "select"):
-            if not _same_upto(cfg, variant, stage):
-                break
-            sub[stage] = out / f"{api.ORDER[stage]:02d}_{stage}"
-        where = "ablations" if name in ABLATIONS else "sweep"
-        records[name] = api.run_pipeline(variant, out / where / name, mesh=mesh, shared=sub)
-    return records
-
-
-def _same_upto(a: RunConfig, b: RunConfig, stage: str) -> bool:
-    fields = {"sft": ("sft",), "index": ("sft", "index"), "propose": ("sft", "index", "propose"),
-              "select": ("sft", "index", "propose", "select")}[stage]
-    return all(getattr(a, f) == getattr(b, f) for f in fields)
-
-
-def _eval(rec: dict[str, Any]) -> dict[str, Any]:
-    return rec["eval"]["metrics"]
+        variants |= {name: ("sweep", v) for name, v in sweep_variants(cfg).items()}
+    return api.run_with_variants(cfg, out, variants, mesh=mesh, shared=shared)
 
 
 def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[str, Any]]],

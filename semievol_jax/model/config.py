@@ -15,6 +15,16 @@ class CheckpointError(UserError, ValueError):
     key or tensor at fault."""
 
 
+def read_json(path: Path) -> dict:
+    """A checkpoint's JSON file, or one CheckpointError naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {path.name} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """RoPE frequency scaling (HF `rope_parameters` / legacy `rope_scaling`)."""
@@ -76,12 +86,7 @@ class LlamaConfig:
             if path.is_dir():
                 path = path / "config.json"
             where = str(path)
-            if not path.is_file():
-                raise CheckpointError(f"{where}: config.json not found")
-            try:
-                source = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{where}: not valid JSON ({e})") from e
+            source = read_json(path)
         d = source
         model_type = d.get("model_type")
         if model_type != "llama":

@@ -20,7 +20,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from semievol_jax.model.config import CheckpointError, LlamaConfig
+from semievol_jax.model.config import CheckpointError, LlamaConfig, read_json
 from semievol_jax.model.llama import Llama
 from semievol_jax.model.lora import LoraConfig
 from semievol_jax.sharding import logical_to_sharding
@@ -408,12 +408,7 @@ def lora_config_from_peft(adapter_dir: str | Path) -> LoraConfig:
             per-module ranks, biases, extra saved modules, a regex target).
     """
     path = Path(adapter_dir) / "adapter_config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: adapter_config.json not found")
-    try:
-        c = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    c = read_json(path)
     if c.get("peft_type") != "LORA":
         raise CheckpointError(f"{path}: peft_type {c.get('peft_type')!r} is not LORA")
     for key, ok in (("use_dora", False), ("use_rslora", False), ("fan_in_fan_out", False),

@@ -71,17 +71,35 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, *, mesh=None,
     return runner.run([s for s in stages if s.name not in (shared or {})])
 
 
-def ablation_runs(cfg: RunConfig, run_dir: Path, *, mesh) -> dict[str, dict[str, Any]]:
-    """The full method plus each "without X" row; variants adopt the shared stages."""
-    records = {"semievol": run_pipeline(cfg, run_dir, mesh=mesh)}
-    shared = {n: run_dir / f"{ORDER[n]:02d}_{n}" for n in ("data", "base")}
-    for ab in ABLATIONS:
-        variant = with_ablation(cfg, ab)
-        share = dict(shared)
-        if variant.sft == cfg.sft:
-            share["sft"] = run_dir / f"{ORDER['sft']:02d}_sft"
-        records[ab] = run_pipeline(variant, run_dir / "ablations" / ab, mesh=mesh, shared=share)
+_UPSTREAM = {"sft": ("sft",), "index": ("sft", "index"),
+             "propose": ("sft", "index", "propose"),
+             "select": ("sft", "index", "propose", "select")}
+
+
+def run_with_variants(cfg: RunConfig, out: Path, variants: dict[str, tuple[str, RunConfig]],
+                      *, mesh, shared: dict[str, Path] | None = None
+                      ) -> dict[str, dict[str, Any]]:
+    """The method in `out`, then each variant in `out/<subdir>/<name>`.
+
+    A variant adopts the main run's data and base, and every later stage up to the first
+    whose config (or an upstream one) it changes, so nothing is computed twice.
+    """
+    records = {"semievol": run_pipeline(cfg, out, mesh=mesh, shared=shared)}
+    share = dict(shared) if shared else {n: out / f"{ORDER[n]:02d}_{n}" for n in ("data", "base")}
+    for name, (subdir, variant) in variants.items():
+        sub = dict(share)
+        for stage, fields in _UPSTREAM.items():
+            if any(getattr(cfg, f) != getattr(variant, f) for f in fields):
+                break
+            sub[stage] = out / f"{ORDER[stage]:02d}_{stage}"
+        records[name] = run_pipeline(variant, out / subdir / name, mesh=mesh, shared=sub)
     return records
+
+
+def ablation_runs(cfg: RunConfig, run_dir: Path, *, mesh) -> dict[str, dict[str, Any]]:
+    """The full method plus each "without X" row (the paper's ablation table)."""
+    return run_with_variants(cfg, run_dir, {ab: ("ablations", with_ablation(cfg, ab))
+                                            for ab in ABLATIONS}, mesh=mesh)
 
 
 def accuracy_table(records: dict[str, dict[str, Any]]) -> str:
