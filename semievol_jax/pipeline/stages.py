@@ -12,6 +12,9 @@ Files each stage writes (all digested unless under `logs/`):
   05_select   reflections.jsonl, selection.json, pseudo.jsonl
   06_final    model/, train.json
   07_eval     eval.json, predictions.jsonl
+
+Rounds after the first (`run_dir/round<r>/`) have no data stage (they adopt round 1's);
+their `01_base` is written by `run_round_base` from the previous round's M2.
 """
 
 from __future__ import annotations
@@ -217,6 +220,46 @@ def run_base(ctx: StageContext, *, seed: int) -> dict[str, Any]:
     return {"resolved": resolved}
 
 
+def previous_m2(inputs: dict[str, Path]) -> ModelRef:
+    """The previous round's M2 from its adopted `prev_base`, `prev_sft`, `prev_final`."""
+    m1 = tuned_ref(inputs["prev_sft"], base_ref(inputs["prev_base"]))
+    return tuned_ref(inputs["prev_final"], m1)
+
+
+def run_round_base(ctx: StageContext, *, mesh) -> dict[str, Any]:
+    """Round r+1's base: round r's M2 as an HF checkpoint.
+
+    LoRA: the adapter is merged into its base and saved here (`model/`), so the next
+    round trains fresh adapters on the evolved weights. Full fine-tuning: M2 already is
+    an HF checkpoint; it is referenced where it lies (relative path, no copy) and its
+    file digests, taken from the final stage's record, go into `base.json`, so a
+    changed M2 changes this stage's output digest and reruns the round.
+    """
+    import os
+
+    from semievol_jax import model as m
+    from semievol_jax.pipeline.runner import read_record
+
+    cfg: BaseConfig = ctx.config
+    ref = previous_m2(ctx.inputs)
+    if ref.adapter is not None:
+        model, tokenizer = load_model(ref, cfg, mesh=mesh)
+        m.save_hf(model, ctx.out / MODEL_DIR, tokenizer=tokenizer, merge_lora=True)
+        write_json_atomic(ctx.out / "base.json", {"model": MODEL_DIR, "local": True})
+        return {"merged_adapter": True}
+    final = ctx.inputs["prev_final"]
+    if Path(ref.base).resolve() != (final / MODEL_DIR).resolve():
+        raise UserError(f"{final}: the previous round produced no model to continue from")
+    prefix = MODEL_DIR + "/"
+    files = {k[len(prefix):]: v for k, v in read_record(final)["outputs"].items()
+             if k.startswith(prefix)}
+    # ctx.out is a sibling of the final stage directory, so the relative path holds there.
+    rel = os.path.relpath(Path(ref.base).resolve(), ctx.out.resolve())
+    write_json_atomic(ctx.out / "base.json", {"model": Path(rel).as_posix(), "local": True,
+                                              "files": files})
+    return {"merged_adapter": False}
+
+
 def _sft_examples(task, exs) -> list:
     from semievol_jax.train import SFTExample
 
@@ -400,7 +443,9 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
         test = test[:cfg.max_rows]
     base = base_ref(ctx.inputs["base"])
     m1 = tuned_ref(ctx.inputs["sft"], base)
-    refs = {"vanilla": base, "sft": m1, "semievol": tuned_ref(ctx.inputs["final"], m1)}
+    # Later rounds are given the original base as `vanilla`; their own base is an M2.
+    vanilla = base_ref(ctx.inputs["vanilla"]) if "vanilla" in ctx.inputs else base
+    refs = {"vanilla": vanilla, "sft": m1, "semievol": tuned_ref(ctx.inputs["final"], m1)}
     results, preds = {}, []
     for name, ref in refs.items():
         model, tokenizer = load_model(ref, base_cfg, mesh=mesh, merged=True)
