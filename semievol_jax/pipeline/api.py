@@ -17,6 +17,10 @@ from semievol_jax.pipeline.runner import MANIFEST, Runner, Stage, read_record, r
 
 ORDER = {name: i for i, name in enumerate(
     ("data", "base", "sft", "index", "propose", "select", "final", "eval"))}
+ROUND_PREFIX = "round"  # round r > 1 lives in run_dir/round<r>/; round 1 in run_dir itself
+# What a later round's base stage reads: the previous round's stages it rebuilds M2 from,
+# adopted under these names (their output digests chain the rounds' records).
+PREVIOUS = {"prev_base": "base", "prev_sft": "sft", "prev_final": "final"}
 
 
 def _stage(name: str, fn, config, reads: tuple[str, ...] = (), **kw: Any) -> Stage:
@@ -26,15 +30,41 @@ def _stage(name: str, fn, config, reads: tuple[str, ...] = (), **kw: Any) -> Sta
                  order=ORDER[name], salt=salt)
 
 
-def build_stages(cfg: RunConfig, mesh) -> list[Stage]:
-    """The pipeline of one round as Stage objects (see stages.py for what each writes)."""
-    if cfg.rounds != 1:
-        raise UserError("rounds > 1 is not supported yet (tracked in the pipeline issue)")
+def round_dir(run_dir: Path, round_index: int) -> Path:
+    """Where round `round_index` (1-based) writes its stages."""
+    return Path(run_dir) if round_index == 1 else Path(run_dir) / f"{ROUND_PREFIX}{round_index}"
+
+
+def round_seed(seed: int, round_index: int) -> int:
+    """The root seed of one round: `seed` itself in round 1 (so a one-round run is
+    unchanged), a named derivation after it, so rounds sample different continuations."""
+    if round_index == 1:
+        return seed
+    from semievol_jax import rng
+
+    return int(rng.numpy_rng(seed, ROUND_PREFIX, round_index).integers(2**31 - 1))
+
+
+def build_stages(cfg: RunConfig, mesh, round_index: int = 1) -> list[Stage]:
+    """One round of the pipeline as Stage objects (see stages.py for what each writes).
+
+    Round 1 is data -> base -> ... -> eval. A later round has no data stage and its base
+    is the previous round's M2: its runner must first adopt round 1's `data` and `base`
+    (as `vanilla`, which eval reports) and the previous round's stages named in PREVIOUS.
+    """
+    if cfg.rounds < 1:
+        raise UserError(f"rounds must be at least 1, got {cfg.rounds}")
+    if not 1 <= round_index <= cfg.rounds:
+        raise ValueError(f"round {round_index} is outside 1..{cfg.rounds}")
     common = {"base_cfg": cfg.base, "task": st.task_of(cfg.data), "mesh": mesh}
-    seeded = {**common, "seed": cfg.seed}
-    return [
-        _stage("data", st.run_data, cfg.data),
-        _stage("base", st.run_base, cfg.base, ("data",), seed=cfg.base_seed),
+    seeded = {**common, "seed": round_seed(cfg.seed, round_index)}
+    if round_index == 1:
+        head = [_stage("data", st.run_data, cfg.data),
+                _stage("base", st.run_base, cfg.base, ("data",), seed=cfg.base_seed)]
+    else:
+        head = [_stage("base", st.run_round_base, cfg.base, tuple(PREVIOUS), mesh=mesh)]
+    vanilla = ("vanilla",) if round_index > 1 else ()
+    return head + [
         _stage("sft", st.run_sft, cfg.sft, ("data", "base"), **seeded),
         _stage("index", st.run_index, cfg.index, ("data", "base", "sft"), **common),
         _stage("propose", st.run_propose, cfg.propose, ("data", "base", "sft", "index"),
@@ -43,7 +73,8 @@ def build_stages(cfg: RunConfig, mesh) -> list[Stage]:
                **seeded),
         _stage("final", st.run_final, cfg.final, ("data", "base", "sft", "select"),
                sft_cfg=cfg.sft, **seeded),
-        _stage("eval", st.run_eval, cfg.eval, ("data", "base", "sft", "select", "final"),
+        _stage("eval", st.run_eval, cfg.eval,
+               ("data", "base", "sft", "select", "final", *vanilla),
                thetas=tuple(cfg.select.sweep_thetas), select_cfg=cfg.select, **seeded),
     ]
 
@@ -57,18 +88,53 @@ def make_mesh(cfg: RunConfig):
 
 def run_pipeline(cfg: RunConfig, run_dir: Path, *, mesh=None,
                  shared: dict[str, Path] | None = None) -> dict[str, dict[str, Any]]:
-    """Run (or resume) one pipeline into `run_dir`; `shared` stages are adopted, not rerun."""
+    """Run (or resume) every round of one pipeline into `run_dir`.
+
+    `shared` stages are adopted into round 1, not rerun. Returns stage name -> record for
+    round 1 (as for a one-round run) and `round<r>/<stage>` -> record for each later
+    round's own stages.
+    """
     from semievol_jax import sharding
 
     mesh = mesh if mesh is not None else make_mesh(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    runner = Runner(run_dir, is_writer=sharding.is_main_process())
+    first = Runner(run_dir, is_writer=sharding.is_main_process())
     stages = build_stages(cfg, mesh)
     for name, d in (shared or {}).items():
-        runner.adopt(name, d)
-    return runner.run([s for s in stages if s.name not in (shared or {})])
+        first.adopt(name, d)
+    records = first.run([s for s in stages if s.name not in (shared or {})])
+    prev = first
+    for r in range(2, cfg.rounds + 1):
+        runner = Runner(round_dir(run_dir, r), is_writer=sharding.is_main_process())
+        runner.adopt("data", first.dirs["data"])
+        runner.adopt("vanilla", first.dirs["base"])
+        for name, stage in PREVIOUS.items():
+            runner.adopt(name, prev.dirs[stage])
+        own = build_stages(cfg, mesh, r)
+        done = runner.run(own)
+        records |= {f"{ROUND_PREFIX}{r}/{s.name}": done[s.name] for s in own}
+        prev = runner
+    return records
+
+
+def records_by_round(records: dict[str, dict[str, Any]]) -> dict[int, dict[str, dict[str, Any]]]:
+    """{round: {stage: record}} from what run_pipeline returned (round 1 first)."""
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for key, rec in records.items():
+        prefix, _, name = key.rpartition("/")
+        r = int(prefix.removeprefix(ROUND_PREFIX)) if prefix else 1
+        out.setdefault(r, {})[name] = rec
+    return dict(sorted(out.items()))
+
+
+def headline_metrics(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Eval metrics of a run: vanilla and SFT from round 1 (the baselines), SemiEvol
+    after the last round (== round 1's eval metrics for a one-round run)."""
+    rounds = records_by_round(records)
+    first, last = rounds[min(rounds)]["eval"], rounds[max(rounds)]["eval"]
+    return {**first["metrics"], "acc_semievol": last["metrics"]["acc_semievol"]}
 
 
 _UPSTREAM = {"sft": ("sft",), "index": ("sft", "index"),
@@ -105,7 +171,7 @@ def ablation_runs(cfg: RunConfig, run_dir: Path, *, mesh) -> dict[str, dict[str,
 def accuracy_table(records: dict[str, dict[str, Any]]) -> str:
     rows = ["| variant | vanilla | SFT | SemiEvol |", "|---|---|---|---|"]
     for name, rec in records.items():
-        m = rec["eval"]["metrics"]
+        m = headline_metrics(rec)
         rows.append(f"| {name} | {m['acc_vanilla']:.3f} | {m['acc_sft']:.3f} | "
                     f"{m['acc_semievol']:.3f} |")
     return "\n".join(rows)
@@ -117,11 +183,11 @@ def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
 
     acc: dict[str, list[float]] = {}
     for records in per_seed.values():
-        main = records["semievol"]["eval"]["metrics"]
+        main = headline_metrics(records["semievol"])
         acc.setdefault("vanilla", []).append(main["acc_vanilla"])
         acc.setdefault("sft", []).append(main["acc_sft"])
         for name, rec in records.items():
-            acc.setdefault(name, []).append(rec["eval"]["metrics"]["acc_semievol"])
+            acc.setdefault(name, []).append(headline_metrics(rec)["acc_semievol"])
     return {k: {"per_seed": v, "mean": float(np.mean(v)), "std": float(np.std(v))}
             for k, v in acc.items()}
 
@@ -145,19 +211,27 @@ def write_run_report(out: Path, main_run: Path, cfg: RunConfig,
     from semievol_jax.pipeline import report, selection
 
     summary = summarise(per_seed)
-    sel = selection.Selection.from_dict(json.loads(
-        (main_run / "05_select" / "selection.json").read_text()))
-    ev = json.loads((main_run / "07_eval" / "eval.json").read_text())
+    pseudo, evals = {}, {}
+    for r in range(1, cfg.rounds + 1):
+        d = round_dir(main_run, r)
+        sel = selection.Selection.from_dict(json.loads(
+            (d / "05_select" / "selection.json").read_text()))
+        evals[r] = json.loads((d / "07_eval" / "eval.json").read_text())
+        pseudo[r] = report.pseudo_label_stats(sel, _score_from_json(evals[r]["pseudo_labels"]))
+    # Entropies of the headline models: the baselines from round 1, SemiEvol's last M2.
+    entropies = {k: v["entropies"] for k, v in evals[1]["models"].items()}
+    entropies["semievol"] = evals[cfg.rounds]["models"]["semievol"]["entropies"]
     stage_s: dict[str, float] = {}
     for records in per_seed.values():
-        for rec in records["semievol"].values():
-            stage_s[rec["stage"]] = stage_s.get(rec["stage"], 0.0) + rec["wall_s"]
+        for key, rec in records["semievol"].items():
+            stage_s[key] = stage_s.get(key, 0.0) + rec["wall_s"]
     info = environment.describe()
     report.write_report(report.ReportInputs(
         run_name=title,
         accuracy={k: {cfg.data.task: v["per_seed"]} for k, v in summary.items()},
-        pseudo_labels={1: report.pseudo_label_stats(sel, _score_from_json(ev["pseudo_labels"]))},
-        entropies={k: v["entropies"] for k, v in ev["models"].items()},
+        pseudo_labels=pseudo,
+        entropies=entropies,
+        accuracy_per_round=accuracy_per_round(per_seed) if cfg.rounds > 1 else {},
         config=json.loads(json.dumps(dataclasses.asdict(cfg))),
         versions=info["packages"],
         device={"backend": info["jax_backend"], "devices": info["devices"]},
@@ -166,6 +240,24 @@ def write_run_report(out: Path, main_run: Path, cfg: RunConfig,
                "(stages reused from an earlier invocation count their original time)"],
     ), out)
     return summary
+
+
+def accuracy_per_round(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, list[float]]:
+    """Strategy -> test accuracy after each round (mean over seeds) of the main method.
+
+    Vanilla is the original base in every round; SFT is that round's M1 (the previous
+    round's M2 tuned on the labeled set); SemiEvol is that round's M2.
+    """
+    import numpy as np
+
+    per_round: dict[str, list[list[float]]] = {}
+    for records in per_seed.values():
+        for r, stages in records_by_round(records["semievol"]).items():
+            for k in ("vanilla", "sft", "semievol"):
+                rows = per_round.setdefault(k, [])
+                rows.extend([] for _ in range(r - len(rows)))
+                rows[r - 1].append(stages["eval"]["metrics"][f"acc_{k}"])
+    return {k: [float(np.mean(x)) for x in rows] for k, rows in per_round.items()}
 
 
 def run_from_cli(preset: str, overrides: list[str], *, run_dir: str | None,

@@ -213,26 +213,45 @@ class Runner:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def _is_round_dir(d: Path) -> bool:
+    """A later round of a run: `round<r>/` beside the run's config.yaml (see api.py)."""
+    return (d.name.startswith("round") and d.name[len("round"):].isdigit()
+            and (d.parent / "config.yaml").exists())
+
+
+def round_dirs(run_dir: Path) -> list[Path]:
+    """The run's later-round directories, in round order (round2, round3, ..., round10)."""
+    found = [d for d in Path(run_dir).glob("round*") if d.is_dir() and _is_round_dir(d)]
+    return sorted(found, key=lambda d: int(d.name[len("round"):]))
+
+
 def run_manifests(root: Path) -> list[Path]:
-    """Every run's manifest under `root` (a run dir holds config.yaml beside it; stage
-    outputs may carry manifests of their own, e.g. a saved index)."""
-    return [p for p in sorted(Path(root).rglob(MANIFEST)) if (p.parent / "config.yaml").exists()]
+    """Every run's manifest under `root` (a run dir holds config.yaml beside it, a later
+    round of a run sits in `round<r>/` beside it; stage outputs may carry manifests of
+    their own, e.g. a saved index)."""
+    return [p for p in sorted(Path(root).rglob(MANIFEST))
+            if (p.parent / "config.yaml").exists() or _is_round_dir(p.parent)]
 
 
 def status(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per stage directory found in `run_dir` (for `semievol status`)."""
+    """One row per stage directory found in `run_dir` and its later rounds (for
+    `semievol status`); a later round's rows are named `round<r>/NN_stage`."""
+    run_dir = Path(run_dir)
     rows = []
-    for d in sorted(Path(run_dir).glob("[0-9][0-9]_*")):
-        rec = read_record(d)
-        intact = rec is not None and digest_dir(d) == rec.get("outputs")
-        rows.append(
-            {
-                "stage": d.name,
-                "state": "done" if intact else ("modified" if rec else "incomplete"),
-                "wall_s": rec.get("wall_s") if rec else None,
-                "output_digest": (rec or {}).get("output_digest", "")[:12],
-            }
-        )
-    for d in sorted(Path(run_dir).glob(".work/*")):
-        rows.append({"stage": d.name, "state": "resumable", "wall_s": None, "output_digest": ""})
+    for sub in (run_dir, *round_dirs(run_dir)):
+        prefix = "" if sub == run_dir else f"{sub.name}/"
+        for d in sorted(sub.glob("[0-9][0-9]_*")):
+            rec = read_record(d)
+            intact = rec is not None and digest_dir(d) == rec.get("outputs")
+            rows.append(
+                {
+                    "stage": prefix + d.name,
+                    "state": "done" if intact else ("modified" if rec else "incomplete"),
+                    "wall_s": rec.get("wall_s") if rec else None,
+                    "output_digest": (rec or {}).get("output_digest", "")[:12],
+                }
+            )
+        for d in sorted(sub.glob(".work/*")):
+            rows.append({"stage": prefix + d.name, "state": "resumable", "wall_s": None,
+                         "output_digest": ""})
     return rows
