@@ -208,6 +208,10 @@ def put(tree: Any, shardings: Any, *, copy: bool = False) -> Any:
         return jax.device_put(tree, shardings, may_alias=False if copy else None)
 
     def one(x: Any, s: NamedSharding) -> jax.Array:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            # Already a global array (e.g. a model loaded onto the mesh): reshard on
+            # device; there is no full host copy to slice.
+            return jax.device_put(x, s, may_alias=False if copy else None)
         if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
             return jax.random.wrap_key_data(one(jax.random.key_data(x), s),
                                             impl=jax.random.key_impl(x))
@@ -273,3 +277,56 @@ def cpu_devices_env(n: int) -> dict[str, str]:
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     return env
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier ``name``; no-op in a single process.
+
+    Stage directories are written by process 0 only; the others wait here so that
+    nobody reads a stage's outputs (or decides to skip the next stage) before process 0
+    has put them in place.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def gather_rows(tree: Any) -> Any:
+    """Host (numpy) copies of batch-sharded arrays, the whole batch on every process.
+
+    Multi-process, each process holds only its devices' rows of an array sharded by
+    ``batch_sharding``; this all-gathers them (a collective: every process must call it,
+    in the same order). Single-process it is ``jax.device_get``.
+
+    Args:
+      tree: a pytree of ``[B, ...]`` jax Arrays (global arrays when multi-process).
+
+    Returns:
+      The same tree of numpy arrays, rows in global batch order.
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def rows_mesh(mesh: Mesh | None) -> Mesh | None:
+    """The mesh to split inference rows over: ``mesh``, or multi-process the
+    data-parallel mesh over all devices (without one, every process would compute
+    every row)."""
+    if mesh is None and jax.process_count() > 1:
+        return make_mesh(MeshConfig())
+    return mesh
+
+
+def put_rows(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """A whole ``[B, ...]`` host batch (the same on every process) -> a batch-sharded array.
+
+    Each process places only its own devices' rows (see :func:`put`), so the rows of
+    an inference batch are split over processes; without a mesh, the default device.
+    """
+    if mesh is None:
+        return jax.numpy.asarray(x)
+    return put(x, batch_sharding(mesh, np.ndim(x)))

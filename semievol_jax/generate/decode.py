@@ -94,9 +94,9 @@ def split_model(model: nnx.Module, mesh=None) -> tuple[nnx.GraphDef, nnx.State]:
     """
     graphdef, state = nnx.split(nnx.view(model, deterministic=True, raise_if_not_found=False))
     if mesh is not None:
-        from semievol_jax.sharding import state_shardings
+        from semievol_jax.sharding import put, state_shardings
 
-        state = jax.device_put(state, state_shardings(state, mesh))
+        state = put(state, state_shardings(state, mesh))  # put: also multi-process
     return graphdef, state
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from semievol_jax import sharding
 from semievol_jax.generate import decode as decode_lib
 from semievol_jax.generate.generator import PromptError, plan_batches
 
@@ -75,6 +76,7 @@ def embed(model, tokenizer, texts: list[str], *, layer: int = -1, pooling: str =
             ids = [x[:limit] for x in ids]
 
     bos = tokenizer.bos_token_id
+    mesh = sharding.rows_mesh(mesh)  # multi-host: rows split as in generate (see generator.py)
     graphdef, state = decode_lib.split_model(model, mesh)
     b = min(batch_size, 1 << max(0, len(ids) - 1).bit_length())
     if mesh is not None:
@@ -93,9 +95,9 @@ def embed(model, tokenizer, texts: list[str], *, layer: int = -1, pooling: str =
             skip = 1 if len(x) > 1 and x[0] == bos else 0
             pool_BT[r, length - len(x) + skip:] = True
         valid_BT[len(idx):, -1] = pool_BT[len(idx):, -1] = True  # filler rows: one token
-        arrays = [_place(a, mesh) for a in (tokens_BT, valid_BT, pool_BT)]
+        arrays = [sharding.put_rows(a, mesh) for a in (tokens_BT, valid_BT, pool_BT)]
         emb_BD = _embed_jit(graphdef, state, *arrays, layer=layer, pooling=pooling)
-        out[idx] = np.asarray(jax.device_get(emb_BD))[:len(idx)]
+        out[idx] = np.asarray(sharding.gather_rows(emb_BD))[:len(idx)]
         bar.update(len(idx))
     bar.close()
     return out
@@ -116,10 +118,3 @@ def _embed_jit(graphdef, state, tokens_BT, valid_BT, pool_BT, *, layer, pooling)
     norm_B1 = jnp.linalg.norm(emb_BD, axis=-1, keepdims=True)
     return emb_BD / jnp.maximum(norm_B1, 1e-12)
 
-
-def _place(x: np.ndarray, mesh):
-    if mesh is None:
-        return jnp.asarray(x)
-    from semievol_jax.sharding import batch_sharding
-
-    return jax.device_put(x, batch_sharding(mesh, x.ndim))

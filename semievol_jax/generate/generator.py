@@ -11,6 +11,17 @@ Prompt length policy: a prompt that does not leave room for ``max_new_tokens`` i
 the model's context (``max_position_embeddings``) raises :class:`PromptError` by
 default; with ``SampleConfig.truncate="left"`` its oldest tokens are dropped and the
 count is reported in ``Sample.prompt_tokens_dropped`` (and logged).
+
+Multi-host: every process passes the same prompts and runs the same plan of global
+batches on the global mesh; each process builds only its devices' rows of each batch
+(:func:`sharding.put`), so the rows are split over processes, and the outputs are
+all-gathered (:func:`sharding.gather_rows`) so every process returns the whole list.
+The global mesh rather than per-process local meshes because the params may be
+sharded across hosts (fsdp / tensor over an 8B model), which local meshes cannot use,
+and because each device then decodes exactly the rows, padded to exactly the length,
+it would in a one-process run on the same mesh: the output is bit-identical and does
+not depend on the process count. Without a mesh, a multi-process call builds the
+data-parallel mesh over all devices.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from semievol_jax import sharding
 from semievol_jax.generate import decode as decode_lib
 from semievol_jax.generate import stopping
 from semievol_jax.generate.sampling import SampleConfig
@@ -140,6 +152,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
     if cfg.max_new_tokens == 0:
         return [[_empty_sample(d) for _ in range(num_samples)] for d in dropped]
 
+    mesh = sharding.rows_mesh(mesh)
     graphdef, state = decode_lib.split_model(model, mesh)
     tables = stopping.stop_tables(tokenizer, cfg.stop, model.cfg.vocab_size,
                                   tuple(model.cfg.eos_token_id or ()))
@@ -151,7 +164,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
 
     def collect(idx: list[int], res: decode_lib.DecodeOutput) -> None:
         nonlocal n_tokens
-        res = jax.device_get(res)
+        res = sharding.gather_rows(res)  # multi-host: every process gets every row
         for b, i in enumerate(idx):
             out[i] = [_to_sample(tokenizer, res, b, m, cfg, dropped[i])
                       for m in range(num_samples)]
@@ -170,8 +183,8 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
             tokens_BT[b, length - len(x):] = x
             valid_BT[b, length - len(x):] = True
         index_B = jnp.asarray([max(i, 0) for i in rows], jnp.int32)
-        keys_BM = _place(decode_lib.sample_keys(key, index_B, num_samples), mesh)
-        tokens_BT, valid_BT = _place(tokens_BT, mesh), _place(valid_BT, mesh)
+        keys_BM = sharding.put_rows(decode_lib.sample_keys(key, index_B, num_samples), mesh)
+        tokens_BT, valid_BT = sharding.put_rows(tokens_BT, mesh), sharding.put_rows(valid_BT, mesh)
         # Dispatch is asynchronous: detokenising the previous batch on the host overlaps
         # with this batch's decoding on the device.
         res = decode_lib.decode(graphdef, state, tokens_BT, valid_BT, keys_BM, tables, cfg,
@@ -239,14 +252,6 @@ def _batch_size(batch_size: int, n: int, mesh) -> int:
         ways = mesh.shape["data"] * mesh.shape["fsdp"]
         b = -(-b // ways) * ways
     return b
-
-
-def _place(x, mesh):
-    if mesh is None:
-        return jnp.asarray(x)
-    from semievol_jax.sharding import batch_sharding
-
-    return jax.device_put(x, batch_sharding(mesh, x.ndim))
 
 
 def _max_positions(model) -> int | None:
