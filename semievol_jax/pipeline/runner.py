@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -106,10 +108,13 @@ def read_record(stage_dir: Path) -> dict[str, Any] | None:
 class Runner:
     """Runs stages in order inside one run directory; skips what is already done."""
 
-    def __init__(self, run_dir: Path, *, is_writer: bool = True, log=print):
+    def __init__(self, run_dir: Path, *, is_writer: bool = True, log=print,
+                 sync: Callable[[str], None] | None = None):
         self.run_dir = Path(run_dir)
         self.is_writer = is_writer  # only process 0 writes shared files
         self.log = log
+        # Barrier across the processes of a multi-host job (see run_stage).
+        self.sync = sync or process_barrier
         self.records: dict[str, dict[str, Any]] = {}
         self.dirs: dict[str, Path] = {}
 
@@ -161,10 +166,15 @@ class Runner:
         self.log(f"[{stage.name}] running -> {final}")
         work = self.run_dir / ".work" / f"{stage.name}-{key[:12]}"
         work.mkdir(parents=True, exist_ok=True)
-        for stale in self.run_dir.glob(f".{final.name}.*-*"):  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        tmp.mkdir(parents=True)
+        if self.is_writer:
+            for stale in self.run_dir.glob(f".{final.name}.*-*"):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+            tmp.mkdir(parents=True)
+        else:
+            # The other processes of a multi-host job run the stage too (its collectives
+            # need them) but write into private scratch, outside the shared run dir.
+            tmp = Path(tempfile.mkdtemp(prefix=f"semievol-{final.name}-"))
         ctx = StageContext(
             out=tmp,
             work=work,
@@ -191,13 +201,31 @@ class Runner:
             "wall_s": round(time.perf_counter() - start, 3),
         }
         write_json_atomic(tmp / RECORD, record)
+        # Multi-host: process 0 swaps its directory in once every process has finished
+        # the stage (none still reads `work`), and nobody moves on before it is in place.
+        self.sync(f"{final.name}: done")
         if self.is_writer:
             self._replace_dir(tmp, final)
-        shutil.rmtree(work, ignore_errors=True)  # finished: resumable state no longer needed
+            shutil.rmtree(work, ignore_errors=True)  # finished: resumable state not needed
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.sync(f"{final.name}: in place")
+        if not self.is_writer:
+            record = self._writers_record(final, key)
         self.log(f"[{stage.name}] done in {record['wall_s']:.1f}s, "
                  f"digest {record['output_digest'][:12]}")
         self.records[stage.name], self.dirs[stage.name] = record, final
         return record
+
+    @staticmethod
+    def _writers_record(final: Path, key: str) -> dict[str, Any]:
+        """Process 0's record of a stage, which downstream keys must chain from on every
+        process (a shared filesystem is assumed, as for checkpoints)."""
+        rec = read_record(final)
+        if rec is None or rec.get("key") != key:
+            raise RuntimeError(f"{final}: process 0's stage record is not visible here; the "
+                               "run directory must be on a filesystem all hosts share")
+        return rec
 
     @staticmethod
     def _outputs_intact(stage_dir: Path, record: Mapping[str, Any]) -> bool:
@@ -223,6 +251,19 @@ def round_dirs(run_dir: Path) -> list[Path]:
     """The run's later-round directories, in round order (round2, round3, ..., round10)."""
     found = [d for d in Path(run_dir).glob("round*") if d.is_dir() and _is_round_dir(d)]
     return sorted(found, key=lambda d: int(d.name[len("round"):]))
+
+
+def process_barrier(name: str) -> None:
+    """Wait for every process of a jax.distributed job; nothing in a single process.
+
+    A process that never imported JAX, or never joined a distributed job, is alone.
+    """
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.distributed.is_initialized():
+        return
+    from semievol_jax.sharding import barrier
+
+    barrier(name)
 
 
 def run_manifests(root: Path) -> list[Path]:
