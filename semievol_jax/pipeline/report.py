@@ -181,6 +181,8 @@ def render_markdown(inp: ReportInputs, plots: Sequence[Path] = ()) -> str:
                 for s, v in ((s, inp.accuracy_per_round[s])
                              for s in _ordered(list(inp.accuracy_per_round)))]
         lines += ["## Accuracy per round", "",
+                  "Test accuracy after each round: round r's base is round r-1's SemiEvol "
+                  "model; SFT is that round's M1; Vanilla is always the original base.", "",
                   *_md_table(["strategy", *[f"round {i + 1}" for i in range(n)]], rows), ""]
     if inp.stage_seconds:
         rows = [[k, f"{v:.1f}"] for k, v in inp.stage_seconds.items()]
