@@ -41,10 +41,11 @@ def embed(model, tokenizer, texts: list[str], *, layer: int = -1, pooling: str =
         is the same for every text and only shrinks cosine differences) or "last" (the
         final token's state, which has attended to the whole text).
       batch_size: texts per compiled batch.
-      mesh: optional mesh; batches are split over its batch axes.
+      mesh: optional mesh; batches are split over its batch axes. Multi-process, every
+        process passes the same texts and gets all rows (as in ``generate``).
       max_length: texts longer than this keep their first ``max_length`` tokens (logged);
         default the model's ``max_position_embeddings``.
-      progress: show a tqdm bar.
+      progress: show a tqdm bar (process 0 only).
 
     Returns:
       [n, D] float32 numpy array with unit-norm rows.
@@ -83,7 +84,8 @@ def embed(model, tokenizer, texts: list[str], *, layer: int = -1, pooling: str =
         ways = mesh.shape["data"] * mesh.shape["fsdp"]
         b = -(-b // ways) * ways
     out = np.zeros((len(ids), D), np.float32)
-    bar = tqdm(total=len(ids), desc="embed", unit="text", disable=not progress)
+    bar = tqdm(total=len(ids), desc="embed", unit="text",
+               disable=not progress or not sharding.is_main_process())  # one bar per job
     for idx, length in plan_batches([len(x) for x in ids], b):
         tokens_BT = np.zeros((b, length), np.int32)
         valid_BT = np.zeros((b, length), bool)

@@ -135,7 +135,9 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
       num_samples: M, responses per prompt (SemiEvol's collaborators).
       mesh: optional mesh: batches are split over its batch axes (data x fsdp) and the
         params placed by their logical names (tensor parallel; see split_model).
-      progress: show a tqdm bar with prompts/s and generated tokens/s.
+        Multi-process, every process passes the same arguments and gets the whole
+        output; each decodes only its devices' rows (see the module docstring).
+      progress: show a tqdm bar with prompts/s and generated tokens/s (process 0 only).
 
     Returns:
       ``out[i][m]``: sample m of prompt i, in input order.
@@ -159,7 +161,8 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
     filler = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
     batch_size = _batch_size(cfg.batch_size, len(ids), mesh)
     out: list[list[Sample] | None] = [None] * len(ids)
-    bar = tqdm(total=len(ids), desc="generate", unit="prompt", disable=not progress)
+    bar = tqdm(total=len(ids), desc="generate", unit="prompt",
+               disable=not progress or not sharding.is_main_process())  # one bar per job
     start, n_tokens = time.perf_counter(), 0
 
     def collect(idx: list[int], res: decode_lib.DecodeOutput) -> None:
