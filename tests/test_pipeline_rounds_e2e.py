@@ -7,6 +7,12 @@ checkpoint for LoRA, a digested reference to M2's checkpoint for full fine-tunin
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,17 +51,31 @@ def logits(model, ids: list[int]) -> np.ndarray:
     return np.asarray(model(tokens, jnp.arange(len(ids))[None]).logits_BTV)
 
 
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_ckpt_dir, task_dir):
+    """(overrides, config, run dir, records) of one two-round LoRA run."""
+    from semievol_jax.pipeline import api
+
+    over = tiny_overrides(tiny_ckpt_dir, task_dir) + ["rounds=2"]
+    cfg = load_config(RunConfig, None, over)
+    run = tmp_path_factory.mktemp("lora") / "run"
+    return over, cfg, run, api.run_pipeline(cfg, run)
+
+
+def manifests(run: Path) -> dict[str, dict[str, str]]:
+    return {sub: {k: v["output_digest"] for k, v in
+                  json.loads((run / sub / "manifest.json").read_text()).items()}
+            for sub in (".", "round2")}
+
+
 @pytest.mark.slow
-def test_two_rounds_lora(tmp_path, tiny_ckpt_dir, task_dir):
+def test_two_rounds_lora(lora_run, tiny_ckpt_dir):
     from semievol_jax import model as m
     from semievol_jax.pipeline import api
     from semievol_jax.pipeline.runner import status
     from semievol_jax.pipeline.stages import ModelRef, load_model
 
-    over = tiny_overrides(tiny_ckpt_dir, task_dir) + ["rounds=2"]
-    cfg = load_config(RunConfig, None, over)
-    run = tmp_path / "run"
-    records = api.run_pipeline(cfg, run)
+    _, cfg, run, records = lora_run
     assert sorted(p.name for p in (run / "round2").iterdir() if p.name[:2].isdigit()) == LATER
     assert records["round2/base"]["input_digests"]["prev_final"] == \
         records["final"]["output_digest"]
@@ -94,9 +114,41 @@ def test_two_rounds_lora(tmp_path, tiny_ckpt_dir, task_dir):
     before = mtimes(run)
     api.run_pipeline(cfg, run)
     assert mtimes(run) == before  # both rounds skipped
-    with open(run / "round2" / "05_select" / "pseudo.jsonl", "a") as f:
+    pseudo = run / "round2" / "05_select" / "pseudo.jsonl"
+    kept = pseudo.read_bytes()
+    with open(pseudo, "a") as f:
         f.write("{}\n")
-    assert api.verify(run, rerun=False) == 1
+    assert api.verify(run, rerun=False) == 1  # names the round-2 stage
+    pseudo.write_bytes(kept)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from semievol_jax.config import load_config
+    from semievol_jax.pipeline.api import run_pipeline
+    from semievol_jax.pipeline.config import RunConfig
+    run_pipeline(load_config(RunConfig, None, sys.argv[2:]), Path(sys.argv[1]))
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_in_round2_resumes_to_same_digests(tmp_path, lora_run):
+    """Killed while round 2 trains its M1, a rerun resumes there and ends bit-identical."""
+    over, _, ref, _ = lora_run
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(run), *over])
+    marker = run / "round2" / "01_base" / "record.json"
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before round 2 started"
+    time.sleep(2.0)  # into round 2's SFT
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "round2" / "07_eval").exists()
+    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run), *over], check=True)
+    assert manifests(run) == manifests(ref)
 
 
 @pytest.mark.slow
