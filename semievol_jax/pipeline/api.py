@@ -1,4 +1,5 @@
-"""What the CLI calls: build the stage list from a RunConfig, run it, ablate, verify."""
+"""What the CLI calls: build each round's stages from a RunConfig, run every round,
+ablate, verify."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ from semievol_jax.config import load_config, to_yaml
 from semievol_jax.errors import UserError
 from semievol_jax.pipeline import stages as st
 from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
-from semievol_jax.pipeline.runner import MANIFEST, Runner, Stage, read_record, run_manifests
+from semievol_jax.pipeline.runner import (
+    MANIFEST,
+    ROUND_PREFIX,
+    Runner,
+    Stage,
+    read_record,
+    run_manifests,
+)
 
 ORDER = {name: i for i, name in enumerate(
     ("data", "base", "sft", "index", "propose", "select", "final", "eval"))}
-ROUND_PREFIX = "round"  # round r > 1 lives in run_dir/round<r>/; round 1 in run_dir itself
+# Round r > 1 lives in run_dir/round<r>/ (ROUND_PREFIX); round 1 in run_dir itself.
 # What a later round's base stage reads: the previous round's stages it rebuilds M2 from,
 # adopted under these names (their output digests chain the rounds' records).
 PREVIOUS = {"prev_base": "base", "prev_sft": "sft", "prev_final": "final"}

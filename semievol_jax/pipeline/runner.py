@@ -29,6 +29,8 @@ MANIFEST = "manifest.json"
 # Files under these sub-directories of a stage are logs (timestamps, TensorBoard
 # events): kept, but not part of the stage's digest.
 UNDIGESTED_DIRS = ("logs",)
+# A run's later rounds are sub-runs in `round<r>/` beside its config.yaml (see api.py).
+ROUND_PREFIX = "round"
 
 
 @dataclasses.dataclass
@@ -243,14 +245,14 @@ class Runner:
 
 def _is_round_dir(d: Path) -> bool:
     """A later round of a run: `round<r>/` beside the run's config.yaml (see api.py)."""
-    return (d.name.startswith("round") and d.name[len("round"):].isdigit()
+    return (d.name.startswith(ROUND_PREFIX) and d.name[len(ROUND_PREFIX):].isdigit()
             and (d.parent / "config.yaml").exists())
 
 
 def round_dirs(run_dir: Path) -> list[Path]:
     """The run's later-round directories, in round order (round2, round3, ..., round10)."""
-    found = [d for d in Path(run_dir).glob("round*") if d.is_dir() and _is_round_dir(d)]
-    return sorted(found, key=lambda d: int(d.name[len("round"):]))
+    found = [d for d in Path(run_dir).glob(ROUND_PREFIX + "*") if d.is_dir() and _is_round_dir(d)]
+    return sorted(found, key=lambda d: int(d.name[len(ROUND_PREFIX):]))
 
 
 def process_barrier(name: str) -> None:
