@@ -4,17 +4,10 @@ exactly the one-process output: same order, tokens, log-probs, texts, embeddings
 from __future__ import annotations
 
 import pickle
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-from semievol_jax import sharding
-
-ROOT = Path(__file__).parent.parent
+from multihost_helpers import launch, wait
 
 # argv: process id, process count, port, checkpoint dir, output dir.
 WORKER = r"""
@@ -57,28 +50,6 @@ def rows(out):
      "single": rows(single) if single else None,
      "main": sharding.is_main_process()}))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def launch(script: str, nproc: int, devices: int, args: list[str]) -> list[subprocess.Popen]:
-    """``nproc`` workers joined on one localhost port, each with ``devices`` CPU devices."""
-    env = sharding.cpu_devices_env(devices)
-    env["PYTHONPATH"] = str(ROOT)
-    port = str(free_port())
-    return [subprocess.Popen([sys.executable, "-c", script, str(i), str(nproc), port, *args],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for i in range(nproc)]
-
-
-def wait(procs: list[subprocess.Popen], timeout: float = 600) -> None:
-    outs = [p.communicate(timeout=timeout) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-4000:]
 
 
 @pytest.mark.slow
