@@ -81,3 +81,23 @@ def test_seed_changes_the_tree_but_stays_reproducible(tmp_path):
 
     assert tree_bytes(0, tmp_path / "a") == tree_bytes(0, tmp_path / "b")
     assert tree_bytes(0, tmp_path / "a") != tree_bytes(5, tmp_path / "c")
+
+
+def test_soar_search_repeats_exactly_and_orders_duplicates_by_row():
+    # ScaNN's own rescored values vary in the last bit between calls with SOAR on; the
+    # Index rescores its candidates per row, so every call must agree to the bit.
+    pytest.importorskip("scann")
+    centers = np.random.default_rng(99).standard_normal((64, 64)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = centers[rng.integers(0, 64, 8000)] + 0.6 * rng.standard_normal((8000, 64)).astype(
+        np.float32)
+    x[5000] = x[17]  # an exact duplicate: both rows tie for query 17
+    index = build_index(x, IndexConfig(backend="scann", soar_lambda=1.5))
+    assert index.params.soar_lambda == 1.5 and "SOAR 1.5" in index.describe()
+    first = index.search(x[:500], 8)
+    for _ in range(4):
+        again = index.search(x[:500], 8)
+        np.testing.assert_array_equal(first[0], again[0])
+        np.testing.assert_array_equal(first[1], again[1])
+    assert first[0][17, :2].tolist() == [17, 5000]
+    assert first[1][17, 0] == first[1][17, 1]

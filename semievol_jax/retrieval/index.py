@@ -32,8 +32,10 @@ class IndexConfig:
     backend: str = "auto"  # "auto": ScaNN from min_rows_for_partitioning rows, else exact
     min_rows_for_partitioning: int = 10_000  # below this a partition saves nothing
     num_leaves: int = 0  # ScaNN tree leaves; 0 -> about sqrt(N)
-    leaves_to_search: int = 0  # leaves scored per query; 0 -> max(8, 20% of leaves)
-    reorder: int = 0  # AH candidates rescored exactly; 0 -> 100 (never below k)
+    leaves_to_search: int = 0  # leaves scored per query; 0 -> max(8, 8% of leaves)
+    reorder: int = 0  # AH candidates rescored exactly, at least; 0 -> 40 (never below k)
+    reorder_per_k: int = 10  # ... and at least this many per neighbour asked (k); 0 = off
+    soar_lambda: float = 1.5  # SOAR: each row also in a 2nd, orthogonal-residual leaf; 0 = off
     dims_per_block: int = 0  # AH dims per code; 0 -> 2 for D <= 1024, else 4
     anisotropic_threshold: float | None = None  # AH eta; None -> off (plain AH ranked better)
     training_sample_size: int = 0  # rows sampled to train; 0 -> max(20k, 100 per leaf)
@@ -48,9 +50,12 @@ class IndexConfig:
             raise RetrievalError(
                 f"IndexConfig.backend={self.backend!r}; expected one of {BACKENDS}")
         for name in ("min_rows_for_partitioning", "num_leaves", "leaves_to_search", "reorder",
-                     "dims_per_block", "training_threads", "training_sample_size"):
+                     "reorder_per_k", "dims_per_block", "training_threads",
+                     "training_sample_size"):
             if getattr(self, name) < 0:
                 raise RetrievalError(f"IndexConfig.{name}={getattr(self, name)} must be >= 0")
+        if not self.soar_lambda >= 0:  # also rejects NaN
+            raise RetrievalError(f"IndexConfig.soar_lambda={self.soar_lambda} must be >= 0")
         for name in ("min_partition_size", "search_batch_size", "exact_chunk"):
             if getattr(self, name) < 1:
                 raise RetrievalError(f"IndexConfig.{name}={getattr(self, name)} must be >= 1")
@@ -79,9 +84,10 @@ class Index:
             return head + "; exact dot product on unit rows"
         p = self.params
         eta = "off" if p.anisotropic_threshold is None else p.anisotropic_threshold
-        return (f"{head}; tree {p.num_leaves} leaves, search {p.leaves_to_search}; AH "
-                f"{p.dims_per_block} dims/block, eta {eta}; "
-                f"reorder {p.reorder}; seed {p.seed}")
+        soar = "off" if p.soar_lambda is None else p.soar_lambda
+        return (f"{head}; tree {p.num_leaves} leaves, search {p.leaves_to_search}, SOAR "
+                f"{soar}; AH {p.dims_per_block} dims/block, eta {eta}; "
+                f"reorder max({p.reorder}, {p.reorder_per_k} k); seed {p.seed}")
 
     def search(self, queries_QD: np.ndarray, k: int, *, exclude_self: bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +136,8 @@ class Index:
         if self._searcher is not None:
             return scann_backend.search(self._searcher, q_QD, k, self.params,
                                         self.params.num_leaves,
-                                        batch_size=self.cfg.search_batch_size)
+                                        batch_size=self.cfg.search_batch_size,
+                                        db_ND=self._db_ND)
         return exact_top_k(self._db_ND, q_QD, k, chunk=self.cfg.exact_chunk)
 
     def manifest(self) -> dict:
@@ -204,7 +211,8 @@ def build_index(emb_ND: np.ndarray, cfg: IndexConfig | None = None) -> Index:
         return Index(backend="exact", db_ND=db_ND, **common)
     params = scann_backend.resolve_params(cfg, n, d)
     searcher = scann_backend.build_searcher(db_ND, params)
-    return Index(backend="scann", searcher=searcher, params=params, **common)
+    # The rows stay referenced: search rescores ScaNN's candidates from them (determinism).
+    return Index(backend="scann", searcher=searcher, params=params, db_ND=db_ND, **common)
 
 
 def load_index(index_dir: str | Path) -> Index:
@@ -248,7 +256,11 @@ def load_index(index_dir: str | Path) -> Index:
         if searcher.size() != n:
             raise RetrievalError(f"{art}: ScaNN searcher holds {searcher.size()} rows, "
                                  f"manifest says {n}")
-        return Index(backend="scann", searcher=searcher, params=params, **common)
+        rows = scann_backend.load_rows(art)
+        if rows is not None and rows.shape != (n, d):
+            raise RetrievalError(f"{art}/dataset.npy: shape {rows.shape}, manifest says "
+                                 f"({n}, {d})")
+        return Index(backend="scann", searcher=searcher, params=params, db_ND=rows, **common)
     raise RetrievalError(f"{path}: unknown backend {backend!r}")
 
 

@@ -34,20 +34,34 @@ class ScannParams:
     min_partition_size: int  # k-means leaves smaller than this are merged
     seed: int  # clustering / sampling seed of the tree and the codebooks
     training_threads: int  # 0 = all cores; does not change the result
+    # SOAR: each row is also stored in a second leaf, picked to be orthogonal to its first
+    # residual (weight lambda); None = off. Default None reads manifests written before it.
+    soar_lambda: float | None = None
+    # Candidates rescored = max(reorder, reorder_per_k * k): the AH ranking error grows
+    # with the rank asked for. Default 0 reads manifests written before it.
+    reorder_per_k: int = 0
 
 
 def resolve_params(cfg, n: int, d: int) -> ScannParams:
     """Fills the IndexConfig fields left at 0/None with values derived from the data.
 
-    Fixed with scripts/bench_retrieval.py (100k x 4096 and 20k x 1024, k=4, topics wider
-    than a partition): about sqrt(N) leaves, so scoring the centroids and scoring a leaf
-    cost about the same; searching 20% of them, because true neighbours straddle leaf
-    boundaries and AH scoring of a leaf is cheap next to exact scoring; 2 dims per AH
-    block up to D=1024 and 4 above (D/8 bytes per row; the exact reorder of the top 100
-    repairs the ranking); plain (isotropic) AH: the anisotropic loss ScaNN suggests for
-    MIPS (eta = 0.2) ranked worse here (30k x 4096, 35 of 173 leaves, reorder 100:
+    Fixed with scripts/bench_retrieval.py (100k x 4096 and 20k x 256, k=4, topics wider
+    than a partition) and the 20k x 256 test set (k=10): about sqrt(N) leaves, so
+    scoring the centroids and scoring a leaf cost about the same; SOAR spilling (lambda
+    1.5), since true neighbours straddle leaf boundaries: on 100k x 4096 it reached
+    recall@4 0.969 searching 16 of 316 leaves where the plain tree needed 32 for 0.950,
+    at the same CPU time per query; searching 8% of the leaves (at least 8): with SOAR,
+    20k x 256 gave 0.949 at 9 of 141 leaves and 0.988 at 16; exact rescoring of max(40,
+    10 k) AH candidates: the 4-bit AH ranking is coarse (20k x 256, k=10: recall 0.92
+    with 40 rescored, 1.00 with 100), while rescoring beyond that costs memory traffic
+    for little recall (100k x 4096: reorder 100 instead of 40 cost 10-15% of the q/s); 2
+    dims per AH block up to D=1024 and 4 above (D/8 bytes per row; 8 dims/block ranked
+    too coarsely to reach 0.95 at any leaf count we tried); plain (isotropic) AH: the
+    anisotropic loss ScaNN suggests for MIPS (eta = 0.2) ranked worse here (30k x 4096:
     recall@4 0.946 with eta 0.2, 0.984 without); a training sample of 100 rows per leaf
-    (at least 20k), which k-means needs and no more.
+    (at least 20k), which k-means needs and no more. Not adopted: spherical k-means with
+    int8 centroids (lower recall at the same leaves), int8 rescoring (5% faster, lower
+    recall and inexact scores).
 
     Args:
       cfg: an IndexConfig.
@@ -57,7 +71,7 @@ def resolve_params(cfg, n: int, d: int) -> ScannParams:
     num_leaves = cfg.num_leaves or max(2, round(math.sqrt(n)))
     # Leaves smaller than min_partition_size get merged by ScaNN; keep enough rows each.
     num_leaves = max(2, min(num_leaves, n // max(cfg.min_partition_size, 1)))
-    leaves_to_search = cfg.leaves_to_search or max(8, math.ceil(0.2 * num_leaves))
+    leaves_to_search = cfg.leaves_to_search or max(8, math.ceil(0.08 * num_leaves))
     leaves_to_search = min(leaves_to_search, num_leaves)
     dims_per_block = cfg.dims_per_block or (2 if d <= 1024 else 4)
     dims_per_block = min(dims_per_block, d)
@@ -68,11 +82,13 @@ def resolve_params(cfg, n: int, d: int) -> ScannParams:
         leaves_to_search=int(leaves_to_search),
         dims_per_block=int(dims_per_block),
         anisotropic_threshold=eta,
-        reorder=int(cfg.reorder or 100),
+        reorder=int(cfg.reorder or 40),
         training_sample_size=int(min(sample, n)),
         min_partition_size=int(cfg.min_partition_size),
         seed=int(cfg.seed),
         training_threads=int(cfg.training_threads),
+        soar_lambda=float(cfg.soar_lambda) if cfg.soar_lambda > 0 else None,
+        reorder_per_k=int(cfg.reorder_per_k),
     )
 
 
@@ -93,6 +109,7 @@ def config_text(db_ND: np.ndarray, p: ScannParams, num_neighbors: int) -> str:
         training_sample_size=p.training_sample_size,
         min_partition_size=p.min_partition_size,
         random_init=False,  # the random init is unseeded; k-means++ honours the seed
+        soar_lambda=p.soar_lambda,
     )
     b = b.score_ah(
         p.dims_per_block,
@@ -120,37 +137,77 @@ def build_searcher(db_ND: np.ndarray, p: ScannParams, num_neighbors: int = 10):
 
 
 def search(searcher, q_QD: np.ndarray, k: int, p: ScannParams, num_leaves_total: int,
-           *, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+           *, batch_size: int = 256, db_ND: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Batched ScaNN search returning exactly k neighbours per query.
 
     ScaNN pads with (row 0, NaN) when the searched leaves hold fewer than k rows (a
     query near a small leaf); those queries are searched again over every leaf, which
     for a tree+AH+reorder searcher always yields k rows when k <= N.
 
+    With db_ND, the rows ScaNN returns are rescored here and re-sorted by (score desc,
+    row asc). With SOAR, ScaNN's own rescored values vary in the last bit from call to
+    call (it deduplicates spilled candidates in hash sets whose order is per-call), so
+    one spare neighbour is asked for and the final k are picked from exact, per-row
+    scores: the same query gives the same rows and scores in every call and process,
+    and equal rows (duplicates) come out lower index first, as in exact_top_k.
+
+    Args:
+      db_ND: the [N, D] unit rows the searcher indexes (in memory or memory-mapped).
+
     Returns:
       (idx_QK int64, score_QK float32), best first.
     """
-    pre = max(p.reorder, k)
+    n = searcher.size()
+    k_ask = min(k + 1, n) if db_ND is not None else k
+    pre = max(p.reorder, p.reorder_per_k * k, k_ask)
     idx, score = searcher.search_batched_parallel(
-        q_QD, final_num_neighbors=k, pre_reorder_num_neighbors=pre,
+        q_QD, final_num_neighbors=k_ask, pre_reorder_num_neighbors=pre,
         leaves_to_search=p.leaves_to_search, batch_size=batch_size,
     )
     idx = np.asarray(idx, np.int64)
     score = np.asarray(score, np.float32)
-    short_Q = np.isnan(score).any(axis=1) if score.shape[1] == k else np.ones(len(q_QD), bool)
+    full = score.shape[1] == k_ask
+    short_Q = np.isnan(score[:, :k]).any(axis=1) if full else np.ones(len(q_QD), bool)
     if short_Q.any():
         rows = np.flatnonzero(short_Q)
         i2, s2 = searcher.search_batched(
-            q_QD[rows], final_num_neighbors=k, pre_reorder_num_neighbors=max(pre, k),
+            q_QD[rows], final_num_neighbors=k_ask, pre_reorder_num_neighbors=pre,
             leaves_to_search=num_leaves_total,
         )
-        full_idx = np.zeros((len(q_QD), k), np.int64)
-        full_score = np.zeros((len(q_QD), k), np.float32)
-        if score.shape[1] == k:
+        full_idx = np.zeros((len(q_QD), k_ask), np.int64)
+        full_score = np.full((len(q_QD), k_ask), np.nan, np.float32)
+        if full:
             full_idx[:], full_score[:] = idx, score
         full_idx[rows], full_score[rows] = np.asarray(i2, np.int64), np.asarray(s2, np.float32)
         idx, score = full_idx, full_score
-    return idx, score
+    if db_ND is None:
+        return idx[:, :k], score[:, :k]
+    return _rescore(db_ND, q_QD, idx, np.isnan(score), k)
+
+
+def _rescore(db_ND: np.ndarray, q_QD: np.ndarray, idx_QC: np.ndarray, pad_QC: np.ndarray,
+             k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores of C candidate rows per query; the best k by (score desc, row asc).
+
+    Each score is one row-by-row float32 dot product (einsum 'cd,cd->c'), so it does not
+    depend on which other rows or queries share the call. Padding slots (NaN from
+    ScaNN; only the spare one can remain) sort last.
+    """
+    q_total, c = idx_QC.shape
+    out_idx = np.empty((q_total, k), np.int64)
+    out_score = np.empty((q_total, k), np.float32)
+    for s in range(0, q_total, chunk):
+        ids = idx_QC[s : s + chunk]
+        rows_CD = np.asarray(db_ND[ids.ravel()], np.float32)
+        q_CD = np.repeat(q_QD[s : s + chunk], c, axis=0)
+        sc = np.einsum("cd,cd->c", rows_CD, q_CD).reshape(ids.shape)
+        sc[pad_QC[s : s + chunk]] = -np.inf
+        # lexsort: last key is primary -> score descending, then row ascending.
+        order = np.lexsort((ids, -sc), axis=1)[:, :k]
+        out_idx[s : s + chunk] = np.take_along_axis(ids, order, axis=1)
+        out_score[s : s + chunk] = np.take_along_axis(sc, order, axis=1)
+    return out_idx, out_score
 
 
 def save_searcher(searcher, out_dir: Path) -> None:
@@ -163,3 +220,9 @@ def save_searcher(searcher, out_dir: Path) -> None:
 def load_searcher(art_dir: Path):
     """Loads a searcher written by save_searcher."""
     return _import_scann().load_searcher(str(art_dir), assets_backcompat_shim=False)
+
+
+def load_rows(art_dir: Path) -> np.ndarray | None:
+    """The float32 rows ScaNN serialised for its exact reorder (memory-mapped), or None."""
+    path = Path(art_dir) / "dataset.npy"
+    return np.load(path, mmap_mode="r", allow_pickle=False) if path.is_file() else None
