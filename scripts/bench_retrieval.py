@@ -128,7 +128,8 @@ def scann_cases(db, q, k, builds, leaves_list, reorder_list) -> list[Case]:
                            f"AH {p.dims_per_block} dims/block, reorder {reorder}")
                 cases.append(Case("scann", setting, build_s, lambda ix=ix, p=p: (
                     scann_backend.search(ix._searcher, q, k, p, p.num_leaves,
-                                         batch_size=ix.cfg.search_batch_size)[0])))
+                                         batch_size=ix.cfg.search_batch_size,
+                                         db_ND=ix._db_ND)[0])))
     return cases
 
 
@@ -139,7 +140,9 @@ def faiss_cases(db, q, k, specs, nprobes, k_factors, train_rows) -> list[Case]:
         print("faiss not installed (bench extra); skipping FAISS", file=sys.stderr)
         return []
     cases = []
-    for spec in specs:
+    for spec_text in specs:
+        # "spec@8,16": this index's own nprobe sweep (IVF-Flat is too slow for the full one).
+        spec, _, own = spec_text.partition("@")
         t = time.perf_counter()
         index = faiss.index_factory(db.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
         # Train on as many rows as our ScaNN index samples (same k-means budget).
@@ -149,7 +152,7 @@ def faiss_cases(db, q, k, specs, nprobes, k_factors, train_rows) -> list[Case]:
         build_s = time.perf_counter() - t
         print(f"faiss {spec}: built in {build_s:.0f}s", flush=True)
         refine = "RFlat" in spec or "Refine" in spec
-        for nprobe in nprobes:
+        for nprobe in ([int(v) for v in own.split(",")] if own else nprobes):
             for kf in (k_factors if refine else [None]):
                 def search(index=index, nprobe=nprobe, kf=kf):
                     faiss.extract_index_ivf(index).nprobe = nprobe
@@ -227,12 +230,13 @@ def main(argv=None) -> int:
     ap.add_argument("--scann-builds", default="",
                     help="';'-separated IndexConfig overrides, one extra index each, e.g. "
                          "'dims_per_block=8;num_leaves=1000' (the default index is always built)")
-    ap.add_argument("--scann-leaves", default="24,32,48,64", help="leaves_to_search sweep")
-    ap.add_argument("--scann-reorder", default="40,100", help="reorder sweep")
-    ap.add_argument("--faiss", default="IVF316,Flat;IVF316,PQ1024x4fs,RFlat",
-                    help="';'-separated faiss index_factory strings ('' to skip)")
-    ap.add_argument("--nprobe", default="24,32,48,64")
-    ap.add_argument("--k-factor", default="5,25", help="refine candidates = k_factor x k")
+    ap.add_argument("--scann-leaves", default="12,16,20,32", help="leaves_to_search sweep")
+    ap.add_argument("--scann-reorder", default="30,40,100", help="reorder sweep")
+    ap.add_argument("--faiss", default="IVF316,Flat@24,32;IVF316,PQ1024x4fs,RFlat",
+                    help="';'-separated faiss index_factory strings, each optionally "
+                         "'@nprobe,...' ('' to skip)")
+    ap.add_argument("--nprobe", default="24,28,32,48")
+    ap.add_argument("--k-factor", default="3,5,25", help="refine candidates = k_factor x k")
     ap.add_argument("--out", default="results/bench/retrieval.json")
     ap.add_argument("--no-json", action="store_true")
     args = ap.parse_args(argv)
