@@ -292,24 +292,28 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def gather_rows(tree: Any) -> Any:
-    """Host (numpy) copies of batch-sharded arrays, the whole batch on every process.
+def replicate_rows(tree: Any, mesh: Mesh | None) -> Any:
+    """Batch-sharded arrays -> the same arrays replicated on every device of ``mesh``.
 
-    Multi-process, each process holds only its devices' rows of an array sharded by
-    ``batch_sharding``; this all-gathers them (a collective: every process must call it,
-    in the same order). Single-process it is ``jax.device_get``.
+    Multi-process, each process holds only its devices' rows of a batch-sharded array and
+    cannot read the others'; after this all-gather (a collective: every process calls it,
+    in the same order) ``jax.device_get`` reads every row on every process. It is
+    dispatched asynchronously like any jitted call, so the host keeps detokenising the
+    previous batch meanwhile. Single-process it returns ``tree`` (``device_get`` already
+    reads every device).
 
     Args:
-      tree: a pytree of ``[B, ...]`` jax Arrays (global arrays when multi-process).
-
-    Returns:
-      The same tree of numpy arrays, rows in global batch order.
+      tree: a pytree of ``[B, ...]`` jax Arrays.
+      mesh: the mesh they live on.
     """
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
+    if jax.process_count() == 1 or mesh is None:
+        return tree
+    return jax.jit(_identity, out_shardings=replicated(mesh))(tree)
 
-    return multihost_utils.process_allgather(tree, tiled=True)
+
+def _identity(tree: Any) -> Any:
+    # Module-level, so repeated replicate_rows calls hit jit's cache.
+    return tree
 
 
 def rows_mesh(mesh: Mesh | None) -> Mesh | None:

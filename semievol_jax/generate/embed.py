@@ -99,7 +99,8 @@ def embed(model, tokenizer, texts: list[str], *, layer: int = -1, pooling: str =
         valid_BT[len(idx):, -1] = pool_BT[len(idx):, -1] = True  # filler rows: one token
         arrays = [sharding.put_rows(a, mesh) for a in (tokens_BT, valid_BT, pool_BT)]
         emb_BD = _embed_jit(graphdef, state, *arrays, layer=layer, pooling=pooling)
-        out[idx] = np.asarray(sharding.gather_rows(emb_BD))[:len(idx)]
+        emb_BD = sharding.replicate_rows(emb_BD, mesh)  # multi-host: all rows everywhere
+        out[idx] = np.asarray(jax.device_get(emb_BD))[:len(idx)]
         bar.update(len(idx))
     bar.close()
     return out

@@ -15,7 +15,7 @@ count is reported in ``Sample.prompt_tokens_dropped`` (and logged).
 Multi-host: every process passes the same prompts and runs the same plan of global
 batches on the global mesh; each process builds only its devices' rows of each batch
 (:func:`sharding.put`), so the rows are split over processes, and the outputs are
-all-gathered (:func:`sharding.gather_rows`) so every process returns the whole list.
+all-gathered (:func:`sharding.replicate_rows`) so every process returns the whole list.
 The global mesh rather than per-process local meshes because the params may be
 sharded across hosts (fsdp / tensor over an 8B model), which local meshes cannot use,
 and because each device then decodes exactly the rows, padded to exactly the length,
@@ -167,7 +167,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
 
     def collect(idx: list[int], res: decode_lib.DecodeOutput) -> None:
         nonlocal n_tokens
-        res = sharding.gather_rows(res)  # multi-host: every process gets every row
+        res = jax.device_get(res)
         for b, i in enumerate(idx):
             out[i] = [_to_sample(tokenizer, res, b, m, cfg, dropped[i])
                       for m in range(num_samples)]
@@ -192,6 +192,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
         # with this batch's decoding on the device.
         res = decode_lib.decode(graphdef, state, tokens_BT, valid_BT, keys_BM, tables, cfg,
                                 mesh=mesh)
+        res = sharding.replicate_rows(res, mesh)  # multi-host: every process gets every row
         if pending is not None:
             collect(*pending)
         pending = (idx, res)
