@@ -303,6 +303,7 @@ def plot_rounds(per_round: Mapping[str, Sequence[float]], out: Path) -> Path:
         v = per_round[s]
         ax.plot(range(1, len(v) + 1), [100 * x for x in v], marker="o",
                 label=STRATEGY_LABELS.get(s, s))
+    ax.set_xticks(range(1, max((len(v) for v in per_round.values()), default=1) + 1))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
     ax.legend()
