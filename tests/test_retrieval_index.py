@@ -45,6 +45,22 @@ def test_scann_recall_against_exact(big):
     np.testing.assert_allclose(score[:, 0], truth_score[:, 0], atol=1e-4)
 
 
+def test_rescored_candidates_grow_with_k(big):
+    # 40 AH candidates (enough for k=4) rank too coarsely for k=10 here; the default
+    # rescores max(40, 10 k) = 100 and passes the recall bar above.
+    pytest.importorskip("scann")
+    import dataclasses
+
+    from semievol_jax.retrieval import scann_backend
+
+    _, q, index, truth, _ = big
+    assert index.params.reorder == 40 and index.params.reorder_per_k == 10
+    fixed = dataclasses.replace(index.params, reorder_per_k=0)
+    idx, _ = scann_backend.search(index._searcher, q, 10, fixed, fixed.num_leaves,
+                                  db_ND=index._db_ND)
+    assert recall_at_k(idx, truth) < 0.95 <= recall_at_k(index.search(q, 10)[0], truth)
+
+
 def test_two_builds_give_identical_neighbours(big):
     x, q, index, _, _ = big
     again = build_index(x, IndexConfig(backend="scann"))

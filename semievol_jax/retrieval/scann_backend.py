@@ -45,23 +45,25 @@ class ScannParams:
 def resolve_params(cfg, n: int, d: int) -> ScannParams:
     """Fills the IndexConfig fields left at 0/None with values derived from the data.
 
-    Fixed with scripts/bench_retrieval.py (100k x 4096 and 20k x 256, k=4, topics wider
-    than a partition) and the 20k x 256 test set (k=10): about sqrt(N) leaves, so
-    scoring the centroids and scoring a leaf cost about the same; SOAR spilling (lambda
-    1.5), since true neighbours straddle leaf boundaries: on 100k x 4096 it reached
-    recall@4 0.969 searching 16 of 316 leaves where the plain tree needed 32 for 0.950,
-    at the same CPU time per query; searching 8% of the leaves (at least 8): with SOAR,
-    20k x 256 gave 0.949 at 9 of 141 leaves and 0.988 at 16; exact rescoring of max(40,
-    10 k) AH candidates: the 4-bit AH ranking is coarse (20k x 256, k=10: recall 0.92
-    with 40 rescored, 1.00 with 100), while rescoring beyond that costs memory traffic
-    for little recall (100k x 4096: reorder 100 instead of 40 cost 10-15% of the q/s); 2
-    dims per AH block up to D=1024 and 4 above (D/8 bytes per row; 8 dims/block ranked
-    too coarsely to reach 0.95 at any leaf count we tried); plain (isotropic) AH: the
-    anisotropic loss ScaNN suggests for MIPS (eta = 0.2) ranked worse here (30k x 4096:
-    recall@4 0.946 with eta 0.2, 0.984 without); a training sample of 100 rows per leaf
-    (at least 20k), which k-means needs and no more. Not adopted: spherical k-means with
-    int8 centroids (lower recall at the same leaves), int8 rescoring (5% faster, lower
-    recall and inexact scores).
+    Fixed with scripts/bench_retrieval.py (results/bench/retrieval.json: 100k x 4096,
+    k=4, topics wider than a partition) and the 20k x 256 sets of the tests (k=10):
+    about sqrt(N) leaves, so scoring the centroids and scoring a leaf cost about the
+    same; SOAR spilling (lambda 1.5), since true neighbours straddle leaf boundaries: on
+    100k x 4096 it reached recall@4 0.968 searching 16 of 316 leaves where the plain
+    tree needed 32 for 0.950, for 6% fewer queries/s; searching 8% of the leaves (at
+    least 8), since 6% was too few on 20k x 256 (`--rows 20000 --dim 256`: 0.949 at 9 of
+    141 leaves, 0.988 at 16); exact rescoring of max(40, 10 k) AH candidates: the 4-bit
+    AH ranking is coarse, so the candidates needed grow with k
+    (tests/test_retrieval_index.py: 40 rescored miss recall 0.95 at k=10, 100 do not),
+    while rescoring more costs memory traffic for little recall (100k x 4096: 100
+    instead of 40 cost 5-12% of the queries/s); 2 dims per AH block up to D=1024 and 4
+    above (D/8 bytes per row; 8 dims/block ranked too coarsely to reach 0.95 in an
+    exploratory sweep); plain (isotropic) AH: the anisotropic loss ScaNN suggests for
+    MIPS (eta = 0.2) ranked worse here (30k x 4096: recall@4 0.946 with eta 0.2, 0.984
+    without); a training sample of 100 rows per leaf (at least 20k), which k-means needs
+    and no more. Not adopted after exploratory sweeps: spherical k-means with int8
+    centroids (lower recall at the same leaves), int8 rescoring (a few % faster, lower
+    recall, inexact scores), larger search batches (no change).
 
     Args:
       cfg: an IndexConfig.
