@@ -68,7 +68,8 @@ def build_stages(cfg: RunConfig, mesh, round_index: int = 1) -> list[Stage]:
     seeded = {**common, "seed": round_seed(cfg.seed, round_index)}
     if round_index == 1:
         head = [_stage("data", st.run_data, cfg.data),
-                _stage("base", st.run_base, cfg.base, ("data",), seed=cfg.base_seed)]
+                _stage("base", st.run_base, cfg.base, ("data",), seed=cfg.base_seed,
+                       task=common["task"])]
     else:
         head = [_stage("base", st.run_round_base, cfg.base, tuple(PREVIOUS), mesh=mesh)]
     vanilla = ("vanilla",) if round_index > 1 else ()

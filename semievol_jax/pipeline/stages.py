@@ -186,18 +186,22 @@ def run_data(ctx: StageContext) -> dict[str, Any]:
             "leakage": leakage.summary()}
 
 
-def run_base(ctx: StageContext, *, seed: int) -> dict[str, Any]:
-    """Resolve the base checkpoint, or pretrain the demo's tiny base on its corpus."""
+def run_base(ctx: StageContext, *, seed: int, task: Task | None = None) -> dict[str, Any]:
+    """Resolve the base checkpoint, or pretrain a tiny base: on the demo world's corpus,
+    or (a real task, e.g. results/fpb-tiny) on the unlabeled questions' prompts."""
     cfg: BaseConfig = ctx.config
     if cfg.pretrain is not None:
         from semievol_jax.demo.pretrain import pretrain_base
         from semievol_jax.demo.synth import read_corpus
 
         corpus_path = ctx.inputs["data"] / "raw" / "corpus.jsonl"
-        if not corpus_path.exists():
-            raise UserError("base.pretrain needs a corpus: set data.synth (the demo world)")
-        pretrain_base(read_corpus(corpus_path), ctx.out / MODEL_DIR, cfg=cfg.pretrain,
-                      work_dir=ctx.work, seed=seed)
+        if corpus_path.exists():
+            docs = read_corpus(corpus_path)
+        else:  # unlabeled text in the task's prompt layout: no answers, no test rows
+            qs = unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")
+            docs = [prompts.format_question(task, q) for q in qs]
+        pretrain_base(docs, ctx.out / MODEL_DIR, cfg=cfg.pretrain, work_dir=ctx.work,
+                      seed=seed)
         write_json_atomic(ctx.out / "base.json", {"model": MODEL_DIR, "local": True})
         return {"pretrained": True}
     else:
