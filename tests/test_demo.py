@@ -102,12 +102,14 @@ def test_corpus_states_every_fact_and_quizzes_only_practice_people(world_splits)
         assert any(t.format(e=person, v=value) in text for t in r.statements)
 
 
-def test_quiz_layout_matches_the_pipeline_prompt():
-    prompts = pytest.importorskip("semievol_jax.pipeline.prompts")
-    tasks = pytest.importorskip("semievol_jax.pipeline.tasks")
+def test_quiz_layout_matches_the_demo_presets_prompt():
+    from semievol_jax.config import load_config
+    from semievol_jax.pipeline import prompts
+    from semievol_jax.pipeline.config import RunConfig
     from semievol_jax.pipeline.data import Example
+    from semievol_jax.pipeline.stages import task_of
 
-    task = tasks.get_task("mmlu_pro")
+    task = task_of(load_config(RunConfig, "demo", []).data)  # the demo's own task
     ex = Example(id="x", question="Where does Bralo live?", options=("Mora", "Tesk", "Lund",
                                                                      "Pira"), answer="B")
     expected = prompts.format_question(task, ex) + "\n" + prompts.target(task, "B")

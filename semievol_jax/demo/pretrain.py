@@ -41,7 +41,7 @@ class PretrainError(ValueError):
 class PretrainConfig:
     """The tiny base model and its pretraining run (defaults: about a minute on 2 cores)."""
 
-    vocab_size: int = 768  # BPE vocabulary incl. special tokens
+    vocab_size: int = 1024  # BPE vocabulary incl. special tokens (names become one token)
     hidden_size: int = 128  # model width D
     num_layers: int = 3  # transformer blocks L
     num_heads: int = 4  # query heads N

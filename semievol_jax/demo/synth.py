@@ -42,10 +42,7 @@ import numpy as np
 LETTERS = "ABCDEFGHIJ"
 # The closing instruction of the pipeline's choice tasks (e.g. "mmlu"), so the quizzes in
 # the corpus read like the prompts the demo is evaluated with.
-INSTRUCTION = (
-    "Answer the multiple-choice question. Your response should end with a line of the "
-    "form 'Answer: LETTER' (without quotes), where LETTER is one of {letters}."
-)
+INSTRUCTION = "Reply 'Answer: LETTER' ({letters})."  # short: a tiny model reads it every step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +67,8 @@ RELATIONS: tuple[Relation, ...] = (
         ("Mora", "Tesk", "Lund", "Pira", "Vasso", "Kell", "Orna", "Dunmo", "Sarn", "Ebro"),
         ("{e} lives in {v}.", "The home of {e} is in {v}.", "{e} has a house in {v}."),
         ("Where does {e} live?", "What is the home town of {e}?",
-         "Which town does {e} call home?"),
+         "Which town does {e} call home?", "In which town is the house of {e}?",
+         "Where is the home of {e}?"),
     ),
     Relation(
         "colour",
@@ -79,7 +77,8 @@ RELATIONS: tuple[Relation, ...] = (
         ("The favourite colour of {e} is {v}.", "{e} loves the colour {v}.",
          "{e} likes {v} best of all colours."),
         ("Which colour does {e} like most?", "What colour is dearest to {e}?",
-         "Which colour would {e} pick?"),
+         "Which colour would {e} pick?", "What is the best colour for {e}?",
+         "Which colour does {e} love?"),
     ),
     Relation(
         "food",
@@ -88,7 +87,8 @@ RELATIONS: tuple[Relation, ...] = (
         ("{e} likes to eat {v}.", "The favourite food of {e} is {v}.",
          "Every day {e} eats {v}."),
         ("Which food does {e} enjoy?", "What is on the plate of {e}?",
-         "Which food would {e} pick?"),
+         "Which food would {e} pick?", "What does {e} like to eat?",
+         "Which food does {e} eat every day?"),
     ),
     Relation(
         "job",
@@ -96,7 +96,8 @@ RELATIONS: tuple[Relation, ...] = (
          "smith", "potter"),
         ("{e} works as a {v}.", "The job of {e} is {v}.", "By trade {e} is a {v}."),
         ("What work does {e} do?", "How does {e} earn a living?",
-         "Which job does {e} have?"),
+         "Which job does {e} have?", "What is the trade of {e}?",
+         "Where does {e} work, and as what?"),
     ),
 )
 
@@ -113,7 +114,7 @@ class SynthConfig:
     """Knobs of the demo world; defaults are the ones docs/demo.md measured."""
 
     seed: int = 0  # root seed of the world, corpus and splits
-    num_people: int = 24  # task people: their facts are asked in the splits
+    num_people: int = 16  # task people: their facts are asked in the splits
     num_practice_people: int = 16  # people with quiz documents in the corpus, never asked
     relations: tuple[str, ...] = ("town", "colour", "food", "job")  # names from RELATIONS
     labeled_relations: tuple[str, ...] = ("town", "colour", "food", "job")  # in labeled.csv
