@@ -144,3 +144,17 @@ def test_read_corpus_names_the_bad_line(tmp_path):
     p.write_text('{"text": "ok"}\nnot json\n')
     with pytest.raises(SynthError, match="corpus.jsonl:2"):
         synth.read_corpus(p)
+
+
+@pytest.mark.parametrize("semi, sft, strict, paired", [
+    ([0.54, 0.50, 0.52], [0.48, 0.45, 0.47], True, True),
+    ([0.44, 0.39, 0.39], [0.36, 0.40, 0.35], False, False),  # session 1's probe numbers
+    ([0.60, 0.50, 0.55], [0.55, 0.45, 0.50], False, True),  # SFT spread large, gap steady
+])
+def test_headline_criteria(semi, sft, strict, paired):
+    from semievol_jax.demo.driver import headline, headline_markdown
+
+    h = headline({"semievol": {"per_seed": semi}, "sft": {"per_seed": sft},
+                  "vanilla": {"per_seed": [0.0] * len(semi)}})
+    assert (h["met_strict"], h["met_paired"], h["sft_beats_vanilla"]) == (strict, paired, True)
+    assert ("**no**" in headline_markdown(h)) == (not strict or not paired)

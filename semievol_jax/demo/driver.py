@@ -67,7 +67,58 @@ def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[
                  for p in run_manifests(out)}
     write_json_atomic(out / DIGESTS, {k: {s: e["output_digest"] for s, e in v.items()}
                                        for k, v in manifests.items()})
+    head = headline(summary)
+    metrics = json.loads((out / "metrics.json").read_text())
+    write_json_atomic(out / "metrics.json", {**metrics, "headline": head})
+    with open(out / "report.md", "a", encoding="utf-8") as f:
+        f.write("\n" + headline_markdown(head))
     return summary
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The demo's bar: SemiEvol beats SFT by more than two standard deviations of the
+    seed-to-seed spread, and SFT beats vanilla.
+
+    Both readings of "spread" are computed: the larger of the two methods' own standard
+    deviations over seeds (strict), and that of the per-seed paired gap (same seed =
+    same SFT model M1, so the gap's spread is what the method itself adds).
+    """
+    import numpy as np
+
+    semi = np.asarray(summary["semievol"]["per_seed"])
+    sft = np.asarray(summary["sft"]["per_seed"])
+    van = np.asarray(summary["vanilla"]["per_seed"])
+    gap = float(semi.mean() - sft.mean())
+    spread = float(max(semi.std(), sft.std()))
+    paired = semi - sft
+    return {
+        "seeds": len(semi), "semievol_mean": float(semi.mean()), "sft_mean": float(sft.mean()),
+        "vanilla_mean": float(van.mean()), "gap": gap, "spread_strict": spread,
+        "paired_gaps": paired.tolist(), "paired_gap_std": float(paired.std()),
+        "met_strict": bool(len(semi) > 1 and gap > 2 * spread),
+        "met_paired": bool(len(semi) > 1 and paired.mean() > 2 * paired.std()),
+        "sft_beats_vanilla": bool(sft.mean() > van.mean()),
+    }
+
+
+def headline_markdown(h: dict[str, Any]) -> str:
+    def yes(b: bool) -> str:
+        return "yes" if b else "**no**"
+
+    return (
+        "## Headline\n\n"
+        f"Over {h['seeds']} seed(s): SemiEvol {100 * h['semievol_mean']:.1f} vs SFT "
+        f"{100 * h['sft_mean']:.1f} (gap {100 * h['gap']:+.1f} points) vs vanilla "
+        f"{100 * h['vanilla_mean']:.1f}.\n\n"
+        "| criterion | value | met |\n|---|---|---|\n"
+        f"| gap > 2 x larger per-method std ({100 * h['spread_strict']:.1f}) | "
+        f"{100 * h['gap']:+.1f} | {yes(h['met_strict'])} |\n"
+        f"| mean paired gap > 2 x its std ({100 * h['paired_gap_std']:.1f}); per seed "
+        f"{', '.join(f'{100 * g:+.0f}' for g in h['paired_gaps'])} | "
+        f"{100 * h['gap']:+.1f} | {yes(h['met_paired'])} |\n"
+        f"| SFT > vanilla | {100 * h['sft_mean']:.1f} > {100 * h['vanilla_mean']:.1f} | "
+        f"{yes(h['sft_beats_vanilla'])} |\n"
+    )
 
 
 def run_demo(out: Path, *, quick: bool = False, overrides: list[str] = ()) -> int:
