@@ -81,7 +81,8 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
 
     Both readings of "spread" are computed: the larger of the two methods' own standard
     deviations over seeds (strict), and that of the per-seed paired gap (same seed =
-    same SFT model M1, so the gap's spread is what the method itself adds).
+    same SFT model M1, so the gap's spread is what the method itself adds). Standard
+    deviations are over seeds with ddof=1, as in the report's accuracy table.
     """
     import numpy as np
 
@@ -89,14 +90,15 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     sft = np.asarray(summary["sft"]["per_seed"])
     van = np.asarray(summary["vanilla"]["per_seed"])
     gap = float(semi.mean() - sft.mean())
-    spread = float(max(semi.std(), sft.std()))
+    ddof = 1 if len(semi) > 1 else 0
+    spread = float(max(semi.std(ddof=ddof), sft.std(ddof=ddof)))
     paired = semi - sft
     return {
         "seeds": len(semi), "semievol_mean": float(semi.mean()), "sft_mean": float(sft.mean()),
         "vanilla_mean": float(van.mean()), "gap": gap, "spread_strict": spread,
-        "paired_gaps": paired.tolist(), "paired_gap_std": float(paired.std()),
+        "paired_gaps": paired.tolist(), "paired_gap_std": float(paired.std(ddof=ddof)),
         "met_strict": bool(len(semi) > 1 and gap > 2 * spread),
-        "met_paired": bool(len(semi) > 1 and paired.mean() > 2 * paired.std()),
+        "met_paired": bool(len(semi) > 1 and paired.mean() > 2 * paired.std(ddof=ddof)),
         "sft_beats_vanilla": bool(sft.mean() > van.mean()),
     }
 
