@@ -317,7 +317,7 @@ def verify(run_dir: Path, *, rerun: bool = True, fresh: str | None = None) -> in
     """Check a run's files against their records, then rerun and compare every digest.
 
     Works on a full run directory, or on a committed summary holding only digests.json
-    (results/demo-quick): then only the rerun comparison applies.
+    (a committed demo summary): then only the rerun comparison applies.
     """
     from semievol_jax.pipeline.runner import digest_dir
 
