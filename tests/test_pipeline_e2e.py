@@ -116,7 +116,7 @@ def test_bad_data_stops_before_any_stage(tmp_path, tiny_ckpt_dir, tiny_task):
     out = subprocess.run(
         [sys.executable, "-m", "semievol_jax", "run", "--config", "demo",
          "--run-dir", str(tmp_path / "run"), *tiny_overrides(tiny_ckpt_dir, bad),
-         "data.synth=null", "base.pretrain=null"],
+         "data.synth=null", "data.task_def=null", "base.pretrain=null"],
         capture_output=True, text=True)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "test.csv:2" in out.stderr
