@@ -35,3 +35,14 @@ def tiny_model(tiny_ckpt_dir) -> TinyModel:
 
     model, cfg = load_hf(tiny_ckpt_dir)
     return TinyModel(model, load_tokenizer(tiny_ckpt_dir), cfg, tiny_ckpt_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_task(tmp_path_factory) -> Path:
+    """A tiny synthetic task (the demo world's generator) for the pipeline tests."""
+    from semievol_jax.demo.synth import SynthConfig, write_demo_data
+
+    out = tmp_path_factory.mktemp("task")
+    write_demo_data(out, SynthConfig(num_people=8, num_practice_people=2, num_labeled=8,
+                                     num_unlabeled=12, num_test=8))
+    return out

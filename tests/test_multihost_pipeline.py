@@ -7,7 +7,6 @@ import json
 
 import pytest
 from multihost_helpers import launch, wait
-from test_pipeline_e2e import tiny_overrides, tiny_task  # noqa: F401 (fixture)
 
 # argv: process id, process count, port, checkpoint dir, task dir, run dir.
 WORKER = r"""
@@ -33,7 +32,7 @@ def digests(stdout: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_two_process_pipeline_matches_one_process(tmp_path, tiny_ckpt_dir, tiny_task):  # noqa: F811
+def test_two_process_pipeline_matches_one_process(tmp_path, tiny_ckpt_dir, tiny_task):
     one, two = tmp_path / "one", tmp_path / "two"
     # 2 processes x 1 CPU device against 1 process x 2 devices (the same mesh), at once.
     procs = (launch(WORKER, 2, 1, [str(tiny_ckpt_dir), str(tiny_task), str(two)])

@@ -44,16 +44,6 @@ def tiny_overrides(ckpt: Path, data: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def tiny_task(tmp_path_factory) -> Path:
-    from semievol_jax.demo.synth import SynthConfig, write_demo_data
-
-    out = tmp_path_factory.mktemp("task")
-    write_demo_data(out, SynthConfig(num_people=8, num_practice_people=2, num_labeled=8,
-                                     num_unlabeled=12, num_test=8))
-    return out
-
-
 def record_times(run: Path) -> dict[str, float]:
     return {s: (run / s / "record.json").stat().st_mtime_ns for s in STAGES}
 

@@ -25,16 +25,6 @@ from semievol_jax.pipeline.config import RunConfig
 LATER = ["01_base", "02_sft", "03_index", "04_propose", "05_select", "06_final", "07_eval"]
 
 
-@pytest.fixture(scope="module")
-def task_dir(tmp_path_factory) -> Path:
-    from semievol_jax.demo.synth import SynthConfig, write_demo_data
-
-    out = tmp_path_factory.mktemp("task")
-    write_demo_data(out, SynthConfig(num_people=8, num_practice_people=2, num_labeled=8,
-                                     num_unlabeled=12, num_test=8))
-    return out
-
-
 def mtimes(run: Path) -> dict[str, int]:
     return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("record.json")}
 
@@ -52,11 +42,11 @@ def logits(model, ids: list[int]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_ckpt_dir, task_dir):
+def lora_run(tmp_path_factory, tiny_ckpt_dir, tiny_task):
     """(overrides, config, run dir, records) of one two-round LoRA run."""
     from semievol_jax.pipeline import api
 
-    over = tiny_overrides(tiny_ckpt_dir, task_dir) + ["rounds=2"]
+    over = tiny_overrides(tiny_ckpt_dir, tiny_task) + ["rounds=2"]
     cfg = load_config(RunConfig, None, over)
     run = tmp_path_factory.mktemp("lora") / "run"
     return over, cfg, run, api.run_pipeline(cfg, run)
@@ -152,11 +142,11 @@ def test_sigkill_in_round2_resumes_to_same_digests(tmp_path, lora_run):
 
 
 @pytest.mark.slow
-def test_two_rounds_full_finetuning(tmp_path, tiny_ckpt_dir, task_dir):
+def test_two_rounds_full_finetuning(tmp_path, tiny_ckpt_dir, tiny_task):
     from semievol_jax.pipeline import api
     from semievol_jax.pipeline.runner import read_record
 
-    over = tiny_overrides(tiny_ckpt_dir, task_dir) + [
+    over = tiny_overrides(tiny_ckpt_dir, tiny_task) + [
         "rounds=2", "sft.train.mode=full", "sft.train.learning_rate=1e-4"]
     cfg = load_config(RunConfig, None, over)
     run = tmp_path / "run"
