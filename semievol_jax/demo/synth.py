@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 
 LETTERS = "ABCDEFGHIJ"
-# The closing instruction of the pipeline's choice tasks (e.g. "mmlu"), so the quizzes in
-# the corpus read like the prompts the demo is evaluated with.
-INSTRUCTION = "Reply 'Answer: LETTER' ({letters})."  # short: a tiny model reads it every step
+# The demo preset's task instruction (data.task_def; a test keeps the two equal), so the
+# corpus quizzes read like the prompts the demo is evaluated with. One short line: the
+# tiny model reads it on every training step.
+INSTRUCTION = "Reply 'Answer: LETTER' ({letters})."
 
 
 @dataclasses.dataclass(frozen=True)
