@@ -156,3 +156,32 @@ def test_ablations_recompute_only_the_stages_they_change(tmp_path, tiny_ckpt_dir
         own = sorted(p.name for p in (tmp_path / "ablations" / ab).iterdir()
                      if p.name[:2].isdigit())
         assert own == STAGES[STAGES.index(first):], ab
+
+
+def test_tiny_base_pretrains_on_a_real_tasks_unlabeled_prompts(tmp_path, tiny_task):
+    """fpb-tiny's path: no synthetic corpus, so the base learns from the unlabeled
+    questions in the task's prompt layout (never their answers)."""
+    from semievol_jax.demo.pretrain import PretrainConfig
+    from semievol_jax.model import load_tokenizer
+    from semievol_jax.pipeline import stages as st
+    from semievol_jax.pipeline.config import BaseConfig, DataConfig
+    from semievol_jax.pipeline.runner import StageContext
+
+    data_cfg = DataConfig(task="mmlu_pro", labeled=str(tiny_task / "labeled.csv"),
+                          unlabeled=str(tiny_task / "unlabeled.csv"),
+                          test=str(tiny_task / "test.csv"))
+    data = tmp_path / "data"
+    data.mkdir()
+    st.run_data(StageContext(data, tmp_path / "w0", {}, data_cfg))
+    assert not (data / "raw").exists()
+    pcfg = PretrainConfig(vocab_size=320, hidden_size=32, num_heads=2, num_kv_heads=1,
+                          intermediate_size=64, seq_len=32, batch_size=2, steps=2)
+    base = tmp_path / "base"
+    base.mkdir()
+    out = st.run_base(StageContext(base, tmp_path / "w1", {"data": data},
+                                   BaseConfig(dtype="float32", pretrain=pcfg)),
+                      seed=0, task=st.task_of(data_cfg))
+    assert out == {"pretrained": True}
+    tok = load_tokenizer(base / st.MODEL_DIR)
+    # The tokenizer was trained on the prompt layout: its words are whole tokens.
+    assert tok.tokenize("Options:") != list("Options:")

@@ -186,7 +186,7 @@ def run_data(ctx: StageContext) -> dict[str, Any]:
             "leakage": leakage.summary()}
 
 
-def run_base(ctx: StageContext, *, seed: int, task: Task | None = None) -> dict[str, Any]:
+def run_base(ctx: StageContext, *, seed: int, task: Task) -> dict[str, Any]:
     """Resolve the base checkpoint, or pretrain a tiny base: on the demo world's corpus,
     or (a real task, e.g. results/fpb-tiny) on the unlabeled questions' prompts."""
     cfg: BaseConfig = ctx.config
