@@ -38,3 +38,23 @@ def test_reduced_demo_twice_gives_identical_digests(tmp_path):
     assert len(a) >= 4 and all(len(v) >= 2 for v in a.values())
     assert a == b
     assert verify(runs[0], rerun=False, fresh=str(runs[1])) == 0
+    # The diagnosis script reads the same run (and knows it equals the other's digests).
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import demo_diagnose
+
+    out = tmp_path / "diagnosis.json"
+    assert demo_diagnose.main([str(runs[1]), "--committed", str(runs[0] / DIGESTS),
+                               "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["digests_equal_committed"] is True
+    base = d["base"]
+    assert base["num_practice_quizzes"] == 2 * 2  # practice people x quizzes each
+    assert 0 <= base["prose_recall_task_facts"]["phrasings"] <= 1
+    assert 0 <= base["quiz_accuracy_test_questions"] <= 1
+    seed = d["seeds"]["seed0"]
+    cov = seed["test_by_coverage"]["sft"]
+    assert cov["covered"]["n"] + cov["uncovered"]["n"] == 8  # num_test
+    assert list(seed["majority_precision_by_entropy"]) == ["0.2", "0.4", "0.6", "0.8", "1"]

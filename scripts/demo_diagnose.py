@@ -1,0 +1,85 @@
+"""Diagnoses a finished `semievol demo` run: which link of the demo's premise holds.
+
+  .venv/bin/semievol demo --out /tmp/demo        # the seed directories are not committed
+  python scripts/demo_diagnose.py /tmp/demo --out results/demo/diagnosis.json
+
+Prints a table per measurement (semievol_jax/demo/diagnose.py says what each means) and
+writes them as JSON, with whether the run's digests equal the committed results/demo's,
+i.e. whether the numbers describe the committed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from semievol_jax.demo import diagnose
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", type=Path, help="a `semievol demo --out` directory")
+    ap.add_argument("--committed", type=Path, default=Path("results/demo/digests.json"))
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    args = ap.parse_args(argv)
+    seeds = sorted(p for p in args.run.glob("seed*") if (p / "07_eval").is_dir())
+    data = args.run / "seed0" / "00_data"
+    if not seeds or not (data / "raw" / "labeled.csv").is_file():
+        print(f"{args.run}: no finished `semievol demo` run (seed0/00_data, seed*/07_eval)",
+              file=sys.stderr)
+        return 2
+    digests = json.loads((args.run / "digests.json").read_text())
+    committed = json.loads(args.committed.read_text()) if args.committed.is_file() else None
+    out = {
+        "run": str(args.run),
+        "digests_equal_committed": digests == committed,
+        "base": diagnose.base_diagnosis(args.run / "seed0" / "01_base", data),
+        "seeds": {p.name: diagnose.seed_diagnosis(p, data) for p in seeds},
+    }
+    print_tables(out)
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def print_tables(d: dict) -> None:
+    b = d["base"]
+    pr = b["prose_recall_task_facts"]
+    print(f"digests equal the committed results/demo: {d['digests_equal_committed']}\n")
+    print("| base model | value |\n|---|---|")
+    print(f"| prose completions of task facts right | {100 * pr['phrasings']:.1f}% |")
+    print(f"| task facts known (>= 2 of 3 phrasings) | {100 * pr['facts']:.1f}% "
+          f"of {pr['num_facts']} |")
+    print(f"| practice-person quizzes (corpus documents) | "
+          f"{100 * b['quiz_accuracy_practice_people']:.1f}% of {b['num_practice_quizzes']} |")
+    print(f"| test questions as raw quizzes | {100 * b['quiz_accuracy_test_questions']:.1f}% |")
+    print("\n| seed | model | test, fact in labeled | test, fact not in labeled | "
+          "pseudo-labels, in / not in labeled |\n|---|---|---|---|---|")
+    for s, v in d["seeds"].items():
+        pl = v["pseudo_labels_by_coverage"]
+        for m in ("sft", "semievol"):
+            t = v["test_by_coverage"][m]
+            print(f"| {s} | {m} | {100 * t['covered']['accuracy']:.1f}% "
+                  f"({t['covered']['n']}) | {100 * t['uncovered']['accuracy']:.1f}% "
+                  f"({t['uncovered']['n']}) | {100 * pl['covered']['accuracy']:.1f}% / "
+                  f"{100 * pl['uncovered']['accuracy']:.1f}% |")
+    fr = list(next(iter(d["seeds"].values()))["majority_precision_by_entropy"])
+    print("\nmajority-answer precision among the lowest-entropy fraction of unlabeled:")
+    print("| seed | " + " | ".join(fr) + " |\n|---|" + "---|" * len(fr))
+    for s, v in d["seeds"].items():
+        c = v["majority_precision_by_entropy"]
+        print(f"| {s} | " + " | ".join(f"{100 * c[f]:.1f}%" for f in fr) + " |")
+    print("\nICP (k = 3): nearest labeled example of each unlabeled question shares its")
+    print("| seed | fact | person | relation | fact in labeled at all |\n|---|---|---|---|---|")
+    for s, v in d["seeds"].items():
+        n = v.get("icp_nearest_neighbour")
+        if n:
+            print(f"| {s} | {100 * n['same_fact']:.1f}% | {100 * n['same_person']:.1f}% | "
+                  f"{100 * n['same_relation']:.1f}% | {100 * n['covered']:.1f}% |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

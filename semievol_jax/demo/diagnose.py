@@ -1,0 +1,229 @@
+"""Why the demo's gain is what it is: measurements on a finished `semievol demo` run.
+
+The demo's headline (SemiEvol over SFT by two seed stds) rests on a premise: the base
+knows the task facts from pretraining, SFT teaches it to answer, and confident
+pseudo-labels are mostly right. Each function here measures one link of that chain
+from the run's own files (the synth CSVs keep `person` and `relation`), so docs/demo.md
+can say which link holds and which does not:
+
+* `prose_recall`: does the base complete the corpus's own sentences about task people
+  ("Vivol works as a" -> "miner")? That is the knowledge.
+* `quiz_accuracy`: does the base answer quizzes laid out as in its corpus (letters)?
+  On practice people (corpus documents) that is the skill as trained; on the test
+  questions, the skill transferred to task people.
+* `coverage_split`: test accuracy on facts the labeled set asks about (under another
+  phrasing) against facts it never asks about. If SFT answered from the base's
+  knowledge, the two would be close.
+* `entropy_calibration`: precision of the collaborators' majority answers among the
+  lowest-entropy fraction of unlabeled questions; flat = entropy does not separate
+  right from wrong.
+* `neighbour_agreement`: how often ICP's nearest labeled example asks about the same
+  fact, person or relation as the unlabeled question.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """A synth CSV (official schema plus `relation` and `person`)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"id", "answer", "relation", "person"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{path}: not a synth split (no column(s) {sorted(missing)})")
+    return rows
+
+
+def fact_of(row: Mapping[str, str]) -> tuple[str, str]:
+    return row["person"], row["relation"]
+
+
+def coverage_split(rows: Sequence[Mapping[str, str]], labeled: Iterable[Mapping[str, str]],
+                   correct: Mapping[str, bool]) -> dict[str, dict[str, float]]:
+    """Accuracy over rows whose fact the labeled set asks about vs the rest.
+
+    Args:
+      rows: evaluated rows (test or unlabeled).
+      labeled: the labeled rows.
+      correct: row id -> whether the model's answer was right (ids absent are skipped).
+    """
+    taught = {fact_of(r) for r in labeled}
+    out = {}
+    for name, want in (("covered", True), ("uncovered", False)):
+        hits = [correct[r["id"]] for r in rows
+                if r["id"] in correct and (fact_of(r) in taught) == want]
+        out[name] = {"n": len(hits), "accuracy": float(np.mean(hits)) if hits else float("nan")}
+    return out
+
+
+def majority_answers(candidates: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, float]]:
+    """qid -> (most common answer, mean response entropy) over its collaborators.
+
+    Ties go to the answer met first (collaborator order), as `collections.Counter` does.
+    """
+    by_q: dict[str, list[Mapping[str, Any]]] = collections.defaultdict(list)
+    for c in candidates:
+        by_q[c["qid"]].append(c)
+    out = {}
+    for q, cs in by_q.items():
+        answers = [c["answer"] for c in cs if c["answer"] is not None]
+        top = collections.Counter(answers).most_common(1)[0][0] if answers else None
+        out[q] = (top, float(np.mean([c["entropy"] for c in cs])))
+    return out
+
+
+def entropy_calibration(candidates: Iterable[Mapping[str, Any]], gold: Mapping[str, str],
+                        fractions: Sequence[float] = FRACTIONS) -> dict[str, float]:
+    """Precision of the majority answer among the lowest-entropy fraction of questions.
+
+    Returns:
+      {"0.2": precision, ...}: questions sorted by (mean entropy, qid), so ties are
+      broken the same way every run.
+    """
+    maj = majority_answers(candidates)
+    order = sorted(maj, key=lambda q: (maj[q][1], q))
+    right = np.array([maj[q][0] == gold[q] for q in order], bool)
+    if not len(right):
+        raise ValueError("no candidates")
+    return {f"{f:g}": float(right[: max(1, round(f * len(right)))].mean()) for f in fractions}
+
+
+def neighbour_agreement(unlabeled: Sequence[Mapping[str, str]],
+                        labeled: Sequence[Mapping[str, str]],
+                        neighbours_QK: np.ndarray) -> dict[str, float]:
+    """Fraction of unlabeled rows whose nearest labeled neighbour (column 0) shares
+    the fact, the person or the relation; `covered` = the fact is in labeled at all
+    (the most a retriever could reach)."""
+    if neighbours_QK.shape[0] != len(unlabeled):
+        raise ValueError(f"neighbours has {neighbours_QK.shape[0]} rows for "
+                         f"{len(unlabeled)} unlabeled questions")
+    taught = {fact_of(r) for r in labeled}
+    pairs = [(labeled[int(j)], u) for j, u in zip(neighbours_QK[:, 0], unlabeled, strict=True)]
+    return {
+        "same_fact": float(np.mean([fact_of(n) == fact_of(u) for n, u in pairs])),
+        "same_person": float(np.mean([n["person"] == u["person"] for n, u in pairs])),
+        "same_relation": float(np.mean([n["relation"] == u["relation"] for n, u in pairs])),
+        "covered": float(np.mean([fact_of(u) in taught for u in unlabeled])),
+    }
+
+
+def _greedy(model, tokenizer, texts: list[str], max_new_tokens: int) -> list[str]:
+    import jax
+
+    from semievol_jax.generate import SampleConfig, generate
+
+    cfg = SampleConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=128)
+    bos = tokenizer.bos_token or ""  # raw text, as in pretraining: BOS, no chat template
+    out = generate(model, tokenizer, [bos + t for t in texts], cfg, key=jax.random.key(0),
+                   progress=False)
+    return [s[0].text for s in out]
+
+
+def prose_recall(model, tokenizer, rows: Iterable[Mapping[str, str]]) -> dict[str, float]:
+    """Greedy completion of every corpus phrasing of every asked fact.
+
+    Returns:
+      {"phrasings": share of (fact, phrasing) completions whose first word is the value,
+       "facts": share of facts completed right in at least 2 of their 3 phrasings,
+       "num_facts": ...}
+    """
+    from semievol_jax.demo import synth
+
+    rels = {r.name: r for r in synth.RELATIONS}
+    facts = {}
+    for r in rows:
+        facts[fact_of(r)] = json.loads(r["options"])[synth.LETTERS.index(r["answer"])]
+    keys = sorted(facts)
+    texts, gold, owner = [], [], []
+    for i, (person, rel) in enumerate(keys):
+        for tpl in rels[rel].statements:
+            texts.append(tpl.split("{v}")[0].format(e=person).rstrip())
+            gold.append(facts[(person, rel)])
+            owner.append(i)
+    outs = _greedy(model, tokenizer, texts, max_new_tokens=3)
+    first_words = [(o.split() or [""])[0].rstrip(".,") for o in outs]
+    ok = np.array([w == g for w, g in zip(first_words, gold, strict=True)])
+    per_fact = np.bincount(owner, weights=ok, minlength=len(keys))
+    per_count = np.bincount(owner, minlength=len(keys))
+    return {"phrasings": float(ok.mean()),
+            "facts": float(np.mean(per_fact >= np.minimum(2, per_count))),
+            "num_facts": len(keys)}
+
+
+def quiz_accuracy(model, tokenizer, quizzes: Sequence[tuple[str, Sequence[str], str]]) -> float:
+    """Greedy letter after `Answer:` for (question, options, gold letter) quizzes in the
+    corpus layout (`synth.render_quiz`)."""
+    from semievol_jax.demo import synth
+
+    texts = [synth.render_quiz(q, opts, None) + "\nAnswer:" for q, opts, _ in quizzes]
+    outs = _greedy(model, tokenizer, texts, max_new_tokens=2)
+    return float(np.mean([o.strip()[:1] == g for o, (_, _, g) in zip(outs, quizzes, strict=True)]))
+
+
+def corpus_quizzes(corpus_path: Path) -> list[tuple[str, list[str], str]]:
+    """The practice-person quizzes of a corpus.jsonl, parsed back into (q, options, gold)."""
+    from semievol_jax.demo import synth
+
+    out = []
+    for doc in synth.read_corpus(corpus_path):
+        if not doc.startswith("Question:\n"):
+            continue
+        body, _, gold = doc.rpartition("\nAnswer: ")
+        question = body.split("\n", 2)[1]
+        opts = body.split("Options:\n", 1)[1].split("\n\n", 1)[0].split("\n")
+        out.append((question, [o.split(". ", 1)[1] for o in opts], gold.strip()))
+    return out
+
+
+def seed_diagnosis(seed_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """The model-free measurements of one seed's sub-run (and its with_icp ablation)."""
+    from semievol_jax.pipeline.stages import read_jsonl
+
+    raw = data_dir / "raw"
+    lab, unl, test = (read_rows(raw / f"{s}.csv") for s in ("labeled", "unlabeled", "test"))
+    preds: dict[str, dict[str, bool]] = collections.defaultdict(dict)
+    for p in read_jsonl(seed_dir / "07_eval" / "predictions.jsonl"):
+        preds[p["model"]][p["id"]] = bool(p["correct"])
+    gold = {r["id"]: r["answer"] for r in unl}
+    cands = read_jsonl(seed_dir / "04_propose" / "candidates.jsonl")
+    pseudo = {p["id"]: p["answer"] for p in read_jsonl(seed_dir / "05_select" / "pseudo.jsonl")}
+    out: dict[str, Any] = {
+        "test_by_coverage": {m: coverage_split(test, lab, c) for m, c in sorted(preds.items())},
+        "pseudo_labels_by_coverage": coverage_split(
+            unl, lab, {q: a == gold[q] for q, a in pseudo.items()}),
+        "majority_precision_by_entropy": entropy_calibration(cands, gold),
+    }
+    icp = seed_dir / "ablations" / "with_icp" / "03_index" / "neighbours.npy"
+    if icp.is_file():
+        out["icp_nearest_neighbour"] = neighbour_agreement(unl, lab, np.load(icp))
+    return out
+
+
+def base_diagnosis(base_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """The base model's knowledge (prose) and skill (quizzes), seed-independent."""
+    from semievol_jax.pipeline.config import BaseConfig
+    from semievol_jax.pipeline.stages import base_ref, load_model
+
+    raw = data_dir / "raw"
+    rows = [r for s in ("labeled", "unlabeled", "test") for r in read_rows(raw / f"{s}.csv")]
+    test = read_rows(raw / "test.csv")
+    model, tok = load_model(base_ref(base_dir), BaseConfig(dtype="float32"))
+    practice = corpus_quizzes(raw / "corpus.jsonl")
+    return {
+        "prose_recall_task_facts": prose_recall(model, tok, rows),
+        "quiz_accuracy_practice_people": quiz_accuracy(model, tok, practice),
+        "quiz_accuracy_test_questions": quiz_accuracy(
+            model, tok, [(r["question"], json.loads(r["options"]), r["answer"]) for r in test]),
+        "num_practice_quizzes": len(practice),
+    }

@@ -1,0 +1,88 @@
+"""The demo diagnosis's measurements (semievol_jax/demo/diagnose.py) on hand-made rows."""
+
+import json
+
+import numpy as np
+import pytest
+
+from semievol_jax.demo import diagnose, synth
+
+
+def row(i, person, relation, answer="A", split="test"):
+    return {"id": f"{split}-{i}", "person": person, "relation": relation, "answer": answer}
+
+
+LAB = [row(0, "Vivol", "job", split="labeled"), row(1, "Zoril", "town", split="labeled")]
+
+
+def test_coverage_split_counts_facts_not_people_or_phrasings():
+    test = [row(0, "Vivol", "job"), row(1, "Vivol", "town"), row(2, "Zoril", "town"),
+            row(3, "Gofor", "job")]
+    got = diagnose.coverage_split(test, LAB, {"test-0": True, "test-1": True,
+                                              "test-2": False, "test-3": False})
+    assert got["covered"] == {"n": 2, "accuracy": 0.5}  # Vivol/job, Zoril/town
+    assert got["uncovered"] == {"n": 2, "accuracy": 0.5}  # Vivol/town (person known), Gofor
+
+
+def test_coverage_split_skips_unscored_rows_and_reports_empty_as_nan():
+    got = diagnose.coverage_split([row(0, "Vivol", "job"), row(1, "Gofor", "job")], LAB,
+                                  {"test-0": True})
+    assert got["covered"] == {"n": 1, "accuracy": 1.0}
+    assert got["uncovered"]["n"] == 0 and np.isnan(got["uncovered"]["accuracy"])
+
+
+def cand(q, answer, entropy):
+    return {"qid": q, "answer": answer, "entropy": entropy}
+
+
+def test_entropy_calibration_orders_by_entropy_and_uses_the_majority():
+    cands = [cand("a", "A", 0.1), cand("a", "A", 0.1), cand("a", "B", 0.1),  # maj A, right
+             cand("b", "C", 0.2), cand("b", "C", 0.2),                       # C, wrong
+             cand("c", "D", 0.9), cand("c", None, 0.9)]                      # D, right
+    gold = {"a": "A", "b": "B", "c": "D"}
+    got = diagnose.entropy_calibration(cands, gold, fractions=(1 / 3, 2 / 3, 1.0))
+    assert got == {f"{1 / 3:g}": 1.0, f"{2 / 3:g}": 0.5, "1": pytest.approx(2 / 3)}
+
+
+def test_entropy_calibration_breaks_entropy_ties_by_qid():
+    cands = [cand("b", "X", 0.5), cand("a", "A", 0.5)]
+    assert diagnose.entropy_calibration(cands, {"a": "A", "b": "B"}, fractions=(0.5,)) == {
+        "0.5": 1.0}
+
+
+def test_neighbour_agreement():
+    unl = [row(0, "Vivol", "job", split="u"), row(1, "Gofor", "town", split="u")]
+    got = diagnose.neighbour_agreement(unl, LAB, np.array([[0, 1], [1, 0]]))
+    assert got == {"same_fact": 0.5, "same_person": 0.5, "same_relation": 1.0,
+                   "covered": 0.5}
+    with pytest.raises(ValueError, match="3 rows for 2 unlabeled"):
+        diagnose.neighbour_agreement(unl, LAB, np.zeros((3, 1), int))
+
+
+def test_read_rows_names_the_file_without_synth_columns(tmp_path):
+    p = tmp_path / "labeled.csv"
+    p.write_text("id,question,options,answer\nx,q,[],A\n")
+    with pytest.raises(ValueError, match=r"labeled\.csv.*person"):
+        diagnose.read_rows(p)
+
+
+def test_corpus_quizzes_parse_back_what_render_quiz_wrote(tmp_path):
+    cfg = synth.SynthConfig(num_people=4, num_practice_people=2, num_labeled=8,
+                            num_unlabeled=16, num_test=8, bios_per_person=1,
+                            quizzes_per_practice_person=3)
+    paths = synth.write_demo_data(tmp_path, cfg)
+    quizzes = diagnose.corpus_quizzes(paths["corpus"])
+    assert len(quizzes) == 2 * 3
+    docs = [d for d in synth.read_corpus(paths["corpus"]) if d.startswith("Question:")]
+    for (q, opts, gold), doc in zip(quizzes, docs, strict=True):
+        assert synth.render_quiz(q, opts, gold) == doc
+        assert tuple(opts) in {r.values[: cfg.num_values] for r in synth.RELATIONS}
+
+
+def test_corpus_quiz_layout_is_the_synth_one():
+    # The diagnosis's raw-quiz prompt is render_quiz(..., None) + "\nAnswer:"; the corpus
+    # quizzes end in "\nAnswer: X", so the model sees the same prefix it was trained on.
+    q = synth.render_quiz("Where does Vivol live?", ["Mora", "Tesk"], "B")
+    assert q == synth.render_quiz("Where does Vivol live?", ["Mora", "Tesk"], None) + (
+        "\nAnswer: B")
+    assert json.dumps(["Mora", "Tesk"])  # options are JSON lists in the CSVs
