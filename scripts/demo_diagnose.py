@@ -3,6 +3,11 @@
   .venv/bin/semievol demo --out /tmp/demo        # the seed directories are not committed
   python scripts/demo_diagnose.py /tmp/demo --out results/demo/diagnosis.json
 
+A variant of the preset diagnoses the same way when run into RUN/seed0:
+
+  .venv/bin/semievol run --config demo --run-dir /tmp/v/seed0 base.pretrain.steps=1600
+  python scripts/demo_diagnose.py /tmp/v
+
 Prints a table per measurement (semievol_jax/demo/diagnose.py says what each means) and
 writes them as JSON, with whether the run's digests equal the committed results/demo's,
 i.e. whether the numbers describe the committed run.
@@ -30,11 +35,14 @@ def main(argv=None) -> int:
         print(f"{args.run}: no finished `semievol demo` run (seed0/00_data, seed*/07_eval)",
               file=sys.stderr)
         return 2
-    digests = json.loads((args.run / "digests.json").read_text())
-    committed = json.loads(args.committed.read_text()) if args.committed.is_file() else None
+    # A plain `semievol run --run-dir RUN/seed0` (a variant of the preset) has no
+    # digests.json; it is not the committed run.
+    digests = args.run / "digests.json"
+    same = (digests.is_file() and args.committed.is_file()
+            and json.loads(digests.read_text()) == json.loads(args.committed.read_text()))
     out = {
         "run": str(args.run),
-        "digests_equal_committed": digests == committed,
+        "digests_equal_committed": same,
         "base": diagnose.base_diagnosis(args.run / "seed0" / "01_base", data),
         "seeds": {p.name: diagnose.seed_diagnosis(p, data) for p in seeds},
     }
