@@ -173,3 +173,21 @@ def test_round_seed_and_bad_rounds():
 
     with pytest.raises(UserError, match="rounds must be at least 1"):
         api.build_stages(cfg, None)
+
+
+def test_config_yaml_is_written_by_the_main_process_only(tmp_path, fakes, monkeypatch):
+    from semievol_jax import sharding
+    from semievol_jax.config import to_yaml
+
+    run(tmp_path, "rounds=2")
+    out = tmp_path / "run"
+    cfg = load_config(RunConfig, None, ["data.task=mmlu_pro", "rounds=2"])
+    assert (out / "config.yaml").read_text() == to_yaml(cfg)
+    assert not list(out.glob(".config.yaml.tmp-*"))  # written via a renamed temp file
+    # Another process of a multi-host run leaves the main process's file alone.
+    (out / "config.yaml").write_text("main's\n")
+    monkeypatch.setattr(sharding, "is_main_process", lambda: False)
+    monkeypatch.setattr(api.Runner, "run", lambda self, stages: {s.name: {} for s in stages})
+    monkeypatch.setattr(api.Runner, "adopt", lambda self, name, d: None)
+    run(tmp_path, "rounds=1")
+    assert (out / "config.yaml").read_text() == "main's\n"

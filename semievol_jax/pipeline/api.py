@@ -21,6 +21,7 @@ from semievol_jax.pipeline.runner import (
     Stage,
     read_record,
     run_manifests,
+    write_text_atomic,
 )
 
 ORDER = {name: i for i, name in enumerate(
@@ -108,7 +109,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, *, mesh=None,
     mesh = mesh if mesh is not None else make_mesh(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if sharding.is_main_process():  # one writer, as for the stages' records
+        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
     first = Runner(run_dir, is_writer=sharding.is_main_process())
     stages = build_stages(cfg, mesh)
     for name, d in (shared or {}).items():

@@ -93,11 +93,16 @@ def digest_dir(root: Path) -> dict[str, str]:
     return files
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temporary file and rename (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to `path` via a temporary file and rename (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 def read_record(stage_dir: Path) -> dict[str, Any] | None:
