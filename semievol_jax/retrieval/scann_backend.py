@@ -50,7 +50,7 @@ def resolve_params(cfg, n: int, d: int) -> ScannParams:
     about sqrt(N) leaves, so scoring the centroids and scoring a leaf cost about the
     same; SOAR spilling (lambda 1.5), since true neighbours straddle leaf boundaries: on
     100k x 4096 it reached recall@4 0.968 searching 16 of 316 leaves where the plain
-    tree needed 32 for 0.950, for 6% fewer queries/s; searching 8% of the leaves (at
+    tree needed 32 for 0.950, at 4% more queries/s; searching 8% of the leaves (at
     least 8), since 6% was too few on 20k x 256 (`--rows 20000 --dim 256`: 0.949 at 9 of
     141 leaves, 0.988 at 16); exact rescoring of max(40, 10 k) AH candidates: the 4-bit
     AH ranking is coarse, so the candidates needed grow with k
