@@ -31,17 +31,23 @@ def test_coverage_split_skips_unscored_rows_and_reports_empty_as_nan():
     assert got["uncovered"]["n"] == 0 and np.isnan(got["uncovered"]["accuracy"])
 
 
-def cand(q, answer, entropy):
-    return {"qid": q, "answer": answer, "entropy": entropy}
+def cand(q, answer, entropy, collaborator=0):
+    return {"qid": q, "collaborator": collaborator, "response": f"Answer: {answer}",
+            "answer": answer, "entropy": entropy}
 
 
 def test_entropy_calibration_orders_by_entropy_and_uses_the_majority():
-    cands = [cand("a", "A", 0.1), cand("a", "A", 0.1), cand("a", "B", 0.1),  # maj A, right
-             cand("b", "C", 0.2), cand("b", "C", 0.2),                       # C, wrong
-             cand("c", "D", 0.9), cand("c", None, 0.9)]                      # D, right
+    cands = [cand("a", "A", 0.1), cand("a", "A", 0.1, 1), cand("a", "B", 0.1, 2),  # A, right
+             cand("b", "C", 0.2), cand("b", "C", 0.2, 1),                          # C, wrong
+             cand("c", "D", 0.9), cand("c", None, 0.9, 1)]                         # D, right
     gold = {"a": "A", "b": "B", "c": "D"}
     got = diagnose.entropy_calibration(cands, gold, fractions=(1 / 3, 2 / 3, 1.0))
     assert got == {f"{1 / 3:g}": 1.0, f"{2 / 3:g}": 0.5, "1": pytest.approx(2 / 3)}
+
+
+def test_majority_is_the_methods_vote_none_on_a_tie():
+    got = diagnose.majority_answers([cand("a", "A", 0.2), cand("a", "B", 0.4, 1)])
+    assert got == {"a": (None, pytest.approx(0.3))}
 
 
 def test_entropy_calibration_breaks_entropy_ties_by_qid():

@@ -67,20 +67,19 @@ def coverage_split(rows: Sequence[Mapping[str, str]], labeled: Iterable[Mapping[
     return out
 
 
-def majority_answers(candidates: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, float]]:
-    """qid -> (most common answer, mean response entropy) over its collaborators.
+def majority_answers(candidates: Iterable[Mapping[str, Any]]
+                     ) -> dict[str, tuple[str | None, float]]:
+    """qid -> (the collaborators' majority, mean response entropy), from candidates.jsonl
+    rows. The majority is the method's own (`selection.vote`): None on a tie."""
+    from semievol_jax.pipeline import selection
 
-    Ties go to the answer met first (collaborator order), as `collections.Counter` does.
-    """
-    by_q: dict[str, list[Mapping[str, Any]]] = collections.defaultdict(list)
-    for c in candidates:
-        by_q[c["qid"]].append(c)
-    out = {}
-    for q, cs in by_q.items():
-        answers = [c["answer"] for c in cs if c["answer"] is not None]
-        top = collections.Counter(answers).most_common(1)[0][0] if answers else None
-        out[q] = (top, float(np.mean([c["entropy"] for c in cs])))
-    return out
+    cands = [selection.Candidate(c["qid"], c["collaborator"], c["response"], c["answer"],
+                                 c["entropy"]) for c in candidates]
+    entropies: dict[str, list[float]] = collections.defaultdict(list)
+    for c in cands:
+        entropies[c.qid].append(c.entropy)
+    return {q: (v.majority, float(np.mean(entropies[q])))
+            for q, v in selection.vote(cands).items()}
 
 
 def entropy_calibration(candidates: Iterable[Mapping[str, Any]], gold: Mapping[str, str],
