@@ -40,11 +40,14 @@ def main(argv=None) -> int:
     digests = args.run / "digests.json"
     same = (digests.is_file() and args.committed.is_file()
             and json.loads(digests.read_text()) == json.loads(args.committed.read_text()))
+    base = args.run / "seed0" / "01_base"
     out = {
         "run": str(args.run),
         "digests_equal_committed": same,
-        "base": diagnose.base_diagnosis(args.run / "seed0" / "01_base", data),
-        "seeds": {p.name: diagnose.seed_diagnosis(p, data) for p in seeds},
+        "base": diagnose.base_diagnosis(base, data, args.run / "seed0" / "config.yaml"),
+        "seeds": {p.name: diagnose.seed_diagnosis(p, data) | {
+            "sft_same_fact_demo": diagnose.demo_use_of(p / "02_sft", base, p / "config.yaml",
+                                                       data)} for p in seeds},
     }
     print_tables(out)
     if args.out:
@@ -64,6 +67,16 @@ def print_tables(d: dict) -> None:
     print(f"| practice-person quizzes (corpus documents) | "
           f"{100 * b['quiz_accuracy_practice_people']:.1f}% of {b['num_practice_quizzes']} |")
     print(f"| test questions as raw quizzes | {100 * b['quiz_accuracy_test_questions']:.1f}% |")
+    print("\nunlabeled questions whose fact the labeled set asks, greedy, with that labeled")
+    print("example as the one demonstration (an oracle retriever) and with none:")
+    print("| model | n | no demo | same-fact demo | answers the demo's letter |")
+    print("|---|---|---|---|---|")
+    rows = [("base", b["same_fact_demo"])] + [(f"{s} M1", v["sft_same_fact_demo"])
+                                              for s, v in d["seeds"].items()]
+    for name, u in rows:
+        print(f"| {name} | {u['n']} | {100 * u['accuracy_without_demo']:.1f}% | "
+              f"{100 * u['accuracy_with_same_fact_demo']:.1f}% | "
+              f"{100 * u['answers_demo_letter']:.1f}% |")
     print("\n| seed | model | test, fact in labeled | test, fact not in labeled | "
           "pseudo-labels, in / not in labeled |\n|---|---|---|---|---|")
     for s, v in d["seeds"].items():

@@ -158,3 +158,30 @@ def test_headline_criteria(semi, sft, strict, paired):
                   "vanilla": {"per_seed": [0.0] * len(semi)}})
     assert (h["met_strict"], h["met_paired"], h["sft_beats_vanilla"]) == (strict, paired, True)
     assert ("**no**" in headline_markdown(h)) == (not strict or not paired)
+
+
+def test_icl_documents_repeat_a_demo_fact_or_ask_a_practice_person():
+    cfg = SynthConfig(icl_docs=40)
+    world = synth.make_world(cfg)
+    docs = [d for d in synth.make_corpus(world, cfg) if d.startswith("<|user|>")]
+    assert len(docs) == 40
+    assert not any(d.startswith("<|user|>") for d in synth.make_corpus(world, SynthConfig()))
+    known = set(world.people)
+    matched = 0
+    for d in docs:
+        turns = d.split("<|user|>\n")[1:]
+        assert len(turns) == cfg.icl_demos + 1 and d.endswith("<|eot|>")
+        parsed = [(t.split("\n")[1], t.rsplit("Answer: ", 1)[1][0]) for t in turns]
+        names = [next(w.strip("?.,") for w in q.split() if w[0].isupper() and w not in
+                      {"Complete:", "What", "Which", "Where", "How", "In", "The", "Every", "By"})
+                 for q, _ in parsed]
+        assert not known & set(names), "icl documents never name a task person"
+        last_name, last_letter = names[-1], parsed[-1][1]
+        if last_name in names[:-1]:
+            matched += 1
+            # the demo's fact again, under another phrasing: with fixed options, same letter
+            i = names.index(last_name)
+            assert parsed[i][0] != parsed[-1][0] and parsed[i][1] == last_letter
+        else:
+            assert last_name in world.practice_people
+    assert 0.5 < matched / len(docs) < 0.9  # icl_match = 0.7

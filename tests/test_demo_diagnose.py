@@ -1,6 +1,7 @@
 """The demo diagnosis's measurements (semievol_jax/demo/diagnose.py) on hand-made rows."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -92,3 +93,42 @@ def test_corpus_quiz_layout_is_the_synth_one():
     assert q == synth.render_quiz("Where does Vivol live?", ["Mora", "Tesk"], None) + (
         "\nAnswer: B")
     assert json.dumps(["Mora", "Tesk"])  # options are JSON lists in the CSVs
+
+
+def test_same_fact_demo_pairs_each_covered_question_with_the_first_labeled_row():
+    lab = LAB + [row(2, "Vivol", "job", split="labeled")]
+    unl = [row(0, "Vivol", "job", split="unlabeled"), row(1, "Vivol", "town", split="unlabeled"),
+           row(2, "Zoril", "town", split="unlabeled")]
+    assert diagnose.same_fact_demo(unl, lab) == [(0, 0), (2, 1)]
+
+
+def test_demo_use_scores_the_pipelines_demonstration_prompts(monkeypatch):
+    from semievol_jax.pipeline.data import Example
+    from semievol_jax.pipeline.tasks import resolve_task
+    from tests.train_helpers import tokenizer
+
+    task = resolve_task({"name": "t", "kind": "choice",
+                         "instruction": synth.INSTRUCTION})
+    ex = lambda i, q, a: Example(id=str(i), question=q, options=("x", "y", "z"),  # noqa: E731
+                                 answer=a, meta={})
+    lab = [ex(0, "one", "B"), ex(1, "two", "C")]
+    unl = [ex(2, "one?", "B"), ex(3, "two?", "C"), ex(4, "two!", "A")]
+    seen = []
+
+    def copier(model, tok, texts, max_new_tokens, raw=True):
+        # a perfect copier: the last demonstration's letter, else "A"
+        seen.extend(texts)
+        return [f"Answer: {(re.findall(r'Answer: ([A-J])<', t) or ['A'])[-1]}" for t in texts]
+
+    monkeypatch.setattr(diagnose, "_greedy", copier)
+
+    class Model:
+        class cfg:
+            max_position_embeddings = 512
+
+    got = diagnose.demo_use(Model, tokenizer(), task, unl, lab, [(0, 0), (1, 1), (2, 1)])
+    assert got == {"n": 3, "accuracy_without_demo": 1 / 3,
+                   "accuracy_with_same_fact_demo": 2 / 3, "answers_demo_letter": 1.0}
+    assert [len(re.findall(r"Answer: [A-J]<", t)) for t in seen] == [0] * 3 + [1] * 3
+    with pytest.raises(ValueError, match="no unlabeled question"):
+        diagnose.demo_use(Model, tokenizer(), task, unl, lab, [])

@@ -19,6 +19,9 @@ can say which link holds and which does not:
   right from wrong.
 * `neighbour_agreement`: how often ICP's nearest labeled example asks about the same
   fact, person or relation as the unlabeled question.
+* `demo_use`: does a model answer better when the one demonstration in its prompt is
+  a labeled example about the same fact (an oracle retriever)? That is the most ICP
+  could give: if the model ignores even that demonstration, no retriever helps.
 """
 
 from __future__ import annotations
@@ -117,13 +120,70 @@ def neighbour_agreement(unlabeled: Sequence[Mapping[str, str]],
     }
 
 
-def _greedy(model, tokenizer, texts: list[str], max_new_tokens: int) -> list[str]:
+def same_fact_demo(unlabeled: Sequence[Mapping[str, str]],
+                   labeled: Sequence[Mapping[str, str]]) -> list[tuple[int, int]]:
+    """(unlabeled row, labeled row) pairs: every unlabeled question whose fact the
+    labeled set asks, with the first labeled row that asks it."""
+    first: dict[tuple[str, str], int] = {}
+    for j, r in enumerate(labeled):
+        first.setdefault(fact_of(r), j)
+    return [(i, first[fact_of(u)]) for i, u in enumerate(unlabeled) if fact_of(u) in first]
+
+
+def demo_use(model, tokenizer, task, unlabeled, labeled,
+             pairs: Sequence[tuple[int, int]]) -> dict[str, float]:
+    """Greedy answers to `unlabeled[i]` with `labeled[j]` as the only demonstration
+    (the pipeline's own demonstration layout) and with none, for each (i, j) pair.
+
+    Args:
+      task: the run's Task (prompt layout, answer extraction).
+      unlabeled, labeled: `data.Example`s with gold answers.
+      pairs: from `same_fact_demo`.
+
+    Returns:
+      {"n", "accuracy_without_demo", "accuracy_with_same_fact_demo",
+       "answers_demo_letter"}: the last is how often the answer is the demonstration's
+      letter, which for a same-fact demonstration is the gold one.
+    """
+    import functools
+
+    from semievol_jax.pipeline import prompts
+    from semievol_jax.retrieval import build_demo_prompts
+
+    if not pairs:
+        raise ValueError("no unlabeled question asks a fact the labeled set asks")
+    qs = [unlabeled[i] for i, _ in pairs]
+    fmt = functools.partial(prompts.format_question, task)
+    ans = lambda e: prompts.target(task, e.answer)  # noqa: E731
+    budget = model.cfg.max_position_embeddings - 16
+    texts = {k: [p.text for p in build_demo_prompts(
+                 tokenizer, qs, labeled, idx, max_tokens=budget, format_question=fmt,
+                 format_answer=ans)]
+             for k, idx in (("none", np.zeros((len(qs), 0), int)),
+                            ("same", np.array([[j] for _, j in pairs])))}
+    got = {k: [task.extract_answer(o, q.options) for o, q in
+               zip(_greedy(model, tokenizer, v, max_new_tokens=8, raw=False), qs, strict=True)]
+           for k, v in texts.items()}
+    gold = [q.answer for q in qs]
+    demo = [labeled[j].answer for _, j in pairs]
+
+    def share(a, b):
+        return float(np.mean([x == y for x, y in zip(a, b, strict=True)]))
+
+    return {"n": len(qs), "accuracy_without_demo": share(got["none"], gold),
+            "accuracy_with_same_fact_demo": share(got["same"], gold),
+            "answers_demo_letter": share(got["same"], demo)}
+
+
+def _greedy(model, tokenizer, texts: list[str], max_new_tokens: int, *,
+            raw: bool = True) -> list[str]:
     import jax
 
     from semievol_jax.generate import SampleConfig, generate
 
     cfg = SampleConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=128)
-    bos = tokenizer.bos_token or ""  # raw text, as in pretraining: BOS, no chat template
+    # Raw text, as in pretraining: BOS, no chat template; rendered prompts carry their own.
+    bos = (tokenizer.bos_token or "") if raw else ""
     out = generate(model, tokenizer, [bos + t for t in texts], cfg, key=jax.random.key(0),
                    progress=False)
     return [s[0].text for s in out]
@@ -209,8 +269,34 @@ def seed_diagnosis(seed_dir: Path, data_dir: Path) -> dict[str, Any]:
     return out
 
 
-def base_diagnosis(base_dir: Path, data_dir: Path) -> dict[str, Any]:
-    """The base model's knowledge (prose) and skill (quizzes), seed-independent."""
+def _examples(rows: Sequence[Mapping[str, str]]) -> list:
+    from semievol_jax.pipeline.data import Example
+
+    return [Example(id=r["id"], question=r["question"], options=tuple(json.loads(r["options"])),
+                    answer=r["answer"], meta={}) for r in rows]
+
+
+def demo_use_of(model_dir: Path | None, base_dir: Path, run_config: Path,
+                data_dir: Path) -> dict[str, float]:
+    """`demo_use` for the base (`model_dir=None`) or a tuning stage's model (02_sft),
+    with the task of the run whose `config.yaml` is `run_config`."""
+    from semievol_jax.config import load_config
+    from semievol_jax.pipeline.config import BaseConfig, RunConfig
+    from semievol_jax.pipeline.stages import base_ref, load_model, task_of, tuned_ref
+
+    ref = base_ref(base_dir)
+    if model_dir is not None:
+        ref = tuned_ref(model_dir, ref)
+    model, tok = load_model(ref, BaseConfig(dtype="float32"), merged=True)
+    task = task_of(load_config(RunConfig, str(run_config)).data)
+    lab, unl = (read_rows(data_dir / "raw" / f"{s}.csv") for s in ("labeled", "unlabeled"))
+    return demo_use(model, tok, task, _examples(unl), _examples(lab), same_fact_demo(unl, lab))
+
+
+def base_diagnosis(base_dir: Path, data_dir: Path,
+                   run_config: Path | None = None) -> dict[str, Any]:
+    """The base model's knowledge (prose) and skill (quizzes), seed-independent; with
+    `run_config`, also how it uses a same-fact demonstration (`demo_use`)."""
     from semievol_jax.pipeline.config import BaseConfig
     from semievol_jax.pipeline.stages import base_ref, load_model
 
@@ -219,7 +305,9 @@ def base_diagnosis(base_dir: Path, data_dir: Path) -> dict[str, Any]:
     test = read_rows(raw / "test.csv")
     model, tok = load_model(base_ref(base_dir), BaseConfig(dtype="float32"))
     practice = corpus_quizzes(raw / "corpus.jsonl")
-    return {
+    extra = ({"same_fact_demo": demo_use_of(None, base_dir, run_config, data_dir)}
+             if run_config is not None else {})
+    return extra | {
         "prose_recall_task_facts": prose_recall(model, tok, rows),
         "quiz_accuracy_practice_people": quiz_accuracy(model, tok, practice),
         "quiz_accuracy_test_questions": quiz_accuracy(

@@ -127,6 +127,9 @@ class SynthConfig:
     num_options: int = 4  # options per question when not fixed_options (random distractors)
     bios_per_person: int = 12  # prose documents per person (task and practice)
     quizzes_per_practice_person: int = 16  # quiz documents per practice person
+    icl_docs: int = 0  # chat documents of quizzes whose last one repeats an earlier fact
+    icl_demos: int = 3  # quizzes before the last one in an icl document
+    icl_match: float = 0.7  # share of icl documents whose last fact is among the demos
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +271,51 @@ def make_corpus(world: World, cfg: SynthConfig) -> list[str]:
             q = tpls[rng.integers(len(tpls))].format(e=p)
             options, letter = _options(world.facts[(p, r.name)], r, cfg, rng)
             docs.append(render_quiz(q, options, letter))
+    docs += _icl_docs(world, cfg, rels)
     return [docs[i] for i in rng.permutation(len(docs))]
+
+
+def _chat_turn(quiz: str, letter: str) -> str:
+    return f"<|user|>\n{quiz}<|eot|><|assistant|>\nAnswer: {letter}<|eot|>"
+
+
+def _icl_docs(world: World, cfg: SynthConfig, rels: Sequence[Relation]) -> list[str]:
+    """Chat documents laid out like ICP prompts: `icl_demos` answered quizzes about
+    throwaway people (fresh names and random facts, so nothing can be memorised), then
+    one more quiz. In `icl_match` of them the last quiz asks a demo's fact again under
+    another phrasing, so its answer can only come from the context; otherwise it asks
+    about a practice person, whose facts the corpus bios state."""
+    if not cfg.icl_docs:
+        return []
+    rng = _rng(cfg, "icl")
+    taken = set(world.people + world.practice_people)
+    pool = [n for n in _names(rng, 4 * cfg.icl_docs * cfg.icl_demos + len(taken))
+            if n not in taken]
+    docs = []
+    for d in range(cfg.icl_docs):
+        turns, asked = [], []
+        for j in range(cfg.icl_demos):
+            person = pool[(d * cfg.icl_demos + j) % len(pool)]
+            r = rels[rng.integers(len(rels))]
+            value = r.values[rng.integers(cfg.num_values)]
+            t = int(rng.integers(len(r.question_templates())))
+            options, letter = _options(value, r, cfg, rng)
+            turns.append(_chat_turn(render_quiz(r.question_templates()[t].format(e=person),
+                                                options, None), letter))
+            asked.append((person, r, value, t))
+        if rng.random() < cfg.icl_match:
+            person, r, value, t0 = asked[rng.integers(len(asked))]
+            n_t = len(r.question_templates())
+            t = (t0 + 1 + int(rng.integers(n_t - 1))) % n_t
+        else:
+            person = world.practice_people[rng.integers(len(world.practice_people))]
+            r = rels[rng.integers(len(rels))]
+            value, t = world.facts[(person, r.name)], int(rng.integers(len(r.question_templates())))
+        options, letter = _options(value, r, cfg, rng)
+        turns.append(_chat_turn(render_quiz(r.question_templates()[t].format(e=person),
+                                            options, None), letter))
+        docs.append("".join(turns))
+    return docs
 
 
 def make_splits(world: World, cfg: SynthConfig) -> dict[str, list[Question]]:
