@@ -263,7 +263,10 @@ def seed_diagnosis(seed_dir: Path, data_dir: Path) -> dict[str, Any]:
             unl, lab, {q: a == gold[q] for q, a in pseudo.items()}),
         "majority_precision_by_entropy": entropy_calibration(cands, gold),
     }
+    # The "with ICP" row of a demo run, or the run's own index when it retrieves (k > 0).
     icp = seed_dir / "ablations" / "with_icp" / "03_index" / "neighbours.npy"
+    if not icp.is_file():
+        icp = seed_dir / "03_index" / "neighbours.npy"
     if icp.is_file():
         out["icp_nearest_neighbour"] = neighbour_agreement(unl, lab, np.load(icp))
     return out

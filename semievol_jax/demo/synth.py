@@ -23,6 +23,8 @@ The embedded demo needs a task where SemiEvol's mechanism has something to work 
   quiz documents, laid out like the pipeline's prompt, so the tokenizer and the base
   have met the exam layout, as a real LLM has.
 
+`icl_docs > 0` adds chat documents that can only be completed by copying from the
+context (in-context learning taught in pretraining; off in the demo, docs/demo.md).
 `fixed_options=False` gives the harder variant (random distractors, random order).
 Everything is a pure function of `SynthConfig` (seeded `numpy.random.Generator`
 streams, no global RNG), so the same seed writes byte-identical files.
