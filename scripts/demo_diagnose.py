@@ -46,8 +46,9 @@ def main(argv=None) -> int:
         "digests_equal_committed": same,
         "base": diagnose.base_diagnosis(base, data, args.run / "seed0" / "config.yaml"),
         "seeds": {p.name: diagnose.seed_diagnosis(p, data) | {
-            "sft_same_fact_demo": diagnose.demo_use_of(p / "02_sft", base, p / "config.yaml",
-                                                       data)} for p in seeds},
+            "sft_same_fact_demo": diagnose.demo_use_of(
+                *diagnose.load_stage_model(base, p / "02_sft"), p / "config.yaml", data)}
+            for p in seeds},
     }
     print_tables(out)
     if args.out:
@@ -69,14 +70,12 @@ def print_tables(d: dict) -> None:
     print(f"| test questions as raw quizzes | {100 * b['quiz_accuracy_test_questions']:.1f}% |")
     print("\nunlabeled questions whose fact the labeled set asks, greedy, with that labeled")
     print("example as the one demonstration (an oracle retriever) and with none:")
-    print("| model | n | no demo | same-fact demo | answers the demo's letter |")
-    print("|---|---|---|---|---|")
+    print("| model | n | no demo | same-fact demo |\n|---|---|---|---|")
     rows = [("base", b["same_fact_demo"])] + [(f"{s} M1", v["sft_same_fact_demo"])
                                               for s, v in d["seeds"].items()]
     for name, u in rows:
         print(f"| {name} | {u['n']} | {100 * u['accuracy_without_demo']:.1f}% | "
-              f"{100 * u['accuracy_with_same_fact_demo']:.1f}% | "
-              f"{100 * u['answers_demo_letter']:.1f}% |")
+              f"{100 * u['accuracy_with_same_fact_demo']:.1f}% |")
     print("\n| seed | model | test, fact in labeled | test, fact not in labeled | "
           "pseudo-labels, in / not in labeled |\n|---|---|---|---|---|")
     for s, v in d["seeds"].items():

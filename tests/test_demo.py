@@ -185,3 +185,13 @@ def test_icl_documents_repeat_a_demo_fact_or_ask_a_practice_person():
         else:
             assert last_name in world.practice_people
     assert 0.5 < matched / len(docs) < 0.9  # icl_match = 0.7
+    # the layout is the project's chat template, as the pipeline's ICP prompts render it
+    from tests.train_helpers import tokenizer
+
+    tok = tokenizer()
+    msgs = []
+    for t in docs[0].split("<|user|>\n")[1:]:
+        user, reply = t.split("<|eot|><|assistant|>\n")
+        msgs += [{"role": "user", "content": user},
+                 {"role": "assistant", "content": reply.removesuffix("<|eot|>")}]
+    assert tok.apply_chat_template(msgs, tokenize=False) == tok.bos_token + docs[0]

@@ -141,9 +141,7 @@ def demo_use(model, tokenizer, task, unlabeled, labeled,
       pairs: from `same_fact_demo`.
 
     Returns:
-      {"n", "accuracy_without_demo", "accuracy_with_same_fact_demo",
-       "answers_demo_letter"}: the last is how often the answer is the demonstration's
-      letter, which for a same-fact demonstration is the gold one.
+      {"n", "accuracy_without_demo", "accuracy_with_same_fact_demo"}.
     """
     import functools
 
@@ -165,14 +163,12 @@ def demo_use(model, tokenizer, task, unlabeled, labeled,
                zip(_greedy(model, tokenizer, v, max_new_tokens=8, raw=False), qs, strict=True)]
            for k, v in texts.items()}
     gold = [q.answer for q in qs]
-    demo = [labeled[j].answer for _, j in pairs]
 
-    def share(a, b):
-        return float(np.mean([x == y for x, y in zip(a, b, strict=True)]))
+    def share(a):
+        return float(np.mean([x == y for x, y in zip(a, gold, strict=True)]))
 
-    return {"n": len(qs), "accuracy_without_demo": share(got["none"], gold),
-            "accuracy_with_same_fact_demo": share(got["same"], gold),
-            "answers_demo_letter": share(got["same"], demo)}
+    return {"n": len(qs), "accuracy_without_demo": share(got["none"]),
+            "accuracy_with_same_fact_demo": share(got["same"])}
 
 
 def _greedy(model, tokenizer, texts: list[str], max_new_tokens: int, *,
@@ -279,36 +275,40 @@ def _examples(rows: Sequence[Mapping[str, str]]) -> list:
                     answer=r["answer"], meta={}) for r in rows]
 
 
-def demo_use_of(model_dir: Path | None, base_dir: Path, run_config: Path,
-                data_dir: Path) -> dict[str, float]:
-    """`demo_use` for the base (`model_dir=None`) or a tuning stage's model (02_sft),
-    with the task of the run whose `config.yaml` is `run_config`."""
-    from semievol_jax.config import load_config
-    from semievol_jax.pipeline.config import BaseConfig, RunConfig
-    from semievol_jax.pipeline.stages import base_ref, load_model, task_of, tuned_ref
+def load_stage_model(base_dir: Path, model_dir: Path | None = None):
+    """(model, tokenizer): the base, or the model a tuning stage (02_sft) made from it."""
+    from semievol_jax.pipeline.config import BaseConfig
+    from semievol_jax.pipeline.stages import base_ref, load_model, tuned_ref
 
     ref = base_ref(base_dir)
     if model_dir is not None:
         ref = tuned_ref(model_dir, ref)
-    model, tok = load_model(ref, BaseConfig(dtype="float32"), merged=True)
+    return load_model(ref, BaseConfig(dtype="float32"), merged=True)
+
+
+def demo_use_of(model, tokenizer, run_config: Path, data_dir: Path) -> dict[str, float]:
+    """`demo_use` on a run's splits, with the task of the run whose `config.yaml` is
+    `run_config`."""
+    from semievol_jax.config import load_config
+    from semievol_jax.pipeline.config import RunConfig
+    from semievol_jax.pipeline.stages import task_of
+
     task = task_of(load_config(RunConfig, str(run_config)).data)
     lab, unl = (read_rows(data_dir / "raw" / f"{s}.csv") for s in ("labeled", "unlabeled"))
-    return demo_use(model, tok, task, _examples(unl), _examples(lab), same_fact_demo(unl, lab))
+    return demo_use(model, tokenizer, task, _examples(unl), _examples(lab),
+                    same_fact_demo(unl, lab))
 
 
 def base_diagnosis(base_dir: Path, data_dir: Path,
                    run_config: Path | None = None) -> dict[str, Any]:
     """The base model's knowledge (prose) and skill (quizzes), seed-independent; with
     `run_config`, also how it uses a same-fact demonstration (`demo_use`)."""
-    from semievol_jax.pipeline.config import BaseConfig
-    from semievol_jax.pipeline.stages import base_ref, load_model
-
     raw = data_dir / "raw"
     rows = [r for s in ("labeled", "unlabeled", "test") for r in read_rows(raw / f"{s}.csv")]
     test = read_rows(raw / "test.csv")
-    model, tok = load_model(base_ref(base_dir), BaseConfig(dtype="float32"))
+    model, tok = load_stage_model(base_dir)
     practice = corpus_quizzes(raw / "corpus.jsonl")
-    extra = ({"same_fact_demo": demo_use_of(None, base_dir, run_config, data_dir)}
+    extra = ({"same_fact_demo": demo_use_of(model, tok, run_config, data_dir)}
              if run_config is not None else {})
     return extra | {
         "prose_recall_task_facts": prose_recall(model, tok, rows),

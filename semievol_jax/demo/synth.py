@@ -291,31 +291,32 @@ def _icl_docs(world: World, cfg: SynthConfig, rels: Sequence[Relation]) -> list[
         return []
     rng = _rng(cfg, "icl")
     taken = set(world.people + world.practice_people)
-    pool = [n for n in _names(rng, 4 * cfg.icl_docs * cfg.icl_demos + len(taken))
-            if n not in taken]
+    # (4x the names needed: the draw count fixes the stream the documents then use.)
+    fresh = iter([n for n in _names(rng, 4 * cfg.icl_docs * cfg.icl_demos + len(taken))
+                  if n not in taken])
+
+    def turn(person: str, r: Relation, value: str, t: int) -> str:
+        options, letter = _options(value, r, cfg, rng)
+        return _chat_turn(render_quiz(r.question_templates()[t].format(e=person), options,
+                                      None), letter)
+
     docs = []
-    for d in range(cfg.icl_docs):
-        turns, asked = [], []
-        for j in range(cfg.icl_demos):
-            person = pool[(d * cfg.icl_demos + j) % len(pool)]
+    for _ in range(cfg.icl_docs):
+        asked, turns = [], []
+        for _ in range(cfg.icl_demos):
             r = rels[rng.integers(len(rels))]
-            value = r.values[rng.integers(cfg.num_values)]
-            t = int(rng.integers(len(r.question_templates())))
-            options, letter = _options(value, r, cfg, rng)
-            turns.append(_chat_turn(render_quiz(r.question_templates()[t].format(e=person),
-                                                options, None), letter))
-            asked.append((person, r, value, t))
+            asked.append((next(fresh), r, r.values[rng.integers(cfg.num_values)],
+                          int(rng.integers(len(r.question_templates())))))
+            turns.append(turn(*asked[-1]))
         if rng.random() < cfg.icl_match:
             person, r, value, t0 = asked[rng.integers(len(asked))]
             n_t = len(r.question_templates())
-            t = (t0 + 1 + int(rng.integers(n_t - 1))) % n_t
+            t = (t0 + 1 + int(rng.integers(n_t - 1))) % n_t  # another phrasing
         else:
             person = world.practice_people[rng.integers(len(world.practice_people))]
             r = rels[rng.integers(len(rels))]
             value, t = world.facts[(person, r.name)], int(rng.integers(len(r.question_templates())))
-        options, letter = _options(value, r, cfg, rng)
-        turns.append(_chat_turn(render_quiz(r.question_templates()[t].format(e=person),
-                                            options, None), letter))
+        turns.append(turn(person, r, value, t))
         docs.append("".join(turns))
     return docs
 
