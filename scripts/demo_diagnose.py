@@ -76,7 +76,9 @@ def print_tables(d: dict) -> None:
     for name, u in rows:
         print(f"| {name} | {u['n']} | {100 * u['accuracy_without_demo']:.1f}% | "
               f"{100 * u['accuracy_with_same_fact_demo']:.1f}% |")
-    print("\n| seed | model | test, fact in labeled | test, fact not in labeled | "
+    print("\ntest accuracy by whether the labeled set asks the fact; the pooled row answers each")
+    print("test question with the plurality of all collaborator answers about its fact:")
+    print("| seed | model | test, fact in labeled | test, fact not in labeled | "
           "pseudo-labels, in / not in labeled |\n|---|---|---|---|---|")
     for s, v in d["seeds"].items():
         pl = v["pseudo_labels_by_coverage"]
@@ -86,6 +88,18 @@ def print_tables(d: dict) -> None:
                   f"({t['covered']['n']}) | {100 * t['uncovered']['accuracy']:.1f}% "
                   f"({t['uncovered']['n']}) | {100 * pl['covered']['accuracy']:.1f}% / "
                   f"{100 * pl['uncovered']['accuracy']:.1f}% |")
+        t = v["test_by_pooled_collaborators"]
+        print(f"| {s} | collaborators pooled per fact | {100 * t['covered']['accuracy']:.1f}% "
+              f"| {100 * t['uncovered']['accuracy']:.1f}% | |")
+    print("\ncovered test questions M1 gets wrong: how many the pooled vote gets right, and how")
+    print("many of those SemiEvol gets right; and covered questions M1 got right that SemiEvol")
+    print("gets wrong:")
+    print("| seed | covered | M1 wrong | pooled right | SemiEvol right "
+          "| M1 right, SemiEvol wrong |\n|---|---|---|---|---|---|")
+    for s, v in d["seeds"].items():
+        r = v["repairs"]
+        print(f"| {s} | {r['covered']} | {r['sft_wrong']} | {r['sft_wrong_pooled_right']} | "
+              f"{r['of_those_final_right']} | {r['sft_right_final_wrong']} |")
     fr = list(next(iter(d["seeds"].values()))["majority_precision_by_entropy"])
     print("\nmajority-answer precision among the lowest-entropy fraction of unlabeled:")
     print("| seed | " + " | ".join(fr) + " |\n|---|" + "---|" * len(fr))

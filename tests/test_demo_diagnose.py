@@ -66,6 +66,30 @@ def test_neighbour_agreement():
         diagnose.neighbour_agreement(unl, LAB, np.zeros((3, 1), int))
 
 
+def test_pooled_by_fact_votes_over_every_question_about_the_fact():
+    unl = [row(0, "Vivol", "job", split="u"), row(1, "Vivol", "job", split="u"),
+           row(2, "Zoril", "town", split="u"), row(3, "Vivol", "town", split="u")]
+    cands = [cand("u-0", "B", 0.1), cand("u-0", "C", 0.1, 1),  # each question alone: a tie
+             cand("u-1", "B", 0.1), cand("u-1", None, 0.1, 1),  # no answer: no vote
+             cand("u-2", "D", 0.1), cand("u-2", "E", 0.1, 1),  # Zoril's town: a tie
+             cand("u-3", "F", 0.1)]
+    test = [row(0, "Vivol", "job"), row(1, "Zoril", "town"), row(2, "Gofor", "job"),
+            row(3, "Vivol", "town")]
+    assert diagnose.pooled_by_fact(cands, unl, test) == {
+        "test-0": "B", "test-1": None, "test-2": None, "test-3": "F"}
+
+
+def test_repairs_counts_covered_questions_only():
+    test = [row(0, "Vivol", "job", "B"), row(1, "Vivol", "job", "B"), row(2, "Zoril", "town"),
+            row(3, "Gofor", "job")]                                   # test-3: not covered
+    pooled = {"test-0": "B", "test-1": "C", "test-2": None, "test-3": "A"}
+    sft = {"test-0": False, "test-1": False, "test-2": True, "test-3": False}
+    final = {"test-0": True, "test-1": False, "test-2": False, "test-3": True}
+    assert diagnose.repairs(test, LAB, pooled, sft, final) == {
+        "covered": 3, "sft_wrong": 2, "sft_wrong_pooled_right": 1, "of_those_final_right": 1,
+        "sft_right_final_wrong": 1}
+
+
 def test_read_rows_names_the_file_without_synth_columns(tmp_path):
     p = tmp_path / "labeled.csv"
     p.write_text("id,question,options,answer\nx,q,[],A\n")

@@ -19,6 +19,11 @@ can say which link holds and which does not:
   right from wrong.
 * `neighbour_agreement`: how often ICP's nearest labeled example asks about the same
   fact, person or relation as the unlabeled question.
+* `pooled_by_fact`: the collaborators' answers to every unlabeled question about a
+  fact, pooled into one vote and scored against the test questions about that fact:
+  the most any aggregation across a fact's questions could add to the method's
+  question-by-question labels. `repairs` counts, on the covered test questions M1
+  gets wrong, how often that vote is right and how often the final model fixes them.
 * `demo_use`: does a model answer better when the one demonstration in its prompt is
   a labeled example about the same fact (an oracle retriever)? That is the most ICP
   could give: if the model ignores even that demonstration, no retriever helps.
@@ -118,6 +123,44 @@ def neighbour_agreement(unlabeled: Sequence[Mapping[str, str]],
         "same_relation": float(np.mean([n["relation"] == u["relation"] for n, u in pairs])),
         "covered": float(np.mean([fact_of(u) in taught for u in unlabeled])),
     }
+
+
+def pooled_by_fact(candidates: Iterable[Mapping[str, Any]],
+                   unlabeled: Sequence[Mapping[str, str]],
+                   test: Sequence[Mapping[str, str]]) -> dict[str, str | None]:
+    """test id -> the plurality answer of all collaborators' answers (candidates.jsonl
+    rows) to the unlabeled questions about the test question's fact; None on a tie or
+    when no unlabeled question asks that fact. With fixed options one fact has one
+    letter, so the pooled answer is comparable with the test question's gold."""
+    fact = {r["id"]: fact_of(r) for r in unlabeled}
+    votes: dict[tuple[str, str], collections.Counter] = collections.defaultdict(
+        collections.Counter)
+    for c in candidates:
+        if c["answer"] is not None:
+            votes[fact[c["qid"]]][c["answer"]] += 1
+    out: dict[str, str | None] = {}
+    for r in test:
+        top = votes[fact_of(r)].most_common(2)
+        out[r["id"]] = (top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1])
+                        else None)
+    return out
+
+
+def repairs(test: Sequence[Mapping[str, str]], labeled: Iterable[Mapping[str, str]],
+            pooled: Mapping[str, str | None], sft: Mapping[str, bool],
+            final: Mapping[str, bool]) -> dict[str, int]:
+    """On the test questions whose fact the labeled set asks: how many M1 (`sft`, id ->
+    right) gets wrong, on how many of those the pooled vote is right, how many of
+    those the final model gets right, and how many M1 got right that the final model
+    gets wrong."""
+    taught = {fact_of(r) for r in labeled}
+    rows = [r for r in test if fact_of(r) in taught]
+    wrong = [r for r in rows if not sft[r["id"]]]
+    teachable = [r for r in wrong if pooled[r["id"]] == r["answer"]]
+    return {"covered": len(rows), "sft_wrong": len(wrong),
+            "sft_wrong_pooled_right": len(teachable),
+            "of_those_final_right": sum(final[r["id"]] for r in teachable),
+            "sft_right_final_wrong": sum(sft[r["id"]] and not final[r["id"]] for r in rows)}
 
 
 def same_fact_demo(unlabeled: Sequence[Mapping[str, str]],
@@ -253,11 +296,15 @@ def seed_diagnosis(seed_dir: Path, data_dir: Path) -> dict[str, Any]:
     gold = {r["id"]: r["answer"] for r in unl}
     cands = read_jsonl(seed_dir / "04_propose" / "candidates.jsonl")
     pseudo = {p["id"]: p["answer"] for p in read_jsonl(seed_dir / "05_select" / "pseudo.jsonl")}
+    pooled = pooled_by_fact(cands, unl, test)
     out: dict[str, Any] = {
         "test_by_coverage": {m: coverage_split(test, lab, c) for m, c in sorted(preds.items())},
         "pseudo_labels_by_coverage": coverage_split(
             unl, lab, {q: a == gold[q] for q, a in pseudo.items()}),
         "majority_precision_by_entropy": entropy_calibration(cands, gold),
+        "test_by_pooled_collaborators": coverage_split(
+            test, lab, {r["id"]: pooled[r["id"]] == r["answer"] for r in test}),
+        "repairs": repairs(test, lab, pooled, preds["sft"], preds["semievol"]),
     }
     # The "with ICP" row of a demo run, or the run's own index when it retrieves (k > 0).
     icp = seed_dir / "ablations" / "with_icp" / "03_index" / "neighbours.npy"
