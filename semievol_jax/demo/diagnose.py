@@ -21,7 +21,7 @@ can say which link holds and which does not:
   fact, person or relation as the unlabeled question.
 * `pooled_by_fact`: the collaborators' answers to every unlabeled question about a
   fact, pooled into one vote and scored against the test questions about that fact:
-  the most any aggregation across a fact's questions could add to the method's
+  what a plain vote across a fact's questions would add to the method's
   question-by-question labels. `repairs` counts, on the covered test questions M1
   gets wrong, how often that vote is right and how often the final model fixes them.
 * `demo_use`: does a model answer better when the one demonstration in its prompt is
@@ -128,22 +128,23 @@ def neighbour_agreement(unlabeled: Sequence[Mapping[str, str]],
 def pooled_by_fact(candidates: Iterable[Mapping[str, Any]],
                    unlabeled: Sequence[Mapping[str, str]],
                    test: Sequence[Mapping[str, str]]) -> dict[str, str | None]:
-    """test id -> the plurality answer of all collaborators' answers (candidates.jsonl
-    rows) to the unlabeled questions about the test question's fact; None on a tie or
-    when no unlabeled question asks that fact. With fixed options one fact has one
-    letter, so the pooled answer is comparable with the test question's gold."""
-    fact = {r["id"]: fact_of(r) for r in unlabeled}
-    votes: dict[tuple[str, str], collections.Counter] = collections.defaultdict(
-        collections.Counter)
-    for c in candidates:
-        if c["answer"] is not None:
-            votes[fact[c["qid"]]][c["answer"]] += 1
-    out: dict[str, str | None] = {}
-    for r in test:
-        top = votes[fact_of(r)].most_common(2)
-        out[r["id"]] = (top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1])
-                        else None)
-    return out
+    """test id -> the method's vote (`selection.vote`: plurality, None on a tie) over all
+    collaborators' answers (candidates.jsonl rows) to the unlabeled questions about the
+    test question's fact; None when no unlabeled question asks that fact. With fixed
+    options one fact has one letter, so the pooled answer compares with the test gold."""
+    from semievol_jax.pipeline import selection
+
+    fact = {r["id"]: "\t".join(fact_of(r)) for r in unlabeled}
+    seen: collections.Counter = collections.Counter()
+    pooled = []
+    for c in candidates:  # one question per fact; collaborators renumbered within it
+        f = fact[c["qid"]]
+        pooled.append(selection.Candidate(f, seen[f], c["response"], c["answer"],
+                                          c["entropy"]))
+        seen[f] += 1
+    votes = selection.vote(pooled)
+    return {r["id"]: (votes[k].majority if (k := "\t".join(fact_of(r))) in votes else None)
+            for r in test}
 
 
 def repairs(test: Sequence[Mapping[str, str]], labeled: Iterable[Mapping[str, str]],
