@@ -45,16 +45,23 @@ def main(argv=None) -> int:
         "run": str(args.run),
         "digests_equal_committed": same,
         "base": diagnose.base_diagnosis(base, data, args.run / "seed0" / "config.yaml"),
-        "seeds": {p.name: diagnose.seed_diagnosis(p, data) | {
-            "sft_same_fact_demo": diagnose.demo_use_of(
-                *diagnose.load_stage_model(base, p / "02_sft"), p / "config.yaml", data)}
-            for p in seeds},
+        "seeds": {p.name: diagnose.seed_diagnosis(p, data) | m1_diagnosis(base, p, data)
+                  for p in seeds},
     }
     print_tables(out)
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0
+
+
+def m1_diagnosis(base: Path, seed_dir: Path, data: Path) -> dict:
+    """What one seed's M1 does with a same-fact demonstration, and how many selected
+    pseudo-labels differ from its own greedy answers."""
+    m1, tok = diagnose.load_stage_model(base, seed_dir / "02_sft")
+    return {"sft_same_fact_demo": diagnose.demo_use_of(m1, tok, seed_dir / "config.yaml", data),
+            "pseudo_labels_vs_m1_greedy": diagnose.teacher_vs_student_of(m1, tok, seed_dir,
+                                                                         data)}
 
 
 def print_tables(d: dict) -> None:
@@ -100,6 +107,14 @@ def print_tables(d: dict) -> None:
         r = v["repairs"]
         print(f"| {s} | {r['covered']} | {r['sft_wrong']} | {r['sft_wrong_pooled_right']} | "
               f"{r['of_those_final_right']} | {r['sft_right_final_wrong']} |")
+    print("\nselected pseudo-labels against M1's own greedy answer to the same prompt (the final")
+    print("tuning starts from M1: only labels that differ can teach it something new):")
+    print("| seed | selected | = M1's answer | differ | of those, label right | M1 right |"
+          "\n|---|---|---|---|---|---|")
+    for s, v in d["seeds"].items():
+        t = v["pseudo_labels_vs_m1_greedy"]
+        print(f"| {s} | {t['selected']} | {t['same_as_m1']} | {t['differ']} | "
+              f"{t['differ_label_right']} | {t['differ_m1_right']} |")
     fr = list(next(iter(d["seeds"].values()))["majority_precision_by_entropy"])
     print("\nmajority-answer precision among the lowest-entropy fraction of unlabeled:")
     print("| seed | " + " | ".join(fr) + " |\n|---|" + "---|" * len(fr))

@@ -119,6 +119,15 @@ def test_corpus_quiz_layout_is_the_synth_one():
     assert json.dumps(["Mora", "Tesk"])  # options are JSON lists in the CSVs
 
 
+def test_teacher_vs_student_counts_labels_that_differ_from_m1():
+    pseudo = {"u0": "A", "u1": "B", "u2": "C", "u3": "D"}
+    m1 = {"u0": "A", "u1": "C", "u2": None, "u3": "A", "u4": "B"}  # u4: not selected
+    gold = {"u0": "A", "u1": "B", "u2": "A", "u3": "A", "u4": "B"}
+    assert diagnose.teacher_vs_student(pseudo, m1, gold) == {
+        "selected": 4, "same_as_m1": 1, "differ": 3, "differ_label_right": 1,
+        "differ_m1_right": 1}
+
+
 def test_same_fact_demo_pairs_each_covered_question_with_the_first_labeled_row():
     lab = LAB + [row(2, "Vivol", "job", split="labeled")]
     unl = [row(0, "Vivol", "job", split="unlabeled"), row(1, "Vivol", "town", split="unlabeled"),

@@ -174,6 +174,24 @@ def same_fact_demo(unlabeled: Sequence[Mapping[str, str]],
     return [(i, first[fact_of(u)]) for i, u in enumerate(unlabeled) if fact_of(u) in first]
 
 
+def greedy_answers(model, tokenizer, task, qs, pool, demos_QK: np.ndarray) -> list[str | None]:
+    """The model's greedy answer letter to each of `qs`, in the pipeline's own prompt
+    layout, with `pool[demos_QK[q]]` as its demonstrations (K = 0: none)."""
+    import functools
+
+    from semievol_jax.pipeline import prompts
+    from semievol_jax.retrieval import build_demo_prompts
+
+    fmt = functools.partial(prompts.format_question, task)
+    ans = lambda e: prompts.target(task, e.answer)  # noqa: E731
+    budget = model.cfg.max_position_embeddings - 16
+    texts = [p.text for p in build_demo_prompts(tokenizer, qs, pool, demos_QK,
+                                                max_tokens=budget, format_question=fmt,
+                                                format_answer=ans)]
+    return [task.extract_answer(o, q.options) for o, q in
+            zip(_greedy(model, tokenizer, texts, max_new_tokens=8, raw=False), qs, strict=True)]
+
+
 def demo_use(model, tokenizer, task, unlabeled, labeled,
              pairs: Sequence[tuple[int, int]]) -> dict[str, float]:
     """Greedy answers to `unlabeled[i]` with `labeled[j]` as the only demonstration
@@ -187,25 +205,12 @@ def demo_use(model, tokenizer, task, unlabeled, labeled,
     Returns:
       {"n", "accuracy_without_demo", "accuracy_with_same_fact_demo"}.
     """
-    import functools
-
-    from semievol_jax.pipeline import prompts
-    from semievol_jax.retrieval import build_demo_prompts
-
     if not pairs:
         raise ValueError("no unlabeled question asks a fact the labeled set asks")
     qs = [unlabeled[i] for i, _ in pairs]
-    fmt = functools.partial(prompts.format_question, task)
-    ans = lambda e: prompts.target(task, e.answer)  # noqa: E731
-    budget = model.cfg.max_position_embeddings - 16
-    texts = {k: [p.text for p in build_demo_prompts(
-                 tokenizer, qs, labeled, idx, max_tokens=budget, format_question=fmt,
-                 format_answer=ans)]
-             for k, idx in (("none", np.zeros((len(qs), 0), int)),
-                            ("same", np.array([[j] for _, j in pairs])))}
-    got = {k: [task.extract_answer(o, q.options) for o, q in
-               zip(_greedy(model, tokenizer, v, max_new_tokens=8, raw=False), qs, strict=True)]
-           for k, v in texts.items()}
+    got = {k: greedy_answers(model, tokenizer, task, qs, labeled, idx)
+           for k, idx in (("none", np.zeros((len(qs), 0), int)),
+                          ("same", np.array([[j] for _, j in pairs])))}
     gold = [q.answer for q in qs]
 
     def share(a):
@@ -213,6 +218,26 @@ def demo_use(model, tokenizer, task, unlabeled, labeled,
 
     return {"n": len(qs), "accuracy_without_demo": share(got["none"]),
             "accuracy_with_same_fact_demo": share(got["same"])}
+
+
+def teacher_vs_student(pseudo: Mapping[str, str], m1: Mapping[str, str | None],
+                       gold: Mapping[str, str]) -> dict[str, int]:
+    """How many selected pseudo-labels the final tuning can learn anything new from.
+
+    The final model starts from M1; a row whose pseudo-label is M1's own greedy answer
+    only rehearses what M1 already answers. Only the rows where the two differ can move
+    the final model, towards the gold answer when the label is right.
+
+    Args:
+      pseudo: unlabeled id -> the selected pseudo-label letter.
+      m1: unlabeled id -> M1's greedy answer (None: unparsed) on the same prompt.
+      gold: unlabeled id -> the held-out gold letter.
+    """
+    differ = [q for q, a in pseudo.items() if a != m1[q]]
+    return {"selected": len(pseudo), "same_as_m1": len(pseudo) - len(differ),
+            "differ": len(differ),
+            "differ_label_right": sum(pseudo[q] == gold[q] for q in differ),
+            "differ_m1_right": sum(m1[q] == gold[q] for q in differ)}
 
 
 def _greedy(model, tokenizer, texts: list[str], max_new_tokens: int, *,
@@ -334,17 +359,33 @@ def load_stage_model(base_dir: Path, model_dir: Path | None = None):
     return load_model(ref, BaseConfig(dtype="float32"), merged=True)
 
 
-def demo_use_of(model, tokenizer, run_config: Path, data_dir: Path) -> dict[str, float]:
-    """`demo_use` on a run's splits, with the task of the run whose `config.yaml` is
-    `run_config`."""
+def _task_of(run_config: Path):
     from semievol_jax.config import load_config
     from semievol_jax.pipeline.config import RunConfig
     from semievol_jax.pipeline.stages import task_of
 
-    task = task_of(load_config(RunConfig, str(run_config)).data)
+    return task_of(load_config(RunConfig, str(run_config)).data)
+
+
+def demo_use_of(model, tokenizer, run_config: Path, data_dir: Path) -> dict[str, float]:
+    """`demo_use` on a run's splits, with the task of the run whose `config.yaml` is
+    `run_config`."""
     lab, unl = (read_rows(data_dir / "raw" / f"{s}.csv") for s in ("labeled", "unlabeled"))
-    return demo_use(model, tokenizer, task, _examples(unl), _examples(lab),
+    return demo_use(model, tokenizer, _task_of(run_config), _examples(unl), _examples(lab),
                     same_fact_demo(unl, lab))
+
+
+def teacher_vs_student_of(model, tokenizer, seed_dir: Path, data_dir: Path) -> dict[str, int]:
+    """`teacher_vs_student` for one seed's sub-run, `model` being its M1 (02_sft)."""
+    from semievol_jax.pipeline.stages import read_jsonl
+
+    unl = read_rows(data_dir / "raw" / "unlabeled.csv")
+    qs = _examples(unl)
+    m1 = greedy_answers(model, tokenizer, _task_of(seed_dir / "config.yaml"), qs, qs,
+                        np.zeros((len(qs), 0), int))
+    pseudo = {p["id"]: p["answer"] for p in read_jsonl(seed_dir / "05_select" / "pseudo.jsonl")}
+    return teacher_vs_student(pseudo, {q.id: a for q, a in zip(qs, m1, strict=True)},
+                              {r["id"]: r["answer"] for r in unl})
 
 
 def base_diagnosis(base_dir: Path, data_dir: Path,
