@@ -98,23 +98,18 @@ def print_tables(d: dict) -> None:
         t = v["test_by_pooled_collaborators"]
         print(f"| {s} | collaborators pooled per fact | {100 * t['covered']['accuracy']:.1f}% "
               f"| {100 * t['uncovered']['accuracy']:.1f}% | |")
-    print("\ncovered test questions M1 gets wrong: how many the pooled vote gets right, and how")
-    print("many of those SemiEvol gets right; and covered questions M1 got right that SemiEvol")
-    print("gets wrong:")
-    print("| seed | covered | M1 wrong | pooled right | SemiEvol right "
-          "| M1 right, SemiEvol wrong |\n|---|---|---|---|---|---|")
-    for s, v in d["seeds"].items():
-        r = v["repairs"]
-        print(f"| {s} | {r['covered']} | {r['sft_wrong']} | {r['sft_wrong_pooled_right']} | "
-              f"{r['of_those_final_right']} | {r['sft_right_final_wrong']} |")
-    print("\nselected pseudo-labels against M1's own greedy answer to the same prompt (the final")
-    print("tuning starts from M1: only labels that differ can teach it something new):")
-    print("| seed | selected | = M1's answer | differ | of those, label right | M1 right |"
-          "\n|---|---|---|---|---|---|")
-    for s, v in d["seeds"].items():
-        t = v["pseudo_labels_vs_m1_greedy"]
-        print(f"| {s} | {t['selected']} | {t['same_as_m1']} | {t['differ']} | "
-              f"{t['differ_label_right']} | {t['differ_m1_right']} |")
+    count_table(d, "repairs", (
+        "covered test questions M1 gets wrong: how many the pooled vote gets right, and how\n"
+        "many of those SemiEvol gets right; and covered questions M1 got right that SemiEvol\n"
+        "gets wrong:"), {
+        "covered": "covered", "sft_wrong": "M1 wrong", "sft_wrong_pooled_right": "pooled right",
+        "of_those_final_right": "SemiEvol right",
+        "sft_right_final_wrong": "M1 right, SemiEvol wrong"})
+    count_table(d, "pseudo_labels_vs_m1_greedy", (
+        "selected pseudo-labels against M1's own greedy answer to the same prompt (the final\n"
+        "tuning starts from M1: only labels that differ can teach it something new):"), {
+        "selected": "selected", "same_as_m1": "= M1's answer", "differ": "differ",
+        "differ_label_right": "of those, label right", "differ_m1_right": "M1 right"})
     fr = list(next(iter(d["seeds"].values()))["majority_precision_by_entropy"])
     print("\nmajority-answer precision among the lowest-entropy fraction of unlabeled:")
     print("| seed | " + " | ".join(fr) + " |\n|---|" + "---|" * len(fr))
@@ -128,6 +123,14 @@ def print_tables(d: dict) -> None:
         if n:
             print(f"| {s} | {100 * n['same_fact']:.1f}% | {100 * n['same_person']:.1f}% | "
                   f"{100 * n['same_relation']:.1f}% | {100 * n['covered']:.1f}% |")
+
+
+def count_table(d: dict, key: str, title: str, columns: dict[str, str]) -> None:
+    """One row of counts per seed: `d["seeds"][seed][key][field]` under each column."""
+    print(f"\n{title}\n| seed | " + " | ".join(columns.values()) + " |\n|---|"
+          + "---|" * len(columns))
+    for s, v in d["seeds"].items():
+        print(f"| {s} | " + " | ".join(str(v[key][f]) for f in columns) + " |")
 
 
 if __name__ == "__main__":
