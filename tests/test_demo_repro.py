@@ -58,3 +58,7 @@ def test_reduced_demo_twice_gives_identical_digests(tmp_path):
     cov = seed["test_by_coverage"]["sft"]
     assert cov["covered"]["n"] + cov["uncovered"]["n"] == 8  # num_test
     assert list(seed["majority_precision_by_entropy"]) == ["0.2", "0.4", "0.6", "0.8", "1"]
+    vs_m1 = seed["pseudo_labels_vs_m1_greedy"]
+    selected = (runs[1] / "seed0" / "05_select" / "pseudo.jsonl").read_text().splitlines()
+    assert vs_m1["selected"] == len(selected) == vs_m1["same_as_m1"] + vs_m1["differ"]
+    assert vs_m1["differ_label_right"] + vs_m1["differ_m1_right"] <= vs_m1["differ"]
