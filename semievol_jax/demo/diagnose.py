@@ -24,6 +24,9 @@ can say which link holds and which does not:
   what a plain vote across a fact's questions would add to the method's
   question-by-question labels. `repairs` counts, on the covered test questions M1
   gets wrong, how often that vote is right and how often the final model fixes them.
+* `teacher_vs_student`: how many selected pseudo-labels differ from M1's own greedy
+  answer to the same prompt. The final tuning starts from M1, so only those rows can
+  teach it anything M1 does not already answer.
 * `demo_use`: does a model answer better when the one demonstration in its prompt is
   a labeled example about the same fact (an oracle retriever)? That is the most ICP
   could give: if the model ignores even that demonstration, no retriever helps.
