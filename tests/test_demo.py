@@ -195,3 +195,47 @@ def test_icl_documents_repeat_a_demo_fact_or_ask_a_practice_person():
         msgs += [{"role": "user", "content": user},
                  {"role": "assistant", "content": reply.removesuffix("<|eot|>")}]
     assert tok.apply_chat_template(msgs, tokenize=False) == tok.bos_token + docs[0]
+
+
+def test_statement_options_state_the_fact_in_the_questions_phrasing():
+    cfg = synth.SynthConfig(num_people=4, num_practice_people=2, num_labeled=8,
+                            num_unlabeled=16, num_test=8, bios_per_person=1,
+                            quizzes_per_practice_person=3, statement_options=True)
+    world = synth.make_world(cfg)
+    rels = {r.name: r for r in synth.RELATIONS}
+    for q in [q for qs in synth.make_splits(world, cfg).values() for q in qs]:
+        r = rels[q.relation]
+        tpl = r.statements[q.template % len(r.statements)]
+        assert list(q.options) == [tpl.format(e=q.person, v=v)
+                                   for v in r.values[: cfg.num_values]]
+        assert q.options[synth.LETTERS.index(q.answer)] == tpl.format(
+            e=q.person, v=world.facts[(q.person, q.relation)])
+        if q.question.startswith("Complete: "):  # a cloze restates its own phrasing
+            assert q.options[0].startswith(q.question[len("Complete: "):-len(" ...")])
+    quizzes = [d for d in synth.make_corpus(world, cfg) if d.startswith("Question:")]
+    assert quizzes
+    for doc in quizzes:  # the worked answer restates the option it names
+        *_, restated, answer = doc.split("\n")
+        letter = answer.removeprefix("Answer: ")
+        assert f"\n{letter}. {restated}\n" in doc
+    assert synth.target_of(cfg) == synth.STATEMENT_TARGET
+    assert synth.target_of(synth.SynthConfig()) == synth.LETTER_TARGET
+
+
+def test_statement_quiz_layout_matches_the_run_with_the_statement_target():
+    from semievol_jax.config import load_config
+    from semievol_jax.pipeline import prompts
+    from semievol_jax.pipeline.config import RunConfig
+    from semievol_jax.pipeline.data import Example
+    from semievol_jax.pipeline.stages import task_of
+
+    # the command line of the docs' variant: the target survives override parsing
+    cfg = load_config(RunConfig, "demo", ["data.synth.statement_options=true",
+                                          'data.task_def.target="{option}\\nAnswer: {answer}"'])
+    task = task_of(cfg.data)
+    assert task.target == synth.STATEMENT_TARGET
+    opts = ("Bralo lives in Mora.", "Bralo lives in Tesk.")
+    ex = Example(id="x", question="Where does Bralo live?", options=opts, answer="B")
+    expected = prompts.format_question(task, ex) + "\n" + prompts.target(task, "B", opts)
+    assert synth.render_quiz(ex.question, opts, "B", synth.STATEMENT_TARGET) == expected
+    assert expected.endswith("\nBralo lives in Tesk.\nAnswer: B")

@@ -111,11 +111,16 @@ def test_corpus_quizzes_parse_back_what_render_quiz_wrote(tmp_path):
 
 
 def test_corpus_quiz_layout_is_the_synth_one():
-    # The diagnosis's raw-quiz prompt is render_quiz(..., None) + "\nAnswer:"; the corpus
-    # quizzes end in "\nAnswer: X", so the model sees the same prefix it was trained on.
+    # The diagnosis's raw-quiz prompt is render_quiz(..., None) + "\n"; the corpus quizzes
+    # go on with the worked answer ("Answer: X", or the restated option first), which the
+    # model then writes itself.
     q = synth.render_quiz("Where does Vivol live?", ["Mora", "Tesk"], "B")
     assert q == synth.render_quiz("Where does Vivol live?", ["Mora", "Tesk"], None) + (
         "\nAnswer: B")
+    opts = ["Vivol lives in Mora.", "Vivol lives in Tesk."]
+    q = synth.render_quiz("Where does Vivol live?", opts, "B", synth.STATEMENT_TARGET)
+    assert q == synth.render_quiz("Where does Vivol live?", opts, None) + (
+        "\nVivol lives in Tesk.\nAnswer: B")
     assert json.dumps(["Mora", "Tesk"])  # options are JSON lists in the CSVs
 
 

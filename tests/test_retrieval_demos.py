@@ -97,7 +97,7 @@ def test_with_pipeline_prompt_formatter(tokenizer):
                for i in range(3)]
     out = build_demo_prompts(tokenizer, labeled[:1], labeled, np.array([[1, 2]]),
                              format_question=functools.partial(prompts.format_question, task),
-                             format_answer=lambda e: prompts.target(task, e.answer),
+                             format_answer=lambda e: prompts.target(task, e.answer, e.options),
                              max_tokens=10_000)
     assert out[0].messages[1]["content"] == "Answer: B" and out[0].num_demos == 2
 

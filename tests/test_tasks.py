@@ -129,3 +129,19 @@ def test_prompts():
     assert "Response 1:\nx\nAnswer: A" in r and "Response 3:\n..." in r
     assert r.index("Options:") < r.index("Multiple answers:") < r.index("Answer: LETTER")
     assert mmlu.extract_answer(target(mmlu, "C")) == "C"  # targets round-trip
+
+
+def test_target_template_restates_the_chosen_option():
+    t = Task.from_dict({"name": "restate", "kind": "choice",
+                        "target": "{option}\nAnswer: {answer}"})
+    opts = ("Vivol works as a baker.", "Vivol works as a miner.")
+    assert target(t, "b", opts) == "Vivol works as a miner.\nAnswer: B"
+    assert t.extract_answer(target(t, "B", opts), opts) == "B"  # still round-trips
+    with pytest.raises(ValueError, match="names none of the 2 options"):
+        target(t, "C", opts)
+    with pytest.raises(ValueError, match="names none"):
+        target(t, "A")  # no options to restate
+    for bad, kind in [("{option}", "choice"), ("{why}\nAnswer: {answer}", "choice"),
+                      ("{option}\nAnswer: {answer}", "value")]:
+        with pytest.raises(TaskError, match="must end with 'Answer: {answer}'"):
+            Task.from_dict({"name": "bad", "kind": kind, "target": bad})

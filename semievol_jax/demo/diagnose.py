@@ -186,7 +186,7 @@ def greedy_answers(model, tokenizer, task, qs, pool, demos_QK: np.ndarray) -> li
     from semievol_jax.retrieval import build_demo_prompts
 
     fmt = functools.partial(prompts.format_question, task)
-    ans = lambda e: prompts.target(task, e.answer)  # noqa: E731
+    ans = lambda e: prompts.target(task, e.answer, e.options)  # noqa: E731
     budget = model.cfg.max_position_embeddings - 16
     texts = [p.text for p in build_demo_prompts(tokenizer, qs, pool, demos_QK,
                                                 max_tokens=budget, format_question=fmt,
@@ -289,13 +289,16 @@ def prose_recall(model, tokenizer, rows: Iterable[Mapping[str, str]]) -> dict[st
 
 
 def quiz_accuracy(model, tokenizer, quizzes: Sequence[tuple[str, Sequence[str], str]]) -> float:
-    """Greedy letter after `Answer:` for (question, options, gold letter) quizzes in the
-    corpus layout (`synth.render_quiz`)."""
+    """Greedy answers to (question, options, gold letter) quizzes in the corpus layout
+    (`synth.render_quiz`): the model writes the worked answer (`synth.target_of`) itself."""
     from semievol_jax.demo import synth
+    from semievol_jax.pipeline.tasks import Task
 
-    texts = [synth.render_quiz(q, opts, None) + "\nAnswer:" for q, opts, _ in quizzes]
-    outs = _greedy(model, tokenizer, texts, max_new_tokens=2)
-    return float(np.mean([o.strip()[:1] == g for o, (_, _, g) in zip(outs, quizzes, strict=True)]))
+    task = Task("quiz", "choice")
+    texts = [synth.render_quiz(q, opts, None) + "\n" for q, opts, _ in quizzes]
+    outs = _greedy(model, tokenizer, texts, max_new_tokens=24)
+    return float(np.mean([task.extract_answer(o, opts) == g
+                          for o, (_, opts, g) in zip(outs, quizzes, strict=True)]))
 
 
 def corpus_quizzes(corpus_path: Path) -> list[tuple[str, list[str], str]]:

@@ -9,9 +9,11 @@ The embedded demo needs a task where SemiEvol's mechanism has something to work 
   about it.
 * **A closed answer set.** Each relation has `num_values` values and, by default, every
   question lists all of them in one fixed order (like FPB's negative / neutral /
-  positive), so answering = recalling the value + mapping it to its letter. The
-  mapping (relation, value) -> letter and the question phrasings are what fine-tuning
-  must teach; 100 labeled rows cover each (relation, value) pair only a few times.
+  positive). Each option is the fact stated in a corpus phrasing ("Vivol works as a
+  miner."), and the response restates the chosen option before its letter (`TARGET`),
+  so answering = completing a sentence the base was pretrained on, then naming its
+  letter. Fine-tuning must teach that format and the question phrasings; 100 labeled
+  rows ask about most facts only once or twice.
 * **Unique questions, shared facts.** A question *stem* is a (person, relation,
   phrasing) triple and is used at most once across the three splits, so no test
   question appears in labeled or unlabeled; but there are few people, so the same fact
@@ -46,6 +48,18 @@ LETTERS = "ABCDEFGHIJ"
 # corpus quizzes read like the prompts the demo is evaluated with. One short line: the
 # tiny model reads it on every training step.
 INSTRUCTION = "Reply 'Answer: LETTER' ({letters})."
+# Worked answers in the corpus quizzes, as the task's `target` writes them: the letter
+# alone (the demo preset), or, with `statement_options`, the chosen option restated
+# first. The restated option is then a corpus sentence, so the model answers by
+# completing a sentence it was pretrained on ("Vivol works as a" -> "miner") instead of
+# mapping a name straight to a letter (docs/demo.md, "statement options").
+LETTER_TARGET = "Answer: {answer}"
+STATEMENT_TARGET = "{option}\nAnswer: {answer}"
+
+
+def target_of(cfg: SynthConfig) -> str:
+    """The response format of `cfg`'s world (set the run's `data.task_def.target` to it)."""
+    return STATEMENT_TARGET if cfg.statement_options else LETTER_TARGET
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +140,8 @@ class SynthConfig:
     num_test: int = 100  # rows of test.csv
     num_values: int = 6  # values per relation in use (the first ones of Relation.values)
     fixed_options: bool = True  # options = all values in a fixed order (FPB-like closed set)
+    statement_options: bool = False  # an option is a corpus sentence ("Vivol works as a
+    #                                  miner."), not the bare value; answers restate it
     num_options: int = 4  # options per question when not fixed_options (random distractors)
     bios_per_person: int = 12  # prose documents per person (task and practice)
     quizzes_per_practice_person: int = 16  # quiz documents per practice person
@@ -223,21 +239,33 @@ def _bio(world: World, person: str, rels: Sequence[Relation], rng: np.random.Gen
     return " ".join(sentences)
 
 
-def _options(value: str, rel: Relation, cfg: SynthConfig,
+def _options(person: str, value: str, rel: Relation, template: int, cfg: SynthConfig,
              rng: np.random.Generator) -> tuple[list[str], str]:
+    """The options of a question about `person` and their answer letter.
+
+    With `statement_options`, every option states the fact in one prose phrasing (the
+    question's own for a cloze question, one fixed per plain phrasing otherwise).
+    """
     values = list(rel.values[: cfg.num_values])
     if cfg.fixed_options:
-        return values, LETTERS[values.index(value)]
-    k = cfg.num_options
-    distractors = [v for v in values if v != value]
-    picked = [distractors[i] for i in rng.choice(len(distractors), size=k - 1, replace=False)]
-    options = picked + [value]
-    options = [options[i] for i in rng.permutation(k)]
-    return options, LETTERS[options.index(value)]
+        options = values
+    else:
+        k = cfg.num_options
+        distractors = [v for v in values if v != value]
+        picked = [distractors[i] for i in rng.choice(len(distractors), size=k - 1,
+                                                     replace=False)]
+        options = picked + [value]
+        options = [options[i] for i in rng.permutation(k)]
+    letter = LETTERS[options.index(value)]
+    if cfg.statement_options:
+        statement = rel.statements[template % len(rel.statements)]
+        options = [statement.format(e=person, v=v) for v in options]
+    return options, letter
 
 
-def render_quiz(question: str, options: Sequence[str], answer: str | None) -> str:
-    """A quiz in the layout of the pipeline's prompt, plus the worked `Answer: X` line.
+def render_quiz(question: str, options: Sequence[str], answer: str | None,
+                target: str = LETTER_TARGET) -> str:
+    """A quiz in the layout of the pipeline's prompt, plus the worked answer (`target`).
 
     The layout (question, `Options:` with `A. ...` lines, the instruction) matches
     `semievol_jax.pipeline.prompts.format_question` for a 4-option choice task, the way
@@ -248,7 +276,9 @@ def render_quiz(question: str, options: Sequence[str], answer: str | None) -> st
     letters = ", ".join(LETTERS[: len(options)])
     text = (f"Question:\n{question}\n\nOptions:\n{lines}\n\n"
             + INSTRUCTION.replace("{letters}", letters))
-    return text if answer is None else f"{text}\nAnswer: {answer}"
+    if answer is None:
+        return text
+    return f"{text}\n" + target.format(option=options[LETTERS.index(answer)], answer=answer)
 
 
 def make_corpus(world: World, cfg: SynthConfig) -> list[str]:
@@ -270,15 +300,15 @@ def make_corpus(world: World, cfg: SynthConfig) -> list[str]:
         for _ in range(cfg.quizzes_per_practice_person):
             r = rels[rng.integers(len(rels))]
             tpls = r.question_templates()
-            q = tpls[rng.integers(len(tpls))].format(e=p)
-            options, letter = _options(world.facts[(p, r.name)], r, cfg, rng)
-            docs.append(render_quiz(q, options, letter))
+            t = int(rng.integers(len(tpls)))
+            options, letter = _options(p, world.facts[(p, r.name)], r, t, cfg, rng)
+            docs.append(render_quiz(tpls[t].format(e=p), options, letter, target_of(cfg)))
     docs += _icl_docs(world, cfg, rels)
     return [docs[i] for i in rng.permutation(len(docs))]
 
 
-def _chat_turn(quiz: str, letter: str) -> str:
-    return f"<|user|>\n{quiz}<|eot|><|assistant|>\nAnswer: {letter}<|eot|>"
+def _chat_turn(quiz: str, response: str) -> str:
+    return f"<|user|>\n{quiz}<|eot|><|assistant|>\n{response}<|eot|>"
 
 
 def _icl_docs(world: World, cfg: SynthConfig, rels: Sequence[Relation]) -> list[str]:
@@ -296,9 +326,11 @@ def _icl_docs(world: World, cfg: SynthConfig, rels: Sequence[Relation]) -> list[
                   if n not in taken])
 
     def turn(person: str, r: Relation, value: str, t: int) -> str:
-        options, letter = _options(value, r, cfg, rng)
+        options, letter = _options(person, value, r, t, cfg, rng)
         return _chat_turn(render_quiz(r.question_templates()[t].format(e=person), options,
-                                      None), letter)
+                                      None),
+                          target_of(cfg).format(option=options[LETTERS.index(letter)],
+                                                answer=letter))
 
     docs = []
     for _ in range(cfg.icl_docs):
@@ -363,7 +395,7 @@ def make_splits(world: World, cfg: SynthConfig) -> dict[str, list[Question]]:
     for split, rows in chosen.items():
         qs = []
         for i, (p, r, t) in enumerate(rows):
-            options, letter = _options(world.facts[(p, r.name)], r, cfg, rng)
+            options, letter = _options(p, world.facts[(p, r.name)], r, t, cfg, rng)
             qs.append(Question(f"{split}-{i:04d}", r.question_templates()[t].format(e=p),
                                tuple(options), letter, r.name, p, t))
         out[split] = qs

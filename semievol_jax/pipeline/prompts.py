@@ -13,7 +13,7 @@ from typing import Protocol
 
 from semievol_jax.pipeline.tasks import LETTERS, Task
 
-TARGET_TEMPLATE = "Answer: {answer}"  # the SFT target and the pseudo-label target
+TARGET_TEMPLATE = "Answer: {answer}"  # the default SFT / pseudo-label target (Task.target)
 
 _REFLECTION_HEAD = (
     "Here are several answers to the question below. Consider them thoroughly and give "
@@ -58,22 +58,31 @@ def format_question(task: Task, ex: QuestionLike) -> str:
     return f"{_body(ex)}\n\n{task.render_instruction(len(ex.options) or None)}"
 
 
-def target(task: Task, answer: str) -> str:
-    """The training target for a gold or pseudo answer: `Answer: X`.
+def target(task: Task, answer: str, options: Sequence[str] = ()) -> str:
+    """The training target for a gold or pseudo answer: `task.target` filled in.
 
     Args:
       task: choice answers are upper-cased letters; other kinds are kept as given.
       answer: the answer (letter, number or text).
+      options: the question's options; a target that restates `{option}` needs them.
 
     Raises:
-      ValueError: an empty answer (a target must teach something).
+      ValueError: an empty answer (a target must teach something), or a letter with no
+        option to restate.
     """
     answer = answer.strip()
     if not answer:
         raise ValueError("empty answer: no target to train on")
-    if task.kind == "choice":
-        answer = answer.upper()
-    return TARGET_TEMPLATE.format(answer=answer)
+    if task.kind != "choice":
+        return task.target.format(answer=answer)
+    answer = answer.upper()
+    if "{option}" not in task.target:
+        return task.target.format(answer=answer)
+    i = LETTERS.find(answer)
+    if len(answer) != 1 or not 0 <= i < len(options):
+        raise ValueError(f"answer {answer!r} names none of the {len(options)} options "
+                         f"that task {task.name!r}'s target restates")
+    return task.target.format(answer=answer, option=options[i])
 
 
 def format_reflection(task: Task, ex: QuestionLike, responses: Sequence[str], *,

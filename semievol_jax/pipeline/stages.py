@@ -267,7 +267,7 @@ def run_round_base(ctx: StageContext, *, mesh) -> dict[str, Any]:
 def _sft_examples(task, exs) -> list:
     from semievol_jax.train import SFTExample
 
-    return [SFTExample(prompts.format_question(task, e), prompts.target(task, e.answer))
+    return [SFTExample(prompts.format_question(task, e), prompts.target(task, e.answer, e.options))
             for e in exs]
 
 
@@ -338,7 +338,7 @@ def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task,
     budget = cfg.token_budget or (model.cfg.max_position_embeddings - 64)
     demo_prompts = build_demo_prompts(tokenizer, unlabeled, labeled, idx_QK,
                                       format_question=fmt,
-                                      format_answer=lambda e: prompts.target(task, e.answer),
+                                      format_answer=lambda e: prompts.target(task, e.answer, e.options),
                                       max_tokens=budget)
     np.save(ctx.out / "labeled_emb.npy", emb_l)
     np.save(ctx.out / "unlabeled_emb.npy", emb_u)

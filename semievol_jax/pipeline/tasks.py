@@ -84,6 +84,10 @@ class Task:
       num_options: the fixed option count, checked at load time; None = any (1..26).
       value_rel_tol: relative tolerance of "value" scoring.
       text_f1_threshold: token-F1 a "text" answer needs to count as correct.
+      target: the response that SFT and the final tuning teach for an answer (gold or
+        pseudo). `{answer}` is the answer; for choice tasks `{option}` is the chosen
+        option's text, so a response can restate what it picks before its letter. It
+        must end with the `Answer: {answer}` line the extraction reads.
     """
 
     name: str
@@ -93,6 +97,7 @@ class Task:
     num_options: int | None = None
     value_rel_tol: float = 0.01
     text_f1_threshold: float = 0.8
+    target: str = "Answer: {answer}"
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -104,6 +109,11 @@ class Task:
         if self.num_options is not None and not 1 <= self.num_options <= len(LETTERS):
             raise TaskError(f"task {self.name!r}: num_options must be in 1..26, "
                             f"got {self.num_options}")
+        fields = {f for _, f, _, _ in string.Formatter().parse(self.target) if f is not None}
+        allowed = {"answer", "option"} if self.kind == "choice" else {"answer"}
+        if not self.target.endswith("Answer: {answer}") or not fields <= allowed:
+            raise TaskError(f"task {self.name!r}: target {self.target!r} must end with "
+                            f"'Answer: {{answer}}' and use only {sorted(allowed)}")
         if not self.question_type:
             default = {"choice": "multiple-choice", "value": "math",
                        "text": "reading comprehension"}[self.kind]
