@@ -336,9 +336,9 @@ def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task,
     index = build_index(emb_l, cfg.index)
     idx_QK, score_QK = index.search(emb_u, min(cfg.k, len(labeled)))
     budget = cfg.token_budget or (model.cfg.max_position_embeddings - 64)
+    answer = lambda e: prompts.target(task, e.answer, e.options)  # noqa: E731
     demo_prompts = build_demo_prompts(tokenizer, unlabeled, labeled, idx_QK,
-                                      format_question=fmt,
-                                      format_answer=lambda e: prompts.target(task, e.answer, e.options),
+                                      format_question=fmt, format_answer=answer,
                                       max_tokens=budget)
     np.save(ctx.out / "labeled_emb.npy", emb_l)
     np.save(ctx.out / "unlabeled_emb.npy", emb_u)
