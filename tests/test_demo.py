@@ -229,8 +229,10 @@ def test_statement_quiz_layout_matches_the_run_with_the_statement_target():
     from semievol_jax.pipeline.data import Example
     from semievol_jax.pipeline.stages import task_of
 
-    # the command line of the docs' variant: the target survives override parsing
-    cfg = load_config(RunConfig, "demo", ["data.synth.statement_options=true",
+    # the command line of the docs' variant: the target survives override parsing (a
+    # task name of its own: this process has registered the demo's letter-only task)
+    cfg = load_config(RunConfig, "demo", ["data.task=demo_statements",
+                                          "data.synth.statement_options=true",
                                           'data.task_def.target="{option}\\nAnswer: {answer}"'])
     task = task_of(cfg.data)
     assert task.target == synth.STATEMENT_TARGET
