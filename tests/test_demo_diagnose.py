@@ -111,9 +111,9 @@ def test_corpus_quizzes_parse_back_what_render_quiz_wrote(tmp_path):
 
 
 def test_corpus_quiz_layout_is_the_synth_one():
-    # The diagnosis's raw-quiz prompt is render_quiz(..., None) + "\n"; the corpus quizzes
-    # go on with the worked answer ("Answer: X", or the restated option first), which the
-    # model then writes itself.
+    # The diagnosis's raw-quiz prompt is render_quiz(..., None) + "\nAnswer:"; the corpus
+    # quizzes end in "\nAnswer: X", so the model sees the same prefix it was trained on.
+    # With statement options the worked answer restates the option first.
     q = synth.render_quiz("Where does Vivol live?", ["Mora", "Tesk"], "B")
     assert q == synth.render_quiz("Where does Vivol live?", ["Mora", "Tesk"], None) + (
         "\nAnswer: B")

@@ -289,16 +289,13 @@ def prose_recall(model, tokenizer, rows: Iterable[Mapping[str, str]]) -> dict[st
 
 
 def quiz_accuracy(model, tokenizer, quizzes: Sequence[tuple[str, Sequence[str], str]]) -> float:
-    """Greedy answers to (question, options, gold letter) quizzes in the corpus layout
-    (`synth.render_quiz`): the model writes the worked answer (`synth.target_of`) itself."""
+    """Greedy letter after `Answer:` for (question, options, gold letter) quizzes in the
+    corpus layout (`synth.render_quiz`) of the letter-only world (`synth.LETTER_TARGET`)."""
     from semievol_jax.demo import synth
-    from semievol_jax.pipeline.tasks import Task
 
-    task = Task("quiz", "choice")
-    texts = [synth.render_quiz(q, opts, None) + "\n" for q, opts, _ in quizzes]
-    outs = _greedy(model, tokenizer, texts, max_new_tokens=24)
-    return float(np.mean([task.extract_answer(o, opts) == g
-                          for o, (_, opts, g) in zip(outs, quizzes, strict=True)]))
+    texts = [synth.render_quiz(q, opts, None) + "\nAnswer:" for q, opts, _ in quizzes]
+    outs = _greedy(model, tokenizer, texts, max_new_tokens=2)
+    return float(np.mean([o.strip()[:1] == g for o, (_, _, g) in zip(outs, quizzes, strict=True)]))
 
 
 def corpus_quizzes(corpus_path: Path) -> list[tuple[str, list[str], str]]:

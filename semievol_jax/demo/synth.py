@@ -9,11 +9,13 @@ The embedded demo needs a task where SemiEvol's mechanism has something to work 
   about it.
 * **A closed answer set.** Each relation has `num_values` values and, by default, every
   question lists all of them in one fixed order (like FPB's negative / neutral /
-  positive). Each option is the fact stated in a corpus phrasing ("Vivol works as a
-  miner."), and the response restates the chosen option before its letter (`TARGET`),
-  so answering = completing a sentence the base was pretrained on, then naming its
-  letter. Fine-tuning must teach that format and the question phrasings; 100 labeled
-  rows ask about most facts only once or twice.
+  positive), so answering = recalling the value + mapping it to its letter. The
+  mapping (relation, value) -> letter and the question phrasings are what fine-tuning
+  must teach; 100 labeled rows cover each (relation, value) pair only a few times.
+  With `statement_options`, each option is instead the fact stated in a corpus
+  phrasing ("Vivol works as a miner.") and the worked answer restates the chosen one
+  before its letter (`STATEMENT_TARGET`), so answering = completing a sentence the
+  base was pretrained on, then naming its letter.
 * **Unique questions, shared facts.** A question *stem* is a (person, relation,
   phrasing) triple and is used at most once across the three splits, so no test
   question appears in labeled or unlabeled; but there are few people, so the same fact
@@ -276,9 +278,12 @@ def render_quiz(question: str, options: Sequence[str], answer: str | None,
     letters = ", ".join(LETTERS[: len(options)])
     text = (f"Question:\n{question}\n\nOptions:\n{lines}\n\n"
             + INSTRUCTION.replace("{letters}", letters))
-    if answer is None:
-        return text
-    return f"{text}\n" + target.format(option=options[LETTERS.index(answer)], answer=answer)
+    return text if answer is None else f"{text}\n{worked_answer(target, options, answer)}"
+
+
+def worked_answer(target: str, options: Sequence[str], letter: str) -> str:
+    """`target` (`LETTER_TARGET` or `STATEMENT_TARGET`) filled in for the answer `letter`."""
+    return target.format(option=options[LETTERS.index(letter)], answer=letter)
 
 
 def make_corpus(world: World, cfg: SynthConfig) -> list[str]:
@@ -329,8 +334,7 @@ def _icl_docs(world: World, cfg: SynthConfig, rels: Sequence[Relation]) -> list[
         options, letter = _options(person, value, r, t, cfg, rng)
         return _chat_turn(render_quiz(r.question_templates()[t].format(e=person), options,
                                       None),
-                          target_of(cfg).format(option=options[LETTERS.index(letter)],
-                                                answer=letter))
+                          worked_answer(target_of(cfg), options, letter))
 
     docs = []
     for _ in range(cfg.icl_docs):

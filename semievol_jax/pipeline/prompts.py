@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from semievol_jax.pipeline.tasks import LETTERS, Task
+from semievol_jax.pipeline.tasks import DEFAULT_TARGET, LETTERS, Task
 
-TARGET_TEMPLATE = "Answer: {answer}"  # the default SFT / pseudo-label target (Task.target)
+TARGET_TEMPLATE = DEFAULT_TARGET  # the default SFT / pseudo-label target (Task.target)
 
 _REFLECTION_HEAD = (
     "Here are several answers to the question below. Consider them thoroughly and give "
@@ -73,10 +73,9 @@ def target(task: Task, answer: str, options: Sequence[str] = ()) -> str:
     answer = answer.strip()
     if not answer:
         raise ValueError("empty answer: no target to train on")
-    if task.kind != "choice":
-        return task.target.format(answer=answer)
-    answer = answer.upper()
-    if "{option}" not in task.target:
+    if task.kind == "choice":
+        answer = answer.upper()
+    if "{option}" not in task.target:  # Task only allows {option} for choice tasks
         return task.target.format(answer=answer)
     i = LETTERS.find(answer)
     if len(answer) != 1 or not 0 <= i < len(options):

@@ -33,6 +33,8 @@ from semievol_jax.errors import UserError
 KINDS = ("choice", "value", "text")
 LETTERS = string.ascii_uppercase  # option labels; 26 options at most
 
+DEFAULT_TARGET = "Answer: {answer}"  # what SFT and the final tuning teach, by default
+
 _CHOICE_INSTRUCTION = (
     "Answer the multiple-choice question. Your response should end with a line of the "
     "form 'Answer: LETTER' (without quotes), where LETTER is one of {letters}."
@@ -97,7 +99,7 @@ class Task:
     num_options: int | None = None
     value_rel_tol: float = 0.01
     text_f1_threshold: float = 0.8
-    target: str = "Answer: {answer}"
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self):
         if self.kind not in KINDS:
