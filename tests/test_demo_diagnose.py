@@ -110,6 +110,51 @@ def test_corpus_quizzes_parse_back_what_render_quiz_wrote(tmp_path):
         assert tuple(opts) in {r.values[: cfg.num_values] for r in synth.RELATIONS}
 
 
+def test_corpus_quizzes_parse_back_statement_quizzes(tmp_path):
+    cfg = synth.SynthConfig(num_people=4, num_practice_people=2, num_labeled=8,
+                            num_unlabeled=16, num_test=8, bios_per_person=1,
+                            quizzes_per_practice_person=3, statement_options=True)
+    paths = synth.write_demo_data(tmp_path, cfg)
+    docs = [d for d in synth.read_corpus(paths["corpus"]) if d.startswith("Question:")]
+    quizzes = diagnose.corpus_quizzes(paths["corpus"])
+    for (q, opts, gold), doc in zip(quizzes, docs, strict=True):
+        assert synth.render_quiz(q, opts, gold, synth.STATEMENT_TARGET) == doc
+        assert all(o.endswith(".") and len(o.split()) >= 3 for o in opts)  # sentences
+
+
+def test_quiz_accuracy_probes_each_target_layout(monkeypatch):
+    opts = ["Vivol lives in Mora.", "Vivol lives in Tesk."]
+    quizzes = [("Where does Vivol live?", opts, "B"), ("Vivol lives in ...", opts, "A")]
+    seen = []
+
+    def fake(outs):
+        def gen(model, tok, texts, max_new_tokens, raw=True):
+            seen.append((texts, max_new_tokens))
+            return outs
+        return gen
+
+    bare = [synth.render_quiz(q, o, None) for q, o, _ in quizzes]
+    monkeypatch.setattr(diagnose, "_greedy", fake([" B", " B"]))
+    assert diagnose.quiz_accuracy(None, None, quizzes) == 0.5
+    assert seen[-1] == ([t + "\nAnswer:" for t in bare], 2)
+    monkeypatch.setattr(diagnose, "_greedy", fake(
+        ["Vivol lives in Tesk.\nAnswer: B", "Vivol lives in Tesk.\nAnswer B"]))
+    # the second reply does not parse (no colon): wrong, not skipped
+    assert diagnose.quiz_accuracy(None, None, quizzes, synth.STATEMENT_TARGET) == 0.5
+    assert seen[-1] == ([t + "\n" for t in bare], diagnose.GREEDY_TOKENS)
+
+
+def test_prose_recall_scores_the_value_not_the_option(monkeypatch):
+    # Statement options are sentences; recall is scored against the world's value.
+    def gen(model, tok, texts, max_new_tokens, raw=True):
+        return ["miner." if "Vivol" in t else "baker" for t in texts]
+
+    monkeypatch.setattr(diagnose, "_greedy", gen)
+    got = diagnose.prose_recall(None, None, {("Vivol", "job"): "miner",
+                                             ("Zoril", "job"): "sailor"})
+    assert got == {"phrasings": 0.5, "facts": 0.5, "num_facts": 2}
+
+
 def test_corpus_quiz_layout_is_the_synth_one():
     # The diagnosis's raw-quiz prompt is render_quiz(..., None) + "\nAnswer:"; the corpus
     # quizzes end in "\nAnswer: X", so the model sees the same prefix it was trained on.

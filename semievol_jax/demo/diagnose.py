@@ -8,7 +8,7 @@ can say which link holds and which does not:
 
 * `prose_recall`: does the base complete the corpus's own sentences about task people
   ("Vivol works as a" -> "miner")? That is the knowledge.
-* `quiz_accuracy`: does the base answer quizzes laid out as in its corpus (letters)?
+* `quiz_accuracy`: does the base answer quizzes laid out as in its corpus?
   On practice people (corpus documents) that is the skill as trained; on the test
   questions, the skill transferred to task people.
 * `coverage_split`: test accuracy on facts the labeled set asks about (under another
@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+GREEDY_TOKENS = 24  # room for a restated option before `Answer: X` (generation stops at EOS)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -192,7 +193,8 @@ def greedy_answers(model, tokenizer, task, qs, pool, demos_QK: np.ndarray) -> li
                                                 max_tokens=budget, format_question=fmt,
                                                 format_answer=ans)]
     return [task.extract_answer(o, q.options) for o, q in
-            zip(_greedy(model, tokenizer, texts, max_new_tokens=8, raw=False), qs, strict=True)]
+            zip(_greedy(model, tokenizer, texts, max_new_tokens=GREEDY_TOKENS, raw=False), qs,
+                strict=True)]
 
 
 def demo_use(model, tokenizer, task, unlabeled, labeled,
@@ -257,8 +259,8 @@ def _greedy(model, tokenizer, texts: list[str], max_new_tokens: int, *,
     return [s[0].text for s in out]
 
 
-def prose_recall(model, tokenizer, rows: Iterable[Mapping[str, str]]) -> dict[str, float]:
-    """Greedy completion of every corpus phrasing of every asked fact.
+def prose_recall(model, tokenizer, facts: Mapping[tuple[str, str], str]) -> dict[str, float]:
+    """Greedy completion of every corpus phrasing of every (person, relation) -> value fact.
 
     Returns:
       {"phrasings": share of (fact, phrasing) completions whose first word is the value,
@@ -268,9 +270,6 @@ def prose_recall(model, tokenizer, rows: Iterable[Mapping[str, str]]) -> dict[st
     from semievol_jax.demo import synth
 
     rels = {r.name: r for r in synth.RELATIONS}
-    facts = {}
-    for r in rows:
-        facts[fact_of(r)] = json.loads(r["options"])[synth.LETTERS.index(r["answer"])]
     keys = sorted(facts)
     texts, gold, owner = [], [], []
     for i, (person, rel) in enumerate(keys):
@@ -288,14 +287,27 @@ def prose_recall(model, tokenizer, rows: Iterable[Mapping[str, str]]) -> dict[st
             "num_facts": len(keys)}
 
 
-def quiz_accuracy(model, tokenizer, quizzes: Sequence[tuple[str, Sequence[str], str]]) -> float:
-    """Greedy letter after `Answer:` for (question, options, gold letter) quizzes in the
-    corpus layout (`synth.render_quiz`) of the letter-only world (`synth.LETTER_TARGET`)."""
+def quiz_accuracy(model, tokenizer, quizzes: Sequence[tuple[str, Sequence[str], str]],
+                  target: str | None = None) -> float:
+    """Greedy answer letter to (question, options, gold letter) quizzes in the corpus
+    layout (`synth.render_quiz`), whose worked answers follow `target` (default:
+    `synth.LETTER_TARGET`).
+
+    A letter-only target is probed after the prompted `Answer:` (the letter is the next
+    token); a target that restates the option first is generated and parsed.
+    """
+    import re
+
     from semievol_jax.demo import synth
 
-    texts = [synth.render_quiz(q, opts, None) + "\nAnswer:" for q, opts, _ in quizzes]
-    outs = _greedy(model, tokenizer, texts, max_new_tokens=2)
-    return float(np.mean([o.strip()[:1] == g for o, (_, _, g) in zip(outs, quizzes, strict=True)]))
+    if target in (None, synth.LETTER_TARGET):
+        texts = [synth.render_quiz(q, opts, None) + "\nAnswer:" for q, opts, _ in quizzes]
+        got = [o.strip()[:1] for o in _greedy(model, tokenizer, texts, max_new_tokens=2)]
+    else:
+        texts = [synth.render_quiz(q, opts, None) + "\n" for q, opts, _ in quizzes]
+        outs = _greedy(model, tokenizer, texts, max_new_tokens=GREEDY_TOKENS)
+        got = [(m.group(1) if (m := re.search(r"Answer: ([A-Z])", o)) else None) for o in outs]
+    return float(np.mean([a == g for a, (_, _, g) in zip(got, quizzes, strict=True)]))
 
 
 def corpus_quizzes(corpus_path: Path) -> list[tuple[str, list[str], str]]:
@@ -370,6 +382,16 @@ def _task_of(run_config: Path):
     return task_of(load_config(RunConfig, str(run_config)).data)
 
 
+def _synth_of(run_config: Path):
+    from semievol_jax.config import load_config
+    from semievol_jax.pipeline.config import RunConfig
+
+    synth = load_config(RunConfig, str(run_config)).data.synth
+    if synth is None:
+        raise ValueError(f"{run_config}: not a demo run (no data.synth)")
+    return synth
+
+
 def demo_use_of(model, tokenizer, run_config: Path, data_dir: Path) -> dict[str, float]:
     """`demo_use` on a run's splits, with the task of the run whose `config.yaml` is
     `run_config`."""
@@ -391,21 +413,27 @@ def teacher_vs_student_of(model, tokenizer, seed_dir: Path, data_dir: Path) -> d
                               {r["id"]: r["answer"] for r in unl})
 
 
-def base_diagnosis(base_dir: Path, data_dir: Path,
-                   run_config: Path | None = None) -> dict[str, Any]:
-    """The base model's knowledge (prose) and skill (quizzes), seed-independent; with
-    `run_config`, also how it uses a same-fact demonstration (`demo_use`)."""
+def base_diagnosis(base_dir: Path, data_dir: Path, run_config: Path) -> dict[str, Any]:
+    """The base model's knowledge (prose), skill (quizzes) and use of a same-fact
+    demonstration (`demo_use`), seed-independent; `run_config` is a sub-run's
+    config.yaml (its synth world and task)."""
+    from semievol_jax.demo import synth
+
     raw = data_dir / "raw"
     rows = [r for s in ("labeled", "unlabeled", "test") for r in read_rows(raw / f"{s}.csv")]
     test = read_rows(raw / "test.csv")
+    synth_cfg = _synth_of(run_config)
+    world = synth.make_world(synth_cfg)
+    target = synth.target_of(synth_cfg)
     model, tok = load_stage_model(base_dir)
     practice = corpus_quizzes(raw / "corpus.jsonl")
-    extra = ({"same_fact_demo": demo_use_of(model, tok, run_config, data_dir)}
-             if run_config is not None else {})
-    return extra | {
-        "prose_recall_task_facts": prose_recall(model, tok, rows),
-        "quiz_accuracy_practice_people": quiz_accuracy(model, tok, practice),
+    return {
+        "same_fact_demo": demo_use_of(model, tok, run_config, data_dir),
+        "prose_recall_task_facts": prose_recall(
+            model, tok, {fact_of(r): world.facts[fact_of(r)] for r in rows}),
+        "quiz_accuracy_practice_people": quiz_accuracy(model, tok, practice, target),
         "quiz_accuracy_test_questions": quiz_accuracy(
-            model, tok, [(r["question"], json.loads(r["options"]), r["answer"]) for r in test]),
+            model, tok, [(r["question"], json.loads(r["options"]), r["answer"]) for r in test],
+            target),
         "num_practice_quizzes": len(practice),
     }
