@@ -109,11 +109,19 @@ def test_quiz_layout_matches_the_demo_presets_prompt():
     from semievol_jax.pipeline.data import Example
     from semievol_jax.pipeline.stages import task_of
 
-    task = task_of(load_config(RunConfig, "demo", []).data)  # the demo's own task
-    ex = Example(id="x", question="Where does Bralo live?", options=("Mora", "Tesk", "Lund",
-                                                                     "Pira"), answer="B")
-    expected = prompts.format_question(task, ex) + "\n" + prompts.target(task, "B")
-    assert synth.render_quiz(ex.question, ex.options, "B") == expected
+    data = load_config(RunConfig, "demo", []).data
+    task = task_of(data)  # the demo's own task
+    # The corpus quizzes' worked answers are the task's target: SFT teaches what the
+    # base met in pretraining.
+    assert task.target == synth.target_of(data.synth)
+    ex = Example(id="x", question="Where does Bralo live?",
+                 options=("Bralo lives in Mora.", "Bralo lives in Tesk.",
+                          "Bralo lives in Lund.", "Bralo lives in Pira."), answer="B")
+    expected = (prompts.format_question(task, ex) + "\n"
+                + prompts.target(task, "B", ex.options))
+    assert synth.render_quiz(ex.question, ex.options, "B", synth.target_of(data.synth)) == (
+        expected)
+    assert expected.endswith("\nBralo lives in Tesk.\nAnswer: B")
 
 
 def test_csv_round_trips_options_with_commas_and_quotes():

@@ -51,7 +51,7 @@ LETTERS = "ABCDEFGHIJ"
 # tiny model reads it on every training step.
 INSTRUCTION = "Reply 'Answer: LETTER' ({letters})."
 # Worked answers in the corpus quizzes, as the task's `target` writes them: the letter
-# alone (the demo preset), or, with `statement_options`, the chosen option restated
+# alone, or, with `statement_options` (the demo preset), the chosen option restated
 # first. The restated option is then a corpus sentence, so the model answers by
 # completing a sentence it was pretrained on ("Vivol works as a" -> "miner") instead of
 # mapping a name straight to a letter (docs/demo.md, "statement options").
@@ -130,7 +130,9 @@ class SynthError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
-    """Knobs of the demo world; defaults are the ones docs/demo.md measured."""
+    """Knobs of the demo world. The defaults are the letter-only world of earlier
+    sessions; the demo preset sets `statement_options` and `bios_per_person=6`
+    (docs/demo.md, "How the world got here")."""
 
     seed: int = 0  # root seed of the world, corpus and splits
     num_people: int = 16  # task people: their facts are asked in the splits
