@@ -22,6 +22,9 @@ REDUCED = [
     "base.pretrain.intermediate_size=64", "base.pretrain.seq_len=64",
     "base.pretrain.batch_size=4", "base.pretrain.steps=8",
     "sft.train.epochs=1", "final.train.epochs=1", "propose.n=2",
+    # a 320-entry vocabulary splits the statement options into many pieces
+    "sft.train.cutoff_len=256", "final.train.cutoff_len=256",
+    "sft.train.length_buckets=[256]", "final.train.length_buckets=[256]",
 ]
 
 
