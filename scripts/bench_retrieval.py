@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semievol_jax import environment
 from semievol_jax.retrieval import IndexConfig, build_index, recall_at_k, scann_backend
 
 GOAL_RECALL = 0.95  # the issue: recall@k >= 0.95 ...
@@ -320,7 +321,7 @@ def main(argv=None) -> int:
     record = {
         "command": "python " + " ".join([sys.argv[0], *sys.argv[1:]] if argv is None
                                         else ["scripts/bench_retrieval.py", *argv]),
-        "device": {"cpu": _cpu_name(), "cores_visible": os.cpu_count(),
+        "device": {"cpu": environment.cpu_info()["model"], "cores_visible": os.cpu_count(),
                    "machine": platform.machine(), "python": platform.python_version(),
                    "load_avg_1_5_15_before": [round(v, 2) for v in load_before],
                    "load_avg_1_5_15_after": [round(v, 2) for v in load_after],
@@ -342,28 +343,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _simd() -> dict:
     """The CPU's widest vector units, and the SIMD level FAISS loaded (it picks its AVX2
     or AVX-512 build at import); ScaNN's wheel has one build."""
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    out = {"cpu": [f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni") if f in flags]}
+    out = {"cpu": environment.cpu_info()["simd"]}
     try:
         import faiss
 

@@ -7,6 +7,7 @@ import platform
 import re
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 # Flags the project sets itself (before any JAX backend starts) so that runs are
@@ -56,6 +57,45 @@ def pinned_versions() -> dict[str, str]:
     return dict(sorted(versions.items()))
 
 
+# XLA compiles CPU programs for the host's vector units, so float rounding, and with it
+# every digest, differs between e.g. an AVX-512 and an AVX2 machine even under the same
+# "model name" (a hypervisor may report only "AMD EPYC"). These flags name the kind.
+SIMD_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
+              "asimd", "sve")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The host CPU as `/proc/cpuinfo` names it: model, vendor, family / model numbers
+    and the SIMD flags among `SIMD_FLAGS` (`platform` only where there is no such file).
+    `cpuinfo` is that file's text (tests)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:  # the first processor's entry
+            fields[key.strip()] = value.strip()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {
+        "model": fields.get("model name") or fields.get("Model") or platform.processor()
+        or "unknown",
+        "vendor": fields.get("vendor_id") or fields.get("CPU implementer") or "",
+        "family": "/".join(fields[k] for k in ("cpu family", "model", "CPU part")
+                           if k in fields),
+        "simd": [f for f in SIMD_FLAGS if f in flags],
+        "cores": os.cpu_count(),
+    }
+
+
+def cpu_kind(info: dict[str, Any]) -> str:
+    """One line naming a CPU from `cpu_info`, e.g. "AMD EPYC (family 25/1; avx2)"."""
+    family = f"family {info['family']}; " if info.get("family") else ""
+    return f"{info['model']} ({family}{'+'.join(info['simd']) or 'no listed SIMD'})"
+
+
 def describe() -> dict[str, Any]:
     """Everything a reviewer pastes into a report."""
     import jax  # imported late: XLA_FLAGS must be final first
@@ -68,6 +108,7 @@ def describe() -> dict[str, Any]:
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in devices],
         "device_kind": devices[0].device_kind if devices else None,
+        "cpu": cpu_info(),
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
@@ -81,6 +122,7 @@ def format_env(info: dict[str, Any]) -> str:
              f"devices       {len(info['devices'])} x {info['device_kind']}: "
              f"{', '.join(info['devices'])}",
              f"processes     {info['process_index']} of {info['process_count']}",
+             f"cpu           {cpu_kind(info['cpu'])}, {info['cpu']['cores']} cores",
              f"XLA_FLAGS     {info['XLA_FLAGS'] or '(none)'}",
              f"JAX_PLATFORMS {info['JAX_PLATFORMS'] or '(unset)'}", "packages:"]
     lines += [f"  {k:<24} {v}" for k, v in info["packages"].items()]

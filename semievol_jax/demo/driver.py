@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from semievol_jax import environment
 from semievol_jax.config import load_config
 from semievol_jax.pipeline import api
 from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
@@ -130,7 +131,8 @@ def run_demo(out: Path, *, quick: bool = False, overrides: list[str] = ()) -> in
     base_cfg = load_config(RunConfig, "demo", list(overrides))
     mesh = api.make_mesh(base_cfg)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / DEMO_MARKER, {"quick": quick, "overrides": list(overrides)})
+    write_json_atomic(out / DEMO_MARKER, {"quick": quick, "overrides": list(overrides),
+                                          "cpu": environment.cpu_info()})
     per_seed, shared = {}, None
     for seed in seeds:
         cfg = dataclasses.replace(base_cfg, seed=seed)

@@ -245,7 +245,8 @@ def write_run_report(out: Path, main_run: Path, cfg: RunConfig,
         accuracy_per_round=accuracy_per_round(per_seed) if cfg.rounds > 1 else {},
         config=json.loads(json.dumps(dataclasses.asdict(cfg))),
         versions=info["packages"],
-        device={"backend": info["jax_backend"], "devices": info["devices"]},
+        device={"backend": info["jax_backend"], "devices": info["devices"],
+                "cpu": environment.cpu_kind(info["cpu"])},
         stage_seconds=stage_s,
         notes=[f"seeds: {sorted(per_seed)}; wall time of this invocation {wall_s:.0f}s "
                "(stages reused from an earlier invocation count their original time)"],
@@ -358,9 +359,43 @@ def verify(run_dir: Path, *, rerun: bool = True, fresh: str | None = None) -> in
     if diffs:
         print("first difference: " + diffs[0])
         print("\n".join(diffs[1:]))
+        note = hardware_note(run_dir, other)
+        if note:
+            print(note)
         return 1
     print("fresh run reproduces every digest")
     return 0
+
+
+def recorded_cpu(run_dir: Path) -> str | None:
+    """The CPU kind a run directory says it was made on (`demo.json` of a demo, else the
+    report's metrics.json), or None when it records none."""
+    from semievol_jax import environment
+    from semievol_jax.demo.driver import DEMO_MARKER
+
+    for name, get in ((DEMO_MARKER, lambda d: d.get("cpu")),
+                      ("metrics.json", lambda d: d.get("device", {}).get("cpu"))):
+        path = Path(run_dir) / name
+        if path.exists() and (cpu := get(json.loads(path.read_text()))):
+            return environment.cpu_kind(cpu) if isinstance(cpu, dict) else str(cpu)
+    return None
+
+
+def hardware_note(expected: Path, got: Path) -> str | None:
+    """Why digests may differ between two runs: they were made on different CPU kinds
+    (XLA compiles CPU programs for the host's vector units, so float rounding differs),
+    or the expected run does not say which. None when both name the same kind."""
+    from semievol_jax import environment
+
+    want = recorded_cpu(expected)
+    have = recorded_cpu(got) or environment.cpu_kind(environment.cpu_info())
+    why = ("XLA compiles CPU programs for the host's vector units, so digests reproduce "
+           "only on the same kind of CPU")
+    if want is None:
+        return f"note: {expected} does not record its CPU; this rerun ran on {have} ({why})"
+    if want != have:
+        return f"note: {expected} was made on {want}, the rerun on {have} ({why})"
+    return None
 
 
 def run_demo(out: Path, *, quick: bool, overrides: list[str]) -> int:

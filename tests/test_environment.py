@@ -1,0 +1,84 @@
+"""The CPU a run is made on: parsed from /proc/cpuinfo, recorded, and named by `verify`
+when digests differ (XLA's CPU programs follow the host's vector units)."""
+
+from __future__ import annotations
+
+import json
+
+from semievol_jax import environment
+from semievol_jax.pipeline import api
+
+EPYC_AVX2 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 avx fma avx2 bmi2
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+model name\t: some other name
+flags\t\t: fpu
+"""
+EPYC_AVX512 = EPYC_AVX2.replace("model\t\t: 1", "model\t\t: 17").replace(
+    "avx2 bmi2", "avx2 avx512f avx512bw avx512_vnni bmi2", 1)
+ARM = """processor\t: 0
+Features\t: fp asimd evtstrm aes sve
+CPU implementer\t: 0x41
+CPU part\t: 0xd40
+"""
+
+
+def test_cpu_info_reads_the_first_processor_and_its_vector_units():
+    info = environment.cpu_info(EPYC_AVX2)
+    assert info["model"] == "AMD EPYC" and info["vendor"] == "AuthenticAMD"
+    assert info["family"] == "25/1" and info["simd"] == ["avx2"]
+    assert environment.cpu_kind(info) == "AMD EPYC (family 25/1; avx2)"
+    wide = environment.cpu_info(EPYC_AVX512)
+    assert wide["simd"] == ["avx2", "avx512f", "avx512bw", "avx512_vnni"]
+    # The same "model name" on two kinds of machine: the kinds still differ.
+    assert environment.cpu_kind(wide) != environment.cpu_kind(info)
+    arm = environment.cpu_info(ARM)
+    assert arm["simd"] == ["asimd", "sve"] and arm["family"] == "0xd40"
+
+
+def test_env_describes_the_cpu():
+    info = environment.describe()
+    assert info["cpu"]["cores"] >= 1 and isinstance(info["cpu"]["simd"], list)
+    assert "cpu " in environment.format_env(info)
+
+
+def _summary(path, digest, cpu=None):
+    path.mkdir()
+    (path / "digests.json").write_text(json.dumps({"seed0": {"base": digest}}))
+    if cpu is not None:
+        (path / "demo.json").write_text(json.dumps({"quick": True, "overrides": [],
+                                                    "cpu": environment.cpu_info(cpu)}))
+    return path
+
+
+def test_verify_names_the_cpus_when_digests_differ(tmp_path, capsys):
+    a = _summary(tmp_path / "a", "aa" * 32, EPYC_AVX512)
+    b = _summary(tmp_path / "b", "bb" * 32, EPYC_AVX2)
+    assert api.verify(a, rerun=False, fresh=str(b)) == 1
+    out = capsys.readouterr().out
+    assert "first difference: seed0/base" in out
+    assert "was made on AMD EPYC (family 25/17; avx2+avx512f+avx512bw+avx512_vnni), " \
+           "the rerun on AMD EPYC (family 25/1; avx2)" in out
+
+
+def test_verify_says_when_the_expected_run_records_no_cpu(tmp_path, capsys):
+    a = _summary(tmp_path / "a", "aa" * 32)
+    b = _summary(tmp_path / "b", "bb" * 32, EPYC_AVX2)
+    assert api.verify(a, rerun=False, fresh=str(b)) == 1
+    assert "does not record its CPU; this rerun ran on AMD EPYC (family 25/1; avx2)" \
+        in capsys.readouterr().out
+
+
+def test_same_cpu_kind_adds_no_note(tmp_path, capsys):
+    a = _summary(tmp_path / "a", "aa" * 32, EPYC_AVX2)
+    b = _summary(tmp_path / "b", "bb" * 32, EPYC_AVX2)
+    assert api.hardware_note(a, b) is None
+    c = _summary(tmp_path / "c", "aa" * 32, EPYC_AVX2)
+    assert api.verify(a, rerun=False, fresh=str(c)) == 0
+    assert "fresh run reproduces every digest" in capsys.readouterr().out
