@@ -92,3 +92,15 @@ def test_stats_from_a_real_selection():
                                                      thetas=(0.5,)))
     assert (st.consistency_rate, st.selected_fraction, st.num_selected) == (0.5, 1.0, 2)
     assert st.accuracy_selected == 0.5 and not math.isnan(st.accuracy_per_theta[0.5])
+
+
+def test_stage_seconds_count_a_shared_stage_once():
+    from semievol_jax.pipeline.api import stage_seconds
+
+    def rec(digest, s):
+        return {"output_digest": digest, "wall_s": s}
+
+    shared = {"data": rec("d", 0.5), "base": rec("b", 100.0)}  # seed 0 made, seeds adopt
+    per_seed = {seed: {"semievol": {**shared, "sft": rec(f"s{seed}", 10.0 + seed)}}
+                for seed in range(3)}
+    assert stage_seconds(per_seed) == {"data": 0.5, "base": 100.0, "sft": 33.0}

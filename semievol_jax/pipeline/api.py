@@ -232,10 +232,7 @@ def write_run_report(out: Path, main_run: Path, cfg: RunConfig,
     # Entropies of the headline models: the baselines from round 1, SemiEvol's last M2.
     entropies = {k: v["entropies"] for k, v in evals[1]["models"].items()}
     entropies["semievol"] = evals[cfg.rounds]["models"]["semievol"]["entropies"]
-    stage_s: dict[str, float] = {}
-    for records in per_seed.values():
-        for key, rec in records["semievol"].items():
-            stage_s[key] = stage_s.get(key, 0.0) + rec["wall_s"]
+    stage_s = stage_seconds(per_seed)
     info = environment.describe()
     report.write_report(report.ReportInputs(
         run_name=title,
@@ -252,6 +249,19 @@ def write_run_report(out: Path, main_run: Path, cfg: RunConfig,
                "(stages reused from an earlier invocation count their original time)"],
     ), out)
     return summary
+
+
+def stage_seconds(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, float]:
+    """Seconds per stage of the method, summed over seeds. A stage the seeds share (the
+    demo's data and base: adopted, same output digest) ran once and counts once."""
+    out: dict[str, float] = {}
+    seen = set()
+    for records in per_seed.values():
+        for key, rec in records["semievol"].items():
+            if (key, rec["output_digest"]) not in seen:
+                seen.add((key, rec["output_digest"]))
+                out[key] = out.get(key, 0.0) + rec["wall_s"]
+    return out
 
 
 def accuracy_per_round(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, list[float]]:
