@@ -82,3 +82,15 @@ def test_same_cpu_kind_adds_no_note(tmp_path, capsys):
     c = _summary(tmp_path / "c", "aa" * 32, EPYC_AVX2)
     assert api.verify(a, rerun=False, fresh=str(c)) == 0
     assert "fresh run reproduces every digest" in capsys.readouterr().out
+
+
+def test_hardware_note_without_a_second_run_is_about_this_machine(tmp_path):
+    here = environment.cpu_kind(environment.cpu_info())
+    a = _summary(tmp_path / "a", "aa" * 32, EPYC_AVX512)
+    note = api.hardware_note(a)
+    if here == environment.cpu_kind(environment.cpu_info(EPYC_AVX512)):
+        assert note is None
+    else:
+        assert note.endswith(f"the rerun on {here} (XLA compiles CPU programs for the "
+                             "host's vector units, so digests reproduce only on the same "
+                             "kind of CPU)")

@@ -355,6 +355,8 @@ def verify(run_dir: Path, *, rerun: bool = True, fresh: str | None = None) -> in
     else:
         from semievol_jax.demo.driver import rerun_like
 
+        if note := hardware_note(run_dir):  # said before a rerun that may take a while
+            print(note)
         other = Path(tempfile.mkdtemp(prefix="semievol-verify-"))
         rerun_like(run_dir, other)
     got = _digest_table(other)
@@ -391,14 +393,16 @@ def recorded_cpu(run_dir: Path) -> str | None:
     return None
 
 
-def hardware_note(expected: Path, got: Path) -> str | None:
+def hardware_note(expected: Path, got: Path | None = None) -> str | None:
     """Why digests may differ between two runs: they were made on different CPU kinds
     (XLA compiles CPU programs for the host's vector units, so float rounding differs),
-    or the expected run does not say which. None when both name the same kind."""
+    or the expected run does not say which. `got` None (or recording nothing) stands for
+    this machine. None when both name the same kind."""
     from semievol_jax import environment
 
     want = recorded_cpu(expected)
-    have = recorded_cpu(got) or environment.cpu_kind(environment.cpu_info())
+    have = (recorded_cpu(got) if got is not None else None) or \
+        environment.cpu_kind(environment.cpu_info())
     why = ("XLA compiles CPU programs for the host's vector units, so digests reproduce "
            "only on the same kind of CPU")
     if want is None:
