@@ -97,10 +97,11 @@ def test_stats_from_a_real_selection():
 def test_stage_seconds_count_a_shared_stage_once():
     from semievol_jax.pipeline.api import stage_seconds
 
-    def rec(digest, s):
-        return {"output_digest": digest, "wall_s": s}
+    def rec(key, s, digest="same"):
+        return {"key": key, "output_digest": digest, "wall_s": s}
 
     shared = {"data": rec("d", 0.5), "base": rec("b", 100.0)}  # seed 0 made, seeds adopt
     per_seed = {seed: {"semievol": {**shared, "sft": rec(f"s{seed}", 10.0 + seed)}}
                 for seed in range(3)}
+    # Each seed's sft ran, though all three wrote equal outputs (digest "same").
     assert stage_seconds(per_seed) == {"data": 0.5, "base": 100.0, "sft": 33.0}

@@ -253,14 +253,15 @@ def write_run_report(out: Path, main_run: Path, cfg: RunConfig,
 
 def stage_seconds(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, float]:
     """Seconds per stage of the method, summed over seeds. A stage the seeds share (the
-    demo's data and base: adopted, same output digest) ran once and counts once."""
+    demo's data and base, adopted: the same record key) ran once and counts once; stages
+    run per seed count each time, even when their outputs happen to be equal."""
     out: dict[str, float] = {}
     seen = set()
     for records in per_seed.values():
-        for key, rec in records["semievol"].items():
-            if (key, rec["output_digest"]) not in seen:
-                seen.add((key, rec["output_digest"]))
-                out[key] = out.get(key, 0.0) + rec["wall_s"]
+        for name, rec in records["semievol"].items():
+            if rec["key"] not in seen:
+                seen.add(rec["key"])
+                out[name] = out.get(name, 0.0) + rec["wall_s"]
     return out
 
 
@@ -355,8 +356,8 @@ def verify(run_dir: Path, *, rerun: bool = True, fresh: str | None = None) -> in
     else:
         from semievol_jax.demo.driver import rerun_like
 
-        if note := hardware_note(run_dir):  # said before a rerun that may take a while
-            print(note)
+        if said := hardware_note(run_dir):  # before a rerun that may take a while
+            print(said)
         other = Path(tempfile.mkdtemp(prefix="semievol-verify-"))
         rerun_like(run_dir, other)
     got = _digest_table(other)
@@ -371,8 +372,7 @@ def verify(run_dir: Path, *, rerun: bool = True, fresh: str | None = None) -> in
     if diffs:
         print("first difference: " + diffs[0])
         print("\n".join(diffs[1:]))
-        note = hardware_note(run_dir, other)
-        if note:
+        if fresh is not None and (note := hardware_note(run_dir, other)):
             print(note)
         return 1
     print("fresh run reproduces every digest")
