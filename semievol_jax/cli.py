@@ -11,6 +11,13 @@ from semievol_jax import __version__
 from semievol_jax.environment import set_determinism_flags
 
 
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _cmd_env(args: argparse.Namespace) -> int:
     from semievol_jax.environment import describe, format_env
 
@@ -34,7 +41,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from semievol_jax.pipeline.api import run_demo
 
-    return run_demo(Path(args.out), quick=args.quick, overrides=args.overrides)
+    return run_demo(Path(args.out), quick=args.quick, overrides=args.overrides,
+                    workers=args.jobs)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -89,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="the embedded demo: synthetic task, tiny model, 3 seeds")
     sp.add_argument("--out", default="results/demo", help="output directory")
     sp.add_argument("--quick", action="store_true", help="one seed, no sweep (a smoke run)")
+    sp.add_argument("--jobs", type=_positive_int, default=None,
+                    help="worker processes for the independent runs (default: one per core, "
+                         "at most 4; the digests do not depend on it)")
     sp.add_argument("overrides", nargs="*", help="dotted overrides of the demo preset")
     sp.set_defaults(fn=_cmd_demo)
 

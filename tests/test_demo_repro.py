@@ -1,4 +1,5 @@
-"""`semievol demo`, reduced to seconds, run twice from scratch: every stage digest agrees.
+"""`semievol demo`, reduced to seconds, run twice from scratch (in this process, then in two
+worker processes): every stage digest agrees.
 
 The committed results/demo is only worth something if a reviewer's rerun reproduces it
 digest for digest; this runs the demo's own code path (synthetic world, base
@@ -20,8 +21,10 @@ def test_reduced_demo_twice_gives_identical_digests(tmp_path):
     from semievol_jax.pipeline.api import verify
 
     runs = [tmp_path / "a", tmp_path / "b"]
-    for out in runs:
-        assert run_demo(out, quick=True, overrides=REDUCED) == 0
+    # The second run spreads the runs over two worker processes (one core each where
+    # there are two): parallel execution must not change a digest either.
+    for out, workers in zip(runs, (1, 2), strict=True):
+        assert run_demo(out, quick=True, overrides=REDUCED, workers=workers) == 0
     a, b = (json.loads((r / DIGESTS).read_text()) for r in runs)
     # The method plus its ablations, each with its own stage digests.
     assert len(a) >= 4 and all(len(v) >= 2 for v in a.values())

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from semievol_jax import environment
 from semievol_jax.config import load_config
-from semievol_jax.pipeline import api
+from semievol_jax.pipeline import api, parallel
 from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
 from semievol_jax.pipeline.runner import run_manifests, write_json_atomic
 
@@ -50,13 +51,32 @@ def ablation_variants(cfg: RunConfig) -> dict[str, RunConfig]:
     return out
 
 
-def run_seed(cfg: RunConfig, out: Path, *, mesh, shared: dict[str, Path] | None,
-             sweep: bool) -> dict[str, dict[str, Any]]:
-    """Seed `cfg.seed`: the method, the ablations and (optionally) the sweep."""
+def seed_variants(cfg: RunConfig, *, sweep: bool) -> dict[str, tuple[str, RunConfig]]:
+    """Seed `cfg.seed`'s variants: the ablations and (optionally) the sweep."""
     variants = {ab: ("ablations", v) for ab, v in ablation_variants(cfg).items()}
     if sweep:
         variants |= {name: ("sweep", v) for name, v in sweep_variants(cfg).items()}
-    return api.run_with_variants(cfg, out, variants, mesh=mesh, shared=shared)
+    return variants
+
+
+def demo_jobs(base_cfg: RunConfig, out: Path, seeds: tuple[int, ...], *, sweep: bool
+              ) -> list[parallel.Job]:
+    """Every run of the demo as jobs: the first seed's data and base, each seed's method
+    (the other seeds adopt that data and base), then each seed's variants."""
+    first = dataclasses.replace(base_cfg, seed=seeds[0])
+    root = out / f"seed{seeds[0]}"
+    prefix = parallel.Job(f"seed{seeds[0]}/base", first, root, stop_after="base")
+    shared = {n: root / f"{api.ORDER[n]:02d}_{n}" for n in ("data", "base")}
+    mains, rest = [], []
+    for seed in seeds:
+        cfg = dataclasses.replace(base_cfg, seed=seed)
+        main, *variants = api.variant_jobs(
+            cfg, out / f"seed{seed}", seed_variants(cfg, sweep=sweep and seed == seeds[0]),
+            shared=None if seed == seeds[0] else shared, after=(prefix.name,),
+            prefix=f"seed{seed}/")
+        mains.append(main)
+        rest += variants
+    return [prefix, *mains, *rest]
 
 
 def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[str, Any]]],
@@ -124,22 +144,30 @@ def headline_markdown(h: dict[str, Any]) -> str:
     )
 
 
-def run_demo(out: Path, *, quick: bool = False, overrides: list[str] = ()) -> int:
-    """Run the demo into `out`; finished stages of an earlier run are reused."""
+def run_demo(out: Path, *, quick: bool = False, overrides: list[str] = (),
+             workers: int = 1) -> int:
+    """Run the demo into `out`; finished stages of an earlier run are reused.
+
+    Every run goes to one of `workers` single-core processes
+    (`semievol_jax.pipeline.parallel`): the digests depend on the kind of CPU only, not
+    on its core count or on `workers`.
+    """
     start = time.perf_counter()
     seeds = SEEDS[:1] if quick else SEEDS
     base_cfg = load_config(RunConfig, "demo", list(overrides))
-    mesh = api.make_mesh(base_cfg)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / DEMO_MARKER, {"quick": quick, "overrides": list(overrides),
-                                          "cpu": environment.cpu_info()})
-    per_seed, shared = {}, None
-    for seed in seeds:
-        cfg = dataclasses.replace(base_cfg, seed=seed)
-        per_seed[seed] = run_seed(cfg, out / f"seed{seed}", mesh=mesh, shared=shared,
-                                  sweep=not quick and seed == seeds[0])
-        shared = shared or {n: out / f"seed{seed}" / f"{api.ORDER[n]:02d}_{n}"
-                            for n in ("data", "base")}
+    # What the wall time depends on besides the CPU (the digests depend on neither).
+    write_json_atomic(out / DEMO_MARKER, {
+        "quick": quick, "overrides": list(overrides), "cpu": environment.cpu_info(),
+        "workers": workers, "glibc_tunables": parallel.malloc_tunables(
+            os.environ.get("GLIBC_TUNABLES"))})
+    jobs = demo_jobs(base_cfg, out, seeds, sweep=not quick)
+    done = parallel.run_jobs(jobs, workers=workers)
+    per_seed: dict[int, dict[str, dict[str, Any]]] = {s: {} for s in seeds}
+    for job in jobs:
+        seed, _, name = job.name.partition("/")
+        if job.stop_after is None:
+            per_seed[int(seed.removeprefix("seed"))][name] = done[job.name]
     summary = write_outputs(out, base_cfg, per_seed, time.perf_counter() - start)
     for name, s in summary.items():
         print(f"{name:<12} {s['mean']:.3f} ± {s['std']:.3f}  {s['per_seed']}")
@@ -151,7 +179,8 @@ def rerun_like(run_dir: Path, other: Path) -> None:
     marker = run_dir / DEMO_MARKER
     if marker.exists():
         info = json.loads(marker.read_text())
-        run_demo(other, quick=info["quick"], overrides=info["overrides"])
+        run_demo(other, quick=info["quick"], overrides=info["overrides"],
+                 workers=parallel.default_workers())
         return
     cfg = load_config(RunConfig, str(run_dir / "config.yaml"))
     api.run_pipeline(cfg, other)

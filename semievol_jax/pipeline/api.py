@@ -12,6 +12,7 @@ from typing import Any
 
 from semievol_jax.config import load_config, to_yaml
 from semievol_jax.errors import UserError
+from semievol_jax.pipeline import parallel
 from semievol_jax.pipeline import stages as st
 from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
 from semievol_jax.pipeline.runner import (
@@ -97,10 +98,12 @@ def make_mesh(cfg: RunConfig):
 
 
 def run_pipeline(cfg: RunConfig, run_dir: Path, *, mesh=None,
-                 shared: dict[str, Path] | None = None) -> dict[str, dict[str, Any]]:
+                 shared: dict[str, Path] | None = None,
+                 stop_after: str | None = None) -> dict[str, dict[str, Any]]:
     """Run (or resume) every round of one pipeline into `run_dir`.
 
-    `shared` stages are adopted into round 1, not rerun. Returns stage name -> record for
+    `shared` stages are adopted into round 1, not rerun. `stop_after` runs round 1 only
+    up to that stage (a prefix that other runs adopt). Returns stage name -> record for
     round 1 (as for a one-round run) and `round<r>/<stage>` -> record for each later
     round's own stages.
     """
@@ -115,7 +118,11 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, *, mesh=None,
     stages = build_stages(cfg, mesh)
     for name, d in (shared or {}).items():
         first.adopt(name, d)
+    if stop_after is not None:
+        stages = stages[:[s.name for s in stages].index(stop_after) + 1]
     records = first.run([s for s in stages if s.name not in (shared or {})])
+    if stop_after is not None:
+        return records
     prev = first
     for r in range(2, cfg.rounds + 1):
         runner = Runner(round_dir(run_dir, r), is_writer=sharding.is_main_process())
@@ -153,15 +160,17 @@ _UPSTREAM = {"sft": ("sft",), "index": ("sft", "index"),
              "select": ("sft", "index", "propose", "select")}
 
 
-def run_with_variants(cfg: RunConfig, out: Path, variants: dict[str, tuple[str, RunConfig]],
-                      *, mesh, shared: dict[str, Path] | None = None
-                      ) -> dict[str, dict[str, Any]]:
-    """The method in `out`, then each variant in `out/<subdir>/<name>`.
+def variant_jobs(cfg: RunConfig, out: Path, variants: dict[str, tuple[str, RunConfig]],
+                 *, shared: dict[str, Path] | None = None, after: tuple[str, ...] = (),
+                 prefix: str = "") -> list[parallel.Job]:
+    """The method in `out` (job `prefix + "semievol"`), then each variant in
+    `out/<subdir>/<name>` (job `prefix + name`), as jobs for `parallel.run_jobs`.
 
     A variant adopts the main run's data and base, and every later stage up to the first
     whose config (or an upstream one) it changes, so nothing is computed twice.
     """
-    records = {"semievol": run_pipeline(cfg, out, mesh=mesh, shared=shared)}
+    main = prefix + "semievol"
+    jobs = [parallel.Job(main, cfg, out, shared, after)]
     share = dict(shared) if shared else {n: out / f"{ORDER[n]:02d}_{n}" for n in ("data", "base")}
     for name, (subdir, variant) in variants.items():
         sub = dict(share)
@@ -169,8 +178,15 @@ def run_with_variants(cfg: RunConfig, out: Path, variants: dict[str, tuple[str, 
             if any(getattr(cfg, f) != getattr(variant, f) for f in fields):
                 break
             sub[stage] = out / f"{ORDER[stage]:02d}_{stage}"
-        records[name] = run_pipeline(variant, out / subdir / name, mesh=mesh, shared=sub)
-    return records
+        jobs.append(parallel.Job(prefix + name, variant, out / subdir / name, sub, (main,)))
+    return jobs
+
+
+def run_with_variants(cfg: RunConfig, out: Path, variants: dict[str, tuple[str, RunConfig]],
+                      *, mesh, shared: dict[str, Path] | None = None
+                      ) -> dict[str, dict[str, Any]]:
+    """`variant_jobs`, run one after another here."""
+    return parallel.run_jobs(variant_jobs(cfg, out, variants, shared=shared), mesh=mesh)
 
 
 def ablation_runs(cfg: RunConfig, run_dir: Path, *, mesh) -> dict[str, dict[str, Any]]:
@@ -412,7 +428,8 @@ def hardware_note(expected: Path, got: Path | None = None) -> str | None:
     return None
 
 
-def run_demo(out: Path, *, quick: bool, overrides: list[str]) -> int:
+def run_demo(out: Path, *, quick: bool, overrides: list[str], workers: int | None = None) -> int:
     from semievol_jax.demo.driver import run_demo as drive
 
-    return drive(Path(out), quick=quick, overrides=overrides)
+    return drive(Path(out), quick=quick, overrides=overrides,
+                 workers=parallel.default_workers() if workers is None else workers)
