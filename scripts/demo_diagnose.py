@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from semievol_jax.demo import diagnose
+from semievol_jax.pipeline import parallel
 
 
 def main(argv=None) -> int:
@@ -134,4 +135,7 @@ def count_table(d: dict, key: str, title: str, columns: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
+    # The demo's runs are single-core (semievol_jax/pipeline/parallel.py); so are the
+    # greedy answers compared with their pseudo-labels here.
+    parallel.pin_to_one_core()
     sys.exit(main())

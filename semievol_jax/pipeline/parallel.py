@@ -103,11 +103,16 @@ def _run(job: Job, mesh=None) -> dict[str, dict[str, Any]]:
 _WORKER_MESH: dict[str, Any] = {}
 
 
-def _worker_init(cores: Any, cache: str | None) -> None:
-    # Before JAX starts a backend: its thread pools size themselves to the affinity.
-    mine = cores.get()
+def pin_to_one_core(core: int | None = None) -> None:
+    """Run this process on one core (default: the first usable one), as the demo's
+    workers do, so its XLA results match theirs. Call it before JAX starts a backend:
+    XLA sizes its CPU thread pools to the affinity then."""
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, mine)
+        os.sched_setaffinity(0, [usable_cores()[0] if core is None else core])
+
+
+def _worker_init(cores: Any, cache: str | None) -> None:
+    pin_to_one_core(cores.get())
     from semievol_jax import environment
 
     environment.set_determinism_flags()
@@ -134,7 +139,7 @@ def _run_pool(jobs: Sequence[Job], workers: int,
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     for i in range(workers):
-        queue.put([cores[i % len(cores)]])
+        queue.put(cores[i % len(cores)])
     pending = list(jobs)
     with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
                                 initargs=(queue, jax.config.jax_compilation_cache_dir)) as pool:
