@@ -145,14 +145,15 @@ def headline_markdown(h: dict[str, Any]) -> str:
 
 
 def run_demo(out: Path, *, quick: bool = False, overrides: list[str] = (),
-             workers: int = 1) -> int:
+             workers: int | None = None) -> int:
     """Run the demo into `out`; finished stages of an earlier run are reused.
 
-    Every run goes to one of `workers` single-core processes
-    (`semievol_jax.pipeline.parallel`): the digests depend on the kind of CPU only, not
-    on its core count or on `workers`.
+    Every run goes to one of `workers` single-core processes (default
+    `parallel.default_workers()`; `semievol_jax.pipeline.parallel`): the digests depend on
+    the kind of CPU only, not on its core count or on `workers`.
     """
     start = time.perf_counter()
+    workers = parallel.default_workers() if workers is None else workers
     seeds = SEEDS[:1] if quick else SEEDS
     base_cfg = load_config(RunConfig, "demo", list(overrides))
     out.mkdir(parents=True, exist_ok=True)
@@ -179,8 +180,7 @@ def rerun_like(run_dir: Path, other: Path) -> None:
     marker = run_dir / DEMO_MARKER
     if marker.exists():
         info = json.loads(marker.read_text())
-        run_demo(other, quick=info["quick"], overrides=info["overrides"],
-                 workers=parallel.default_workers())
+        run_demo(other, quick=info["quick"], overrides=info["overrides"])
         return
     cfg = load_config(RunConfig, str(run_dir / "config.yaml"))
     api.run_pipeline(cfg, other)

@@ -431,5 +431,4 @@ def hardware_note(expected: Path, got: Path | None = None) -> str | None:
 def run_demo(out: Path, *, quick: bool, overrides: list[str], workers: int | None = None) -> int:
     from semievol_jax.demo.driver import run_demo as drive
 
-    return drive(Path(out), quick=quick, overrides=overrides,
-                 workers=parallel.default_workers() if workers is None else workers)
+    return drive(Path(out), quick=quick, overrides=overrides, workers=workers)

@@ -9,8 +9,8 @@ a run's digests depend only on the kind of CPU, not on how many cores the machin
 or how many workers share them.
 
 Why processes: the runs that share a finished prefix (the base, M1) are independent,
-and two single-core processes get through ~1.3x more training steps than one process
-on two cores (small kernels leave a multi-threaded process waiting on itself).
+and single-core processes keep the cores busier than one multi-threaded process, whose
+small kernels wait on each other (docs/demo.md, "Wall time and memory").
 
 Workers are spawned (JAX does not survive a fork), share the persistent compilation
 cache, and run with malloc settings that spare XLA's temporaries the page faults
@@ -21,19 +21,16 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import logging
 import multiprocessing as mp
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 # With glibc's defaults, each thread's malloc arena hands large freed blocks back to the
 # kernel, so every XLA step faults its temporaries in again: a fifth of a demo's CPU time
 # went to the kernel (109 M minor faults). One arena, no mmap'd blocks and a high trim
-# threshold keep them: 18x fewer faults, the same digests. Workers get these unless
+# threshold keep them: 16x fewer faults over the demo, the same digests. Workers get these unless
 # SEMIEVOL_MALLOC=off (other C libraries ignore the variable).
 GLIBC_TUNABLES = {"glibc.malloc.arena_max": "1", "glibc.malloc.mmap_max": "0",
                   "glibc.malloc.trim_threshold": str(256 << 20)}
