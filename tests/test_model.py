@@ -57,6 +57,18 @@ def test_padding_does_not_change_valid_logits(tiny_model):
     np.testing.assert_allclose(np.asarray(padded), np.asarray(alone), atol=1e-5)
 
 
+def test_logits_at_positions_equal_the_full_logits_there(tiny_model):
+    model, cfg = tiny_model.model, tiny_model.cfg
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [5, 8, 3], 8, extra=2)
+    at = jnp.asarray([[9, 3, 0], [1, 2, 8], [7, 7, 9]], jnp.int32)
+    full = model(tokens, positions, valid_BT=valid).logits_BTV
+    some = model(tokens, positions, valid_BT=valid, logits_at_BR=at).logits_BTV
+    assert some.shape == (3, 3, cfg.vocab_size)
+    np.testing.assert_allclose(np.asarray(some),
+                               np.asarray(jnp.take_along_axis(full, at[..., None], axis=1)),
+                               atol=1e-5)
+
+
 def test_hidden_layers(tiny_model):
     model, cfg = tiny_model.model, tiny_model.cfg
     tokens, positions, valid = _left_padded(cfg.vocab_size, [8, 8, 8], width=8, extra=0)

@@ -85,3 +85,32 @@ def test_batch_layout_shift_mask_and_padding_rows():
     # Process slices pick rows of every microbatch.
     part = bt.batch_at(1, rows=slice(0, 2))
     assert part.tokens_ABT.shape[:2] == (2, 2)
+
+
+def test_score_positions_list_each_rows_loss_targets_in_a_power_of_two():
+    from semievol_jax.train.data import score_positions
+
+    mask = np.zeros((3, 40), bool)
+    mask[0, 30:39] = True  # 9 response targets -> R = 16
+    mask[1, [5, 7, 20]] = True  # not contiguous (a multi-turn mask)
+    at, keep = score_positions(mask)
+    assert at.shape == keep.shape == (3, 16)
+    np.testing.assert_array_equal(at[0, :9], np.arange(30, 39))
+    np.testing.assert_array_equal(at[1, :3], [5, 7, 20])
+    assert keep.sum(axis=1).tolist() == [9, 3, 0]  # a padding row scores nothing
+    # Gathering the mask at the kept slots recovers exactly the loss positions.
+    for b in range(3):
+        assert sorted(at[b][keep[b]]) == list(np.flatnonzero(mask[b]))
+    assert score_positions(np.ones((2, 4), bool))[0].shape == (2, 4)  # R <= T
+
+
+def test_batches_score_every_loss_target_once():
+    bt = _batcher(n=10)
+    for step in range(bt.steps_per_epoch):
+        x = bt.batch_at(step)
+        m = x.loss_mask_ABT.reshape(-1, x.loss_mask_ABT.shape[-1])
+        at = x.score_at_ABR.reshape(-1, x.score_at_ABR.shape[-1])
+        keep = x.score_mask_ABR.reshape(at.shape)
+        assert int(keep.sum()) == int(m.sum())
+        for r in range(m.shape[0]):
+            assert m[r, at[r][keep[r]]].all()

@@ -191,6 +191,7 @@ class Llama(nnx.Module):
         valid_BT: jax.Array | None = None,
         cache: KVCache | None = None,
         hidden_layer: int | None = None,
+        logits_at_BR: jax.Array | None = None,
     ) -> ModelOutput:
         """Next-token logits for T new tokens.
 
@@ -202,9 +203,13 @@ class Llama(nnx.Module):
                 slots [end, end+T) receive the new tokens (query at slot end+t attends slot
                 s iff s <= end+t and the slot is valid).
             hidden_layer: None, -1 (final-norm output) or i (output of block i).
+            logits_at_BR: optional int positions into T, R per row: logits only there
+                (a loss over response tokens needs no [B, T, V] tensor; at a 128k vocab
+                that tensor is the largest activation of a training step).
 
         Returns:
-            ModelOutput(logits_BTV float32, updated cache or None, hidden_BTD or None).
+            ModelOutput(logits float32 [B, T, V], or [B, R, V] at `logits_at_BR`;
+            updated cache or None; hidden_BTD or None).
         """
         cfg = self.cfg
         B, T = tokens_BT.shape
@@ -237,6 +242,8 @@ class Llama(nnx.Module):
         x_BTD = self.norm(x_BTD)
         if hidden_layer == -1:
             hidden_BTD = x_BTD
+        if logits_at_BR is not None:
+            x_BTD = jnp.take_along_axis(x_BTD, logits_at_BR[..., None], axis=1)
         head_VD = self.embedding_VD if cfg.tie_word_embeddings else self.lm_head_VD
         # float32 logits: the loss, sampling and entropy all want them at full precision.
         logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, head_VD[...].astype(self.dtype),

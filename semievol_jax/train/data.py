@@ -152,6 +152,34 @@ class Batch:
     loss_mask_ABT: np.ndarray  # bool: target is a response token
     valid_ABT: np.ndarray  # bool: input token is real (not padding)
     positions_ABT: np.ndarray  # int32 positions (0.. for real tokens)
+    score_at_ABR: np.ndarray  # int32: the positions whose logits the loss reads
+    score_mask_ABR: np.ndarray  # bool: that position is a response target (not filler)
+
+
+MIN_SCORE_BUCKET = 8
+
+
+def score_positions(loss_mask_BT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's loss positions, left-aligned in ``R`` slots, and which slots are real.
+
+    The model computes logits only at these positions: a response is a few tokens of a
+    long prompt, and the [B, T, V] logits would be the largest tensor of a step. R is
+    a power of two (>= 8, <= T) above the most response tokens in a row, so a run
+    compiles a handful of shapes. Filler slots point at position 0 and are masked.
+    """
+    B, T = loss_mask_BT.shape
+    counts = loss_mask_BT.sum(axis=1)
+    r = MIN_SCORE_BUCKET
+    while r < counts.max(initial=0):
+        r *= 2
+    r = min(r, T)
+    at = np.zeros((B, r), np.int32)
+    mask = np.zeros((B, r), bool)
+    for b in range(B):
+        pos = np.flatnonzero(loss_mask_BT[b])
+        at[b, :len(pos)] = pos
+        mask[b, :len(pos)] = True
+    return at, mask
 
 
 class SFTBatcher:
@@ -227,9 +255,10 @@ class SFTBatcher:
             loss_mask[r, :n] = m[1:]
             valid[r, :n] = True
         positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+        score_at, score_mask = score_positions(loss_mask)
         a = self.batch_size // self.micro
-        arrays = [x.reshape(a, self.micro, t) for x in (tokens, targets, loss_mask, valid,
-                                                        positions)]
+        arrays = [x.reshape(a, self.micro, x.shape[-1])
+                  for x in (tokens, targets, loss_mask, valid, positions, score_at, score_mask)]
         if rows is not None:
             arrays = [x[:, rows] for x in arrays]
         return Batch(*arrays)
