@@ -75,6 +75,10 @@ def test_demo_jobs_share_the_first_seeds_base_and_sweep_it_only(tmp_path):
     assert v.after == ("seed1/semievol",)
     assert v.shared["sft"] == tmp_path / "seed1" / "02_sft"
     assert v.run_dir == tmp_path / "seed1" / "ablations" / "no_cl"
+    # Variants run longest first: those proposing with demonstrations, then n = 8, ...
+    costs = [j.cfg.propose.n * (1 + j.cfg.index.k) for j in jobs[4:]]
+    assert costs == sorted(costs, reverse=True) and costs[0] > costs[-1]
+    assert {j.name for j in jobs[4:7]} == {f"seed{s}/with_icp" for s in (0, 1, 2)}
 
 
 def test_worker_count_must_be_positive():

@@ -76,6 +76,11 @@ def demo_jobs(base_cfg: RunConfig, out: Path, seeds: tuple[int, ...], *, sweep: 
             prefix=f"seed{seed}/")
         mains.append(main)
         rest += variants
+    # Longest first, so the last jobs to start are short ones and neither worker sits idle
+    # while the other finishes a long one. A variant's cost is mostly its propose stage:
+    # n samples of prompts that k demonstrations make (1 + k) times longer. Stable sort:
+    # equal costs keep their order.
+    rest.sort(key=lambda j: -j.cfg.propose.n * (1 + j.cfg.index.k))
     return [prefix, *mains, *rest]
 
 
