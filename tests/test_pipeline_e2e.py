@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from semievol_jax.config import load_config
-from semievol_jax.pipeline.config import RunConfig
+from semievol_jax.pipeline.config import ABLATIONS, RunConfig
 
 STAGES = ["00_data", "01_base", "02_sft", "03_index", "04_propose", "05_select", "06_final",
           "07_eval"]
@@ -144,11 +144,30 @@ def test_sigkill_anywhere_resumes_to_same_digests(tmp_path, tiny_ckpt_dir, tiny_
 
 
 @pytest.mark.slow
-def test_ablations_recompute_only_the_stages_they_change(tmp_path, tiny_ckpt_dir, tiny_task):
+def test_ablations_recompute_only_the_stages_they_change(tmp_path, tiny_ckpt_dir, tiny_task,
+                                                       monkeypatch):
+    from semievol_jax.pipeline import stages
     from semievol_jax.pipeline.api import ablation_runs, make_mesh
 
+    monkeypatch.setattr(stages, "_EVAL_MEMO", {})
     cfg = load_config(RunConfig, None, tiny_overrides(tiny_ckpt_dir, tiny_task))
     records = ablation_runs(cfg, tmp_path, mesh=make_mesh(cfg))
+    # Each distinct model was decoded once (5 runs x 3 models, but one base, and M1 is
+    # shared by every variant except no_iwp), and the reused answers are the main run's.
+    runs = [tmp_path, *(tmp_path / "ablations" / ab for ab in ABLATIONS)]
+
+    def models(run):
+        d = json.loads((run / "07_eval" / "record.json").read_text())["input_digests"]
+        return {(d["base"],), (d["base"], d["sft"]), (d["base"], d["sft"], d["final"])}
+    distinct = set().union(*map(models, runs))
+    assert len(stages._EVAL_MEMO) == len(distinct) <= 3 * len(runs) - 7
+
+    def answers(run, model):
+        rows = (run / "07_eval" / "predictions.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, rows) if r["model"] == model]
+    for ab in ABLATIONS:
+        for model in ("vanilla", "sft") if ab != "no_iwp" else ("vanilla",):
+            assert answers(tmp_path / "ablations" / ab, model) == answers(tmp_path, model)
     assert set(records) == {"semievol", "no_iwp", "no_icp", "no_cl", "no_as"}
     first_own = {"no_iwp": "02_sft", "no_icp": "03_index", "no_cl": "04_propose",
                  "no_as": "05_select"}

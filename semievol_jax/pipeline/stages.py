@@ -436,6 +436,21 @@ def run_final(ctx: StageContext, *, base_cfg: BaseConfig, sft_cfg: SftConfig, ta
     return {**metrics, "labeled": len(exs), "pseudo": len(pseudo)}
 
 
+# Test-set answers, by what determines them: the stages that made the model, the test
+# split, the task, the sampling settings and the seed. Generation is deterministic, so a
+# process that evaluates the same base or M1 again (every ablation and sweep variant of
+# a seed shares them with the method's own run) reuses the answers instead of decoding.
+_EVAL_MEMO: dict[str, list] = {}
+
+
+def _eval_key(ctx: StageContext, makers: Sequence[str], *parts: Any) -> str:
+    from semievol_jax.pipeline.runner import read_record, to_jsonable
+
+    made_by = [read_record(ctx.inputs[n])["output_digest"] for n in ("data", *makers)]
+    return json.dumps([made_by, *(to_jsonable(p) for p in parts)], sort_keys=True,
+                      default=repr)
+
+
 def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
              thetas: Sequence[float], select_cfg: SelectConfig) -> dict[str, Any]:
     """Test accuracy and response entropies of vanilla (base), SFT (M1) and SemiEvol (M2)."""
@@ -450,11 +465,18 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
     # Later rounds are given the original base as `vanilla`; their own base is an M2.
     vanilla = base_ref(ctx.inputs["vanilla"]) if "vanilla" in ctx.inputs else base
     refs = {"vanilla": vanilla, "sft": m1, "semievol": tuned_ref(ctx.inputs["final"], m1)}
+    makers = {"vanilla": ("vanilla",) if "vanilla" in ctx.inputs else ("base",),
+              "sft": ("base", "sft"), "semievol": ("base", "sft", "final")}
     results, preds = {}, []
     for name, ref in refs.items():
-        model, tokenizer = load_model(ref, base_cfg, mesh=mesh, merged=True)
-        outs = generate(model, tokenizer, user_prompts(tokenizer, task, test), cfg.sample,
-                        key=rng.key_for(seed, "eval"), num_samples=1, mesh=mesh)
+        key = _eval_key(ctx, makers[name], task, cfg, base_cfg, seed,
+                        None if mesh is None else dict(mesh.shape))
+        if key not in _EVAL_MEMO:
+            model, tokenizer = load_model(ref, base_cfg, mesh=mesh, merged=True)
+            _EVAL_MEMO[key] = generate(
+                model, tokenizer, user_prompts(tokenizer, task, test), cfg.sample,
+                key=rng.key_for(seed, "eval"), num_samples=1, mesh=mesh)
+        outs = _EVAL_MEMO[key]
         correct, entropies = [], []
         for ex, (s,) in zip(test, outs, strict=True):
             pred = task.extract_answer(s.text, ex.options)
