@@ -57,7 +57,7 @@ def rope_cos_sin(
     angles_BTh = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
     # cos/sin of the H/2 distinct angles, then repeated: the same values as taking them
     # of the repeated angles, at half the transcendental calls (on CPU, scalar libm
-    # calls that cost a few percent of a small model's training step).
+    # calls).
     cos_BTh, sin_BTh = jnp.cos(angles_BTh), jnp.sin(angles_BTh)
     return (jnp.concatenate([cos_BTh, cos_BTh], axis=-1).astype(dtype),
             jnp.concatenate([sin_BTh, sin_BTh], axis=-1).astype(dtype))

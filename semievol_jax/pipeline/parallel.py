@@ -119,8 +119,8 @@ def _worker_init(cores: Any, cache: str | None) -> None:
         environment.enable_compilation_cache(cache)
     # Pay for the heavy imports and the backend now, while the pool starts (every worker
     # at once, while the first job runs), not at each worker's first job. Then move what
-    # they allocated out of the garbage collector's sight: its full passes over those
-    # objects cost a few percent of a worker's CPU time.
+    # they allocated out of the garbage collector's sight, so its full passes (frequent
+    # while JAX traces) skip those objects.
     import jax
     import transformers  # noqa: F401  (tokenizers and configs load through it)
 
