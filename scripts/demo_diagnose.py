@@ -106,6 +106,19 @@ def print_tables(d: dict) -> None:
         "covered": "covered", "sft_wrong": "M1 wrong", "sft_wrong_pooled_right": "pooled right",
         "of_those_final_right": "SemiEvol right",
         "sft_right_final_wrong": "M1 right, SemiEvol wrong"})
+    print("\nhow far M1's right/wrong is fixed by the fact, and by the fact with the phrasing of")
+    print("its options (unlabeled: the collaborators' majority; test: M1's greedy answer):")
+    print("| seed | by fact | by fact and option phrasing |\n|---|---|---|")
+    for s, v in d["seeds"].items():
+        p = v["m1_purity"]
+        print(f"| {s} | {100 * p['fact']['purity']:.1f}% ({p['fact']['questions']}) | "
+              f"{100 * p['fact_and_phrasing']['purity']:.1f}% "
+              f"({p['fact_and_phrasing']['questions']}) |")
+    print("\ntest accuracy by where the right selected pseudo-labels about the fact are:")
+    print("| seed | where | n | M1 | SemiEvol |\n|---|---|---|---|---|")
+    for s, v in d["seeds"].items():
+        for where, b in v["carry_over"].items():
+            print(f"| {s} | {where} | {b['n']} | {b['sft']} | {b['semievol']} |")
     count_table(d, "pseudo_labels_vs_m1_greedy", (
         "selected pseudo-labels against M1's own greedy answer to the same prompt (the final\n"
         "tuning starts from M1: only labels that differ can teach it something new):"), {

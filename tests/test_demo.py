@@ -138,6 +138,8 @@ def test_csv_round_trips_options_with_commas_and_quotes():
     (dict(relations=("town", "weather")), "unknown relations"),
     (dict(labeled_relations=("food",), relations=("town", "colour")), "labeled_relations"),
     (dict(num_people=4), "question stems"),
+    (dict(labeled_people=17), "labeled_people"),
+    (dict(labeled_people=2), "question stems over"),
     (dict(num_values=11), "num_values"),
     (dict(fixed_options=False, num_options=7), "num_options"),
 ])
@@ -228,6 +230,31 @@ def test_statement_options_state_the_fact_in_the_questions_phrasing():
         assert f"\n{letter}. {restated}\n" in doc
     assert synth.target_of(cfg) == synth.STATEMENT_TARGET
     assert synth.target_of(synth.SynthConfig()) == synth.LETTER_TARGET
+
+
+def test_labeled_people_keeps_the_labeled_set_to_the_first_people(world_splits):
+    cfg = dataclasses.replace(SynthConfig(), labeled_people=8)
+    world = synth.make_world(cfg)
+    splits = synth.make_splits(world, cfg)
+    assert {q.person for q in splits["labeled"]} <= set(world.people[:8])
+    assert len(splits["labeled"]) == cfg.num_labeled
+    assert {q.person for q in splits["test"]} - set(world.people[:8])  # others are asked
+    _, _, default, _ = world_splits  # 0 (the default) draws from every person
+    assert len({q.person for q in default["labeled"]}) > 8
+
+
+def test_canonical_options_use_the_first_phrasing_for_every_question():
+    cfg = synth.SynthConfig(num_people=4, num_practice_people=2, num_labeled=8,
+                            num_unlabeled=16, num_test=8, bios_per_person=1,
+                            quizzes_per_practice_person=3, statement_options=True,
+                            canonical_options=True)
+    rels = {r.name: r for r in synth.RELATIONS}
+    qs = [q for qs in synth.make_splits(synth.make_world(cfg), cfg).values() for q in qs]
+    assert {q.template for q in qs} - {0}  # questions keep their own phrasings
+    for q in qs:
+        r = rels[q.relation]
+        assert list(q.options) == [r.statements[0].format(e=q.person, v=v)
+                                   for v in r.values[: cfg.num_values]]
 
 
 def test_statement_quiz_layout_matches_the_run_with_the_statement_target():

@@ -90,6 +90,45 @@ def test_repairs_counts_covered_questions_only():
         "sft_right_final_wrong": 1}
 
 
+def stated(i, person, relation, phrasing, answer="A", split="test"):
+    """A row with statement options in the relation's `phrasing`-th prose phrasing."""
+    rel = next(r for r in synth.RELATIONS if r.name == relation)
+    opts = [rel.statements[phrasing].format(e=person, v=v) for v in rel.values[:6]]
+    return row(i, person, relation, answer, split) | {"options": json.dumps(opts)}
+
+
+def test_option_phrasing_names_the_corpus_phrasing_of_the_options():
+    assert diagnose.option_phrasing(stated(0, "Vivol", "job", 2)) == 2
+    assert diagnose.option_phrasing(stated(0, "Vivol", "town", 0)) == 0
+    bare = row(0, "Vivol", "job") | {"options": json.dumps(["baker", "farmer"])}
+    assert diagnose.option_phrasing(bare) is None
+
+
+def test_answer_purity_groups_by_fact_and_by_fact_and_phrasing():
+    rows = [stated(0, "Vivol", "job", 0), stated(1, "Vivol", "job", 0),   # phrasing 0: right
+            stated(2, "Vivol", "job", 1), stated(3, "Vivol", "job", 1),   # phrasing 1: wrong
+            stated(4, "Zoril", "town", 0), stated(5, "Gofor", "job", 2)]  # groups of one
+    correct = {"test-0": True, "test-1": True, "test-2": False, "test-3": False,
+               "test-4": True}                                        # test-5: not scored
+    got = diagnose.answer_purity(rows, correct)
+    assert got["fact"] == {"questions": 4, "groups": 1, "purity": 0.5}
+    assert got["fact_and_phrasing"] == {"questions": 4, "groups": 2, "purity": 1.0}
+
+
+def test_carry_over_splits_test_by_where_right_pseudo_labels_are():
+    unl = [stated(0, "Vivol", "job", 0, "B", "u"), stated(1, "Zoril", "town", 1, "C", "u"),
+           stated(2, "Gofor", "food", 0, "D", "u")]
+    pseudo = {"u-0": "B", "u-1": "C", "u-2": "A"}          # Gofor's label is wrong
+    test = [stated(0, "Vivol", "job", 0, "B"), stated(1, "Zoril", "town", 2, "C"),
+            stated(2, "Gofor", "food", 0, "D"), stated(3, "Vivol", "job", 1, "B")]
+    models = {"sft": {"test-0": True, "test-1": False, "test-2": False, "test-3": False},
+              "semievol": {"test-0": True, "test-1": True, "test-2": False, "test-3": False}}
+    assert diagnose.carry_over(test, unl, pseudo, models) == {
+        "none": {"n": 1, "sft": 0, "semievol": 0},
+        "other_phrasings_only": {"n": 2, "sft": 0, "semievol": 1},
+        "same_phrasing": {"n": 1, "sft": 1, "semievol": 1}}
+
+
 def test_read_rows_names_the_file_without_synth_columns(tmp_path):
     p = tmp_path / "labeled.csv"
     p.write_text("id,question,options,answer\nx,q,[],A\n")

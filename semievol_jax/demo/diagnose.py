@@ -24,6 +24,13 @@ can say which link holds and which does not:
   what a plain vote across a fact's questions would add to the method's
   question-by-question labels. `repairs` counts, on the covered test questions M1
   gets wrong, how often that vote is right and how often the final model fixes them.
+* `answer_purity`: how far M1's right/wrong on a question is fixed by its fact alone
+  and by its fact together with the prose phrasing its options use (`option_phrasing`).
+  The response restates an option, so M1 reads its knowledge out in that phrasing.
+* `carry_over`: test accuracy of M1 and the final model, split by whether a right
+  selected pseudo-label about the question's fact uses the same option phrasing, only
+  other phrasings, or none. Training on a fact in one phrasing helps the test only if
+  it carries over to the others.
 * `teacher_vs_student`: how many selected pseudo-labels differ from M1's own greedy
   answer to the same prompt. The final tuning starts from M1, so only those rows can
   teach it anything M1 does not already answer.
@@ -79,6 +86,59 @@ def coverage_split(rows: Sequence[Mapping[str, str]], labeled: Iterable[Mapping[
     return out
 
 
+def option_phrasing(row: Mapping[str, str]) -> int | None:
+    """Index of the corpus prose phrasing (`synth.Relation.statements`) that the row's
+    statement options use; None for bare-value options."""
+    from semievol_jax.demo import synth
+
+    rel = next(r for r in synth.RELATIONS if r.name == row["relation"])
+    first = json.loads(row["options"])[0]
+    return next((i for i, t in enumerate(rel.statements)
+                 if first == t.format(e=row["person"], v=rel.values[0])), None)
+
+
+def answer_purity(rows: Sequence[Mapping[str, str]], correct: Mapping[str, bool]
+                  ) -> dict[str, dict[str, float]]:
+    """Share of questions whose right/wrong equals their group's majority right/wrong,
+    over groups of at least two scored rows, grouping by fact and by (fact, option
+    phrasing). 1.0 means the grouping key alone decides whether the model is right."""
+    out = {}
+    for name, key in (("fact", fact_of), ("fact_and_phrasing",
+                                           lambda r: (*fact_of(r), option_phrasing(r)))):
+        groups: dict[Any, list[bool]] = collections.defaultdict(list)
+        for r in rows:
+            if r["id"] in correct:
+                groups[key(r)].append(bool(correct[r["id"]]))
+        sizes = [g for g in groups.values() if len(g) > 1]
+        n = sum(len(g) for g in sizes)
+        agree = sum(max(sum(g), len(g) - sum(g)) for g in sizes)
+        out[name] = {"questions": n, "groups": len(sizes),
+                     "purity": agree / n if n else float("nan")}
+    return out
+
+
+def carry_over(test: Sequence[Mapping[str, str]], unlabeled: Sequence[Mapping[str, str]],
+               pseudo: Mapping[str, str], models: Mapping[str, Mapping[str, bool]]
+               ) -> dict[str, dict[str, Any]]:
+    """Test accuracy per model (name -> id -> right), split by where the right selected
+    pseudo-labels (unlabeled id -> letter) about the test question's fact are: in the
+    question's own option phrasing, only in other phrasings, or nowhere."""
+    right_in: dict[tuple[str, str], set] = collections.defaultdict(set)
+    for r in unlabeled:
+        if pseudo.get(r["id"]) == r["answer"]:
+            right_in[fact_of(r)].add(option_phrasing(r))
+    out: dict[str, dict[str, Any]] = {}
+    for r in test:
+        got = right_in[fact_of(r)]
+        where = ("same_phrasing" if option_phrasing(r) in got
+                 else "other_phrasings_only" if got else "none")
+        b = out.setdefault(where, {"n": 0, **{m: 0 for m in models}})
+        b["n"] += 1
+        for m, c in models.items():
+            b[m] += bool(c[r["id"]])
+    return dict(sorted(out.items()))
+
+
 def majority_answers(candidates: Iterable[Mapping[str, Any]]
                      ) -> dict[str, tuple[str | None, float]]:
     """qid -> (the collaborators' majority, mean response entropy), from candidates.jsonl
@@ -92,6 +152,12 @@ def majority_answers(candidates: Iterable[Mapping[str, Any]]
         entropies[c.qid].append(c.entropy)
     return {q: (v.majority, float(np.mean(entropies[q])))
             for q, v in selection.vote(cands).items()}
+
+
+def majority_right(candidates: Iterable[Mapping[str, Any]], gold: Mapping[str, str]
+                   ) -> dict[str, bool]:
+    """unlabeled id -> whether the collaborators' majority answer is the gold one."""
+    return {q: m == gold[q] for q, (m, _) in majority_answers(candidates).items()}
 
 
 def entropy_calibration(candidates: Iterable[Mapping[str, Any]], gold: Mapping[str, str],
@@ -346,6 +412,9 @@ def seed_diagnosis(seed_dir: Path, data_dir: Path) -> dict[str, Any]:
         "test_by_pooled_collaborators": coverage_split(
             test, lab, {r["id"]: pooled[r["id"]] == r["answer"] for r in test}),
         "repairs": repairs(test, lab, pooled, preds["sft"], preds["semievol"]),
+        "m1_purity": answer_purity(test + unl, {**majority_right(cands, gold),
+                                                **preds["sft"]}),
+        "carry_over": carry_over(test, unl, pseudo, {m: preds[m] for m in ("sft", "semievol")}),
     }
     # The "with ICP" row of a demo run, or the run's own index when it retrieves (k > 0).
     icp = seed_dir / "ablations" / "with_icp" / "03_index" / "neighbours.npy"

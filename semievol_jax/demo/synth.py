@@ -139,6 +139,7 @@ class SynthConfig:
     num_practice_people: int = 16  # people with quiz documents in the corpus, never asked
     relations: tuple[str, ...] = ("town", "colour", "food", "job")  # names from RELATIONS
     labeled_relations: tuple[str, ...] = ("town", "colour", "food", "job")  # in labeled.csv
+    labeled_people: int = 0  # labeled.csv asks only the first N task people (0: all)
     num_labeled: int = 100  # rows of labeled.csv (the official release: about 1 : 3 : 1)
     num_unlabeled: int = 300  # rows of unlabeled.csv
     num_test: int = 100  # rows of test.csv
@@ -146,6 +147,8 @@ class SynthConfig:
     fixed_options: bool = True  # options = all values in a fixed order (FPB-like closed set)
     statement_options: bool = False  # an option is a corpus sentence ("Vivol works as a
     #                                  miner."), not the bare value; answers restate it
+    canonical_options: bool = False  # statement options always in the relation's first
+    #                                  prose phrasing, whatever the question's phrasing
     num_options: int = 4  # options per question when not fixed_options (random distractors)
     bios_per_person: int = 12  # prose documents per person (task and practice)
     quizzes_per_practice_person: int = 16  # quiz documents per practice person
@@ -262,7 +265,7 @@ def _options(person: str, value: str, rel: Relation, template: int, cfg: SynthCo
         options = [options[i] for i in rng.permutation(k)]
     letter = LETTERS[options.index(value)]
     if cfg.statement_options:
-        statement = rel.statements[template % len(rel.statements)]
+        statement = rel.statements[0 if cfg.canonical_options else template % len(rel.statements)]
         options = [statement.format(e=person, v=v) for v in options]
     return options, letter
 
@@ -377,11 +380,15 @@ def make_splits(world: World, cfg: SynthConfig) -> dict[str, list[Question]]:
     stems = [(p, r, t) for p in world.people for r in rels
              for t in range(len(r.question_templates()))]
     stems = [stems[i] for i in rng.permutation(len(stems))]
-    lab_pool = [s for s in stems if s[1].name in lab_rels]
+    if not 0 <= cfg.labeled_people <= cfg.num_people:
+        raise SynthError(f"labeled_people={cfg.labeled_people} must be in [0, num_people]")
+    lab_people = set(world.people[: cfg.labeled_people or cfg.num_people])
+    lab_pool = [s for s in stems if s[1].name in lab_rels and s[0] in lab_people]
     if len(lab_pool) < cfg.num_labeled:
         raise SynthError(
             f"only {len(lab_pool)} question stems over {sorted(lab_rels)} for "
-            f"num_labeled={cfg.num_labeled}; raise num_people or labeled_relations"
+            f"num_labeled={cfg.num_labeled}; raise num_people, labeled_people or "
+            f"labeled_relations"
         )
     labeled = lab_pool[: cfg.num_labeled]
     used = set(labeled)
