@@ -2,7 +2,7 @@
 
 # A world and models small enough for a test; the code path is the demo's.
 REDUCED = [
-    "data.synth.num_people=6", "data.synth.num_practice_people=2",
+    "data.synth.num_people=6", "data.synth.labeled_people=3", "data.synth.num_practice_people=2",
     "data.synth.num_labeled=8", "data.synth.num_unlabeled=24", "data.synth.num_test=8",
     "data.synth.bios_per_person=2", "data.synth.quizzes_per_practice_person=2",
     "base.pretrain.vocab_size=320", "base.pretrain.hidden_size=32",
