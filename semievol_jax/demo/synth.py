@@ -131,8 +131,8 @@ class SynthError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
     """Knobs of the demo world. The defaults are the letter-only world of earlier
-    sessions; the demo preset sets `statement_options` and `bios_per_person=6`
-    (docs/demo.md, "How the world got here")."""
+    sessions; the demo preset sets `statement_options`, `bios_per_person=6` and
+    `labeled_people=8` (docs/demo.md, "How the world got here" and "Session 12")."""
 
     seed: int = 0  # root seed of the world, corpus and splits
     num_people: int = 16  # task people: their facts are asked in the splits
