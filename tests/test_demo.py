@@ -239,8 +239,10 @@ def test_labeled_people_keeps_the_labeled_set_to_the_first_people(world_splits):
     assert {q.person for q in splits["labeled"]} <= set(world.people[:8])
     assert len(splits["labeled"]) == cfg.num_labeled
     assert {q.person for q in splits["test"]} - set(world.people[:8])  # others are asked
-    _, _, default, _ = world_splits  # 0 (the default) draws from every person
+    cfg, world, default, _ = world_splits  # 0 (the default) draws from every person
     assert len({q.person for q in default["labeled"]}) > 8
+    everyone = dataclasses.replace(cfg, labeled_people=cfg.num_people)
+    assert synth.make_splits(world, everyone) == default
 
 
 def test_canonical_options_use_the_first_phrasing_for_every_question():
