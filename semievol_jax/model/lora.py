@@ -34,13 +34,6 @@ class LoraConfig:
         if self.rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
 
-    @classmethod
-    def from_peft_dir(cls, adapter_dir) -> LoraConfig:
-        """The config of a PEFT adapter directory (see `hf_io.lora_config_from_peft`)."""
-        from semievol_jax.model.hf_io import lora_config_from_peft
-
-        return lora_config_from_peft(adapter_dir)
-
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
