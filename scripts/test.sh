@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/setup_env.sh test
 .venv/bin/uv lock --locked          # fails when uv.lock no longer matches pyproject.toml
 .venv/bin/ruff check semievol_jax tests scripts
-if [ $# -eq 0 ]; then set -- -m "not slow"; fi
+if [ $# -eq 0 ]; then set -- -m "not slow and not real_model"; fi
 exec .venv/bin/python -m pytest "$@"
