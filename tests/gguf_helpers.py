@@ -63,8 +63,11 @@ def hf_arrays(model, cfg: LlamaConfig) -> dict[str, np.ndarray]:
     from semievol_jax.model.hf_io import _hf_value, weight_names
 
     shapes = hf_tensor_shapes(cfg)
-    return {name: np.asarray(_hf_value(model, path, False), np.float32).reshape(shapes[name])
-            for name, path in weight_names(cfg).items()}
+    out = {}
+    for name, (path, layer) in weight_names(cfg).items():
+        value = np.asarray(_hf_value(model, path, False), np.float32)
+        out[name] = (value if layer is None else value[layer]).reshape(shapes[name])
+    return out
 
 
 def _encode(w: np.ndarray, qtype: GGMLQuantizationType, rng: np.random.Generator):

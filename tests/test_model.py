@@ -87,15 +87,19 @@ def test_params_carry_logical_axis_names(tiny_model):
     # Abstract (no arrays): the metadata is what is under test.
     lora_model = nnx.eval_shape(
         lambda: Llama(tiny_model.cfg, lora=LoraConfig(rank=4), rngs=nnx.Rngs(0)))
-    known = {"embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "lora_rank"}
+    known = {"layers", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "lora_rank"}
     n_lora = 0
     for path, var in nnx.iter_graph(lora_model):
         if not isinstance(var, nnx.Param):
             continue
         names = var.get_metadata("out_sharding")
         assert len(names) == len(var.shape) and set(names) <= known, (path, names)
-        n_lora += isinstance(var, nnx.LoRAParam)
-    assert n_lora == 2 * 7 * tiny_model.cfg.num_layers
+        # every block variable is stacked: its leading axis is the layer axis
+        assert (path[0] == "layers") == (names[0] == "layers"), (path, names)
+        if isinstance(var, nnx.LoRAParam):
+            n_lora += 1
+            assert var.shape[0] == tiny_model.cfg.num_layers
+    assert n_lora == 2 * 7
     # Training filters on the type: only adapters are trainable.
     trainable = nnx.state(lora_model, nnx.LoRAParam)
     assert all("lora_" in str(p[-1]) for p, _ in nnx.to_flat_state(trainable))

@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     tokens = np.arange(16, dtype=np.int32).reshape(2, 8) % cfg.vocab_size
     positions = np.tile(np.arange(8, dtype=np.int32), (2, 1))
     fwd = lambda m: np.asarray(jax.jit(lambda t, p: m(t, p).logits_BTV)(tokens, positions))
-    attn = sharded.layers[0].attn
+    attn = sharded.layers.attn  # stacked: leading layer axis, replicated
     save_hf(sharded, out)
     a, b = load_file(ckpt / "model.safetensors"), load_file(out / "model.safetensors")
     print(json.dumps({
@@ -47,8 +47,8 @@ def test_load_onto_mesh(tiny_ckpt_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["n_devices"] == 8
-    assert r["q_spec"] == ["tensor", "None", "fsdp"]  # w_NHD: heads, head_dim, embed
-    assert r["lora_b_spec"] == ["tensor", "None", "None"]
+    assert r["q_spec"] == ["None", "tensor", "None", "fsdp"]  # w_LNHD: layers, heads, ., embed
+    assert r["lora_b_spec"] == ["None", "tensor", "None", "None"]
     assert r["embed_spec"] == ["tensor", "fsdp"]  # vocab, embed
     assert r["max_diff"] <= 1e-5
     assert r["same_files"]

@@ -54,7 +54,7 @@ def test_shard_model_places_params_and_batch_helpers():
 
     mesh = sharding.make_mesh()
     model = sharding.shard_model(tiny_model("lora"), mesh)
-    w = model.layers[0].attn.q.w[...]
+    w = model.layers.attn.q.w[...]
     assert w.sharding.mesh.axis_names == sharding.MESH_AXES
     x = np.arange(8, dtype=np.int32).reshape(2, 4)
     g = sharding.make_global_batch(x, sharding.batch_sharding(mesh))

@@ -102,7 +102,7 @@ def test_greedy_generation_equals_hf_generate(ours, reference):
     rendered = [render_prompt(tok, p) for p in PROMPTS]
     cfg = SampleConfig(temperature=0.0, max_new_tokens=24, stop=(), batch_size=8)
     got = generate(model, tok, rendered, cfg, key=jax.random.key(0), progress=False)
-    for text, samples in zip(rendered, got):
+    for text, samples in zip(rendered, got, strict=True):
         ids = ref_tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             out = ref_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),

@@ -26,7 +26,7 @@ from semievol_jax.model.gguf_io import GGUFCheckpoint, is_gguf, load_gguf_tokeni
 from semievol_jax.model.llama import Llama
 from semievol_jax.model.lora import LoraConfig
 from semievol_jax.model.registry import MODELS, fetch
-from semievol_jax.model.safetensors_io import SafetensorsWeights
+from semievol_jax.model.safetensors_io import SafetensorsWeights, aligned_empty
 from semievol_jax.sharding import logical_to_sharding
 
 # HF submodule of each Dense projection, keyed by its path inside a Block.
@@ -45,41 +45,56 @@ _TOKENIZER_PATTERNS = ["tokenizer*", "special_tokens_map.json", "*.jinja", "*.mo
 DEFAULT_MAX_SHARD_BYTES = 4 * 2**30
 
 
-def weight_names(cfg: LlamaConfig) -> dict[str, tuple]:
-    """HF tensor name -> path of the Variable in `Llama` (attribute names and layer ints)."""
-    names: dict[str, tuple] = {"model.embed_tokens.weight": ("embedding_VD",)}
-    for i in range(cfg.num_layers):
-        for (sub, proj), hf in BLOCK_DENSE.items():
-            names[f"model.layers.{i}.{hf}.weight"] = ("layers", i, sub, proj, "w")
-        for norm, hf in _BLOCK_NORMS.items():
-            names[f"model.layers.{i}.{hf}.weight"] = ("layers", i, norm, "scale")
-    names["model.norm.weight"] = ("norm", "scale")
+def weight_names(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], int | None]]:
+    """HF tensor name -> (path of the Variable in `Llama`, layer index into its leading L
+    axis, or None for an unstacked variable). Layers of one stacked variable come in a
+    row, so a loader or saver handles one variable at a time."""
+    names: dict[str, tuple[tuple[str, ...], int | None]] = {
+        "model.embed_tokens.weight": (("embedding_VD",), None)}
+    for (sub, proj), hf in BLOCK_DENSE.items():
+        for i in range(cfg.num_layers):
+            names[f"model.layers.{i}.{hf}.weight"] = (("layers", sub, proj, "w"), i)
+    for norm, hf in _BLOCK_NORMS.items():
+        for i in range(cfg.num_layers):
+            names[f"model.layers.{i}.{hf}.weight"] = (("layers", norm, "scale"), i)
+    names["model.norm.weight"] = (("norm", "scale"), None)
     if not cfg.tie_word_embeddings:
-        names["lm_head.weight"] = ("lm_head_VD",)
+        names["lm_head.weight"] = (("lm_head_VD",), None)
     return names
 
 
 def hf_tensor_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """HF tensor name -> the shape a checkpoint of `cfg` stores it with."""
     model = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
-    return {name: _hf_shape(model, path) for name, path in weight_names(cfg).items()}
+    return {name: _hf_shape(model, path, layer)
+            for name, (path, layer) in weight_names(cfg).items()}
 
 
 def _resolve(model: nnx.Module, path: tuple) -> Any:
     node = model
     for part in path:
-        node = node[part] if isinstance(part, int) else getattr(node, part)
+        node = getattr(node, part)
     return node
 
 
-def _hf_shape(model: nnx.Module, path: tuple) -> tuple[int, ...]:
-    """HF stores every projection as a 2-D [out, in] matrix; ours splits heads out."""
-    var = _resolve(model, path)
+def _hf_shape(model: nnx.Module, path: tuple, layer: int | None) -> tuple[int, ...]:
+    """HF stores every projection as a 2-D [out, in] matrix; ours splits heads out (and
+    stacks layers)."""
+    shape = tuple(_resolve(model, path).shape)
+    if layer is not None:
+        shape = shape[1:]
     if path[-1] != "w":
-        return tuple(var.shape)
-    dense = _resolve(model, path[:-1])
-    n_out = len(dense.out_axes)
-    return (math.prod(var.shape[:n_out]), math.prod(var.shape[n_out:]))
+        return shape
+    n_out = len(_resolve(model, path[:-1]).out_axes)
+    return (math.prod(shape[:n_out]), math.prod(shape[n_out:]))
+
+
+def _by_variable(names: dict[str, tuple[tuple, int | None]]
+                 ) -> dict[tuple, list[tuple[str, int | None]]]:
+    groups: dict[tuple, list[tuple[str, int | None]]] = {}
+    for name, (path, layer) in names.items():
+        groups.setdefault(path, []).append((name, layer))
+    return groups
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,16 +209,20 @@ def load_hf(
     # LoRA params and dropout RNG state get real initial values; under jit the base weights'
     # random init is dead code and never materialises.
     nnx.update(model, jax.jit(lambda: nnx.state(build(), _NOT_BASE))())
-    for name, path in weight_names(cfg).items():
+    for path, items in _by_variable(weight_names(cfg)).items():
         var = _resolve(model, path)
-        value = weights.get(name)
-        want = _hf_shape(model, path)
-        if tuple(value.shape) != want:
-            raise CheckpointError(
-                f"{weights.where(name)}: tensor {name!r} has shape {tuple(value.shape)}, "
-                f"expected {want}")
-        var.set_value(_place(value.reshape(var.shape), var, param_dtype, mesh))
-        del value
+        if items[0][1] is None:  # one tensor, one variable
+            (name, _), = items
+            host = _checked(weights, name, model, path, None).reshape(var.shape)
+        else:  # a stacked variable: its L tensors fill one aligned buffer, placed once
+            host = aligned_empty(math.prod(var.shape) * np.dtype(param_dtype).itemsize)
+            host = host.view(param_dtype).reshape(var.shape)
+            for name, layer in items:
+                value = _checked(weights, name, model, path, layer)
+                host[layer] = value.reshape(var.shape[1:]).astype(param_dtype, copy=False)
+                del value
+        var.set_value(_place(host, var, param_dtype, mesh))
+        del host
     if mesh is not None:
         for _, var in nnx.iter_graph(model):
             if isinstance(var, nnx.LoRAParam):
@@ -214,6 +233,17 @@ def load_hf(
 
 
 _NOT_BASE = nnx.Any(nnx.LoRAParam, nnx.Not(nnx.Param))
+
+
+def _checked(weights: Any, name: str, model: Llama, path: tuple, layer: int | None
+             ) -> np.ndarray:
+    value = weights.get(name)
+    want = _hf_shape(model, path, layer)
+    if tuple(value.shape) != want:
+        raise CheckpointError(
+            f"{weights.where(name)}: tensor {name!r} has shape {tuple(value.shape)}, "
+            f"expected {want}")
+    return value
 
 
 def load_tokenizer(path_or_hub_id: str | Path):
@@ -241,12 +271,13 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _hf_tensors(model: Llama) -> Iterator[tuple[str, tuple, tuple[int, ...]]]:
-    for name, path in weight_names(model.cfg).items():
-        yield name, path, _hf_shape(model, path)
+def _hf_tensors(model: Llama) -> Iterator[tuple[str, tuple, int | None, tuple[int, ...]]]:
+    for name, (path, layer) in weight_names(model.cfg).items():
+        yield name, path, layer, _hf_shape(model, path, layer)
 
 
 def _hf_value(model: Llama, path: tuple, merge: bool) -> jax.Array:
+    """The variable at `path` (all layers, when stacked), LoRA folded in with `merge`."""
     if path[-1] == "w":
         dense = _resolve(model, path[:-1])
         return dense.merged_weight() if merge else dense.w[...]
@@ -273,10 +304,10 @@ def save_hf(
     cfg = model.cfg
     dtype = np.dtype(model.param_dtype)
     tensors = list(_hf_tensors(model))
-    shards: list[list[tuple[str, tuple, tuple[int, ...]]]] = [[]]
+    shards: list[list[tuple[str, tuple, int | None, tuple[int, ...]]]] = [[]]
     size = 0
     for item in tensors:
-        nbytes = math.prod(item[2]) * dtype.itemsize
+        nbytes = math.prod(item[3]) * dtype.itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
@@ -285,12 +316,17 @@ def save_hf(
     if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
     weight_map = {}
+    current: dict[tuple, np.ndarray] = {}  # the one variable on the host (all its layers)
     for k, shard in enumerate(shards):
         file = ("model.safetensors" if len(shards) == 1
                 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors")
         arrays = {}
-        for name, path, hf_shape in shard:
-            host = to_host(_hf_value(model, path, merge_lora)).astype(dtype, copy=False)
+        for name, path, layer, hf_shape in shard:
+            if path not in current:
+                current.clear()
+                current[path] = to_host(_hf_value(model, path, merge_lora)).astype(
+                    dtype, copy=False)
+            host = current[path] if layer is None else current[path][layer]
             arrays[name] = np.ascontiguousarray(host.reshape(hf_shape))
             weight_map[name] = file
         if writer:
@@ -299,7 +335,7 @@ def save_hf(
     if not writer:
         return out_dir
     if len(shards) > 1:
-        total = sum(math.prod(s) * dtype.itemsize for _, _, s in tensors)
+        total = sum(math.prod(s) * dtype.itemsize for *_, s in tensors)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     hf_cfg = cfg.to_hf()

@@ -3,8 +3,9 @@
 Axis alphabet (one for the package): B batch, T query length, S key/cache length,
 D model width, N query heads, K kv heads, H head dim, F MLP hidden, V vocab, L layers,
 R LoRA rank. Local to attention: G = N // K query heads sharing one kv head.
-Parameters carry logical axis names (embed, heads, kv_heads, head_dim, mlp, vocab,
-lora_rank); no mesh axis is named here.
+Parameters carry logical axis names (layers, embed, heads, kv_heads, head_dim, mlp,
+vocab, lora_rank); no mesh axis is named here. The blocks are one stacked module
+(leading L axis) scanned by the forward pass.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from semievol_jax.model.lora import Dense, LoraConfig, param
 from semievol_jax.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 AXIS_NAMES = {"D": "embed", "N": "heads", "K": "kv_heads", "H": "head_dim", "F": "mlp"}
+REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
 
 
 class ModelOutput(NamedTuple):
@@ -173,10 +176,16 @@ class Llama(nnx.Module):
         D, V = cfg.hidden_size, cfg.vocab_size
         self.embedding_VD = param(
             jax.random.normal(rngs.params(), (V, D), param_dtype) / D**0.5, ["vocab", "embed"])
-        self.layers = nnx.List([
-            Block(cfg, lora=lora, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-            for _ in range(cfg.num_layers)
-        ])
+        # One Block whose every variable has a leading L axis ("layers"), built by vmapping
+        # the block constructor over L split key streams; the forward pass scans over it,
+        # so each program holds one copy of the block, not L (compile time and program
+        # size do not grow with depth).
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def stack(rngs: nnx.Rngs) -> Block:
+            return Block(cfg, lora=lora, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+        self.layers = stack(rngs)
         self.norm = RMSNorm(D, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head_VD = param(
@@ -192,6 +201,8 @@ class Llama(nnx.Module):
         cache: KVCache | None = None,
         hidden_layer: int | None = None,
         logits_at_BR: jax.Array | None = None,
+        remat: str = "none",
+        unroll: int | bool = 1,
     ) -> ModelOutput:
         """Next-token logits for T new tokens.
 
@@ -206,6 +217,11 @@ class Llama(nnx.Module):
             logits_at_BR: optional int positions into T, R per row: logits only there
                 (a loss over response tokens needs no [B, T, V] tensor; at a 128k vocab
                 that tensor is the largest activation of a training step).
+            remat: what each scanned block keeps for the backward pass: "none" (every
+                activation), "dots" (matmul outputs; the rest is recomputed) or "full"
+                (only the block input: least memory, one extra forward).
+            unroll: layers per scan iteration (True: the whole stack, one program copy
+                per layer as a Python loop would give).
 
         Returns:
             ModelOutput(logits float32 [B, T, V], or [B, R, V] at `logits_at_BR`;
@@ -232,13 +248,8 @@ class Llama(nnx.Module):
         cos_sin = rope_cos_sin(positions_BT, rope_inv_freq(cfg), self.dtype)
 
         x_BTD = jnp.take(self.embedding_VD[...], tokens_BT, axis=0).astype(self.dtype)
-        kv_bufs = None if cache is None else (cache.k_LBSKH, cache.v_LBSKH)
-        hidden_BTD = None
-        for i, block in enumerate(self.layers):
-            kv = None if kv_bufs is None else (*kv_bufs, cache.end, i)
-            x_BTD, kv_bufs = block(x_BTD, cos_sin, mask_BTS, kv)
-            if hidden_layer == i:
-                hidden_BTD = x_BTD
+        x_BTD, kv_bufs, hidden_BTD = self._blocks(
+            x_BTD, cos_sin, mask_BTS, cache, hidden_layer, remat=remat, unroll=unroll)
         x_BTD = self.norm(x_BTD)
         if hidden_layer == -1:
             hidden_BTD = x_BTD
@@ -252,3 +263,44 @@ class Llama(nnx.Module):
         if cache is not None:
             new_cache = KVCache(kv_bufs[0], kv_bufs[1], valid_BS, cache.end + T)
         return ModelOutput(logits_BTV, new_cache, hidden_BTD)
+
+    def _blocks(self, x_BTD, cos_sin, mask_BTS, cache, hidden_layer, *, remat, unroll):
+        """Scans the stacked blocks with `jax.lax.scan`; the cache buffers ride in the
+        carry, so each layer's write is an in-place update of the [L, ...] buffers.
+
+        The stack is split into a graph and per-layer state, and each iteration merges
+        one layer's slice: a plain functional scan, so the model may also be closed over
+        by a caller's `jax.jit`. Only in train mode (active dropout) does the RNG state
+        that the blocks advanced go back into the module.
+        """
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+        keep = hidden_layer is not None and hidden_layer >= 0
+        end = None if cache is None else cache.end
+        graphdef, rng_state, state = nnx.split(self.layers, nnx.RngState, ...)
+
+        def body(carry, xs):
+            x_BTD, kv_bufs, hidden_BTD = carry
+            rng_l, state_l, i = xs
+            block = nnx.merge(graphdef, rng_l, state_l)
+            kv = None if kv_bufs is None else (*kv_bufs, end, i)
+            x_BTD, kv_bufs = block(x_BTD, cos_sin, mask_BTS, kv)
+            if keep:
+                hidden_BTD = jnp.where(i == hidden_layer, x_BTD, hidden_BTD)
+            return (x_BTD, kv_bufs, hidden_BTD), nnx.state(block, nnx.RngState)
+
+        if remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
+        kv_bufs = None if cache is None else (cache.k_LBSKH, cache.v_LBSKH)
+        hidden_BTD = jnp.zeros_like(x_BTD) if keep else None
+        layer_L = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
+        carry, new_rng_state = jax.lax.scan(
+            body, (x_BTD, kv_bufs, hidden_BTD), (rng_state, state, layer_L), unroll=unroll)
+        if _dropout_active(self.layers):
+            nnx.update(self.layers, new_rng_state)
+        return carry
+
+
+def _dropout_active(module: nnx.Module) -> bool:
+    return any(isinstance(m, nnx.Dropout) and not m.deterministic and m.rate > 0
+               for _, m in nnx.iter_modules(module))

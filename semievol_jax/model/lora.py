@@ -107,7 +107,8 @@ class Dense(nnx.Module):
         if self.lora is None:
             return w
         i, o = self.in_axes, self.out_axes
-        delta = jnp.einsum(f"{o}R,R{i}->{o}{i}", self.lora_b[...].astype(jnp.float32),
+        # "...": a stacked module (leading L axis) merges every layer at once.
+        delta = jnp.einsum(f"...{o}R,...R{i}->...{o}{i}", self.lora_b[...].astype(jnp.float32),
                            self.lora_a[...].astype(jnp.float32))
         return (w.astype(jnp.float32) + self.lora.scale * delta).astype(w.dtype)
 

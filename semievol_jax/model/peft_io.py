@@ -23,13 +23,13 @@ _PEFT_PREFIX = "base_model.model."
 _TARGET_HF = {proj: hf.split(".")[1] for (_, proj), hf in BLOCK_DENSE.items()}  # q -> q_proj
 
 
-def _lora_modules(model: Llama) -> Iterator[tuple[str, Any]]:
-    """(PEFT module name, Dense) for every projection that has an adapter."""
-    for i, block in enumerate(model.layers):
-        for (sub, proj), hf in BLOCK_DENSE.items():
-            dense = getattr(getattr(block, sub), proj)
-            if dense.lora is not None:
-                yield f"{_PEFT_PREFIX}model.layers.{i}.{hf}", dense
+def _lora_modules(model: Llama) -> Iterator[tuple[list[str], Any]]:
+    """(PEFT module name per layer, stacked Dense) for every projection with an adapter."""
+    for (sub, proj), hf in BLOCK_DENSE.items():
+        dense = getattr(getattr(model.layers, sub), proj)
+        if dense.lora is not None:
+            names = [f"{_PEFT_PREFIX}model.layers.{i}.{hf}" for i in range(model.cfg.num_layers)]
+            yield names, dense
 
 
 def lora_config_from_peft(adapter_dir: str | Path) -> LoraConfig:
@@ -71,11 +71,12 @@ def save_peft_adapter(model: Llama, out_dir: str | Path, base_model_name_or_path
     if lora is None:
         raise ValueError("model has no LoRA adapters (it was built with lora=None)")
     tensors = {}
-    for name, dense in _lora_modules(model):
-        a = to_host(dense.lora_a[...])
-        b = to_host(dense.lora_b[...])
-        tensors[f"{name}.lora_A.weight"] = np.ascontiguousarray(a.reshape(lora.rank, -1))
-        tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(b.reshape(-1, lora.rank))
+    for names, dense in _lora_modules(model):
+        a_L = to_host(dense.lora_a[...])
+        b_L = to_host(dense.lora_b[...])
+        for name, a, b in zip(names, a_L, b_L, strict=True):
+            tensors[f"{name}.lora_A.weight"] = np.ascontiguousarray(a.reshape(lora.rank, -1))
+            tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(b.reshape(-1, lora.rank))
     out_dir = Path(out_dir)
     if jax.process_index() != 0:
         return out_dir
@@ -116,22 +117,23 @@ def load_peft_adapter(model: Llama, adapter_dir: str | Path) -> Llama:
         raise CheckpointError(f"{file}: not found (pickle adapter_model.bin is not read)")
     with safe_open(file, "numpy") as f:
         keys = set(f.keys())
-    for name, dense in _lora_modules(model):
-        for var, part in ((dense.lora_a, "lora_A"), (dense.lora_b, "lora_B")):
-            key = f"{name}.{part}.weight"
-            if key not in keys and f"{name}.{part}.default.weight" in keys:
-                key = f"{name}.{part}.default.weight"
-            if key not in keys:
-                raise CheckpointError(f"{file}: tensor {key!r} is missing")
-            with safe_open(file, "numpy") as f:
-                value = f.get_tensor(key)
-            rank = want.rank
-            expect = ((rank, math.prod(var.shape[1:])) if part == "lora_A"
-                      else (math.prod(var.shape[:-1]), rank))
-            if tuple(value.shape) != expect:
-                raise CheckpointError(
-                    f"{file}: tensor {key!r} has shape {tuple(value.shape)}, expected {expect}")
-            old = var.get_value()
-            new = jnp.asarray(value.reshape(var.shape), dtype=old.dtype)
-            var.set_value(jax.device_put(new, old.sharding))
+        for names, dense in _lora_modules(model):
+            for var, part in ((dense.lora_a, "lora_A"), (dense.lora_b, "lora_B")):
+                old = var.get_value()
+                layer_shape = old.shape[1:]
+                expect = ((want.rank, math.prod(layer_shape[1:])) if part == "lora_A"
+                          else (math.prod(layer_shape[:-1]), want.rank))
+                host = np.empty(old.shape, old.dtype)
+                for i, name in enumerate(names):
+                    key = f"{name}.{part}.weight"
+                    if key not in keys and f"{name}.{part}.default.weight" in keys:
+                        key = f"{name}.{part}.default.weight"
+                    if key not in keys:
+                        raise CheckpointError(f"{file}: tensor {key!r} is missing")
+                    value = f.get_tensor(key)
+                    if tuple(value.shape) != expect:
+                        raise CheckpointError(f"{file}: tensor {key!r} has shape "
+                                              f"{tuple(value.shape)}, expected {expect}")
+                    host[i] = value.reshape(layer_shape)
+                var.set_value(jax.device_put(jnp.asarray(host), old.sharding))
     return model

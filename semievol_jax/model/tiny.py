@@ -106,8 +106,8 @@ def random_llama(cfg: LlamaConfig, *, seed: int = 0, param_dtype: Any = jnp.floa
     """A random Llama whose norm scales are also random, so a swapped norm shows in tests."""
     model = Llama(cfg, dtype=param_dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
     key = jax.random.key(seed + 1)
-    for _, var in nnx.iter_graph(model):
-        if isinstance(var, nnx.Param) and var.ndim == 1:  # RMSNorm scales
+    for path, var in nnx.iter_graph(model):
+        if isinstance(var, nnx.Param) and path[-1] == "scale":  # RMSNorm scales
             key, sub = jax.random.split(key)
             noise = 0.2 * jax.random.normal(sub, var.shape, jnp.float32)
             var.set_value((1.0 + noise).astype(var.dtype))

@@ -220,7 +220,8 @@ def make_train_step(
         if streams:
             # Dropout masks are a pure function of (run key, step, microbatch), so a
             # resumed run draws the same masks; the model's own RNG state is not used.
-            nnx.reseed(model, **{n: rng.subkey(key, n) for n in streams})
+            nnx.reseed(model, policy="match_shape",
+                       **{n: rng.subkey(key, n) for n in streams})
         out = model(mb.tokens_ABT, mb.positions_ABT, valid_BT=mb.valid_ABT,
                     logits_at_BR=mb.score_at_ABR)
         targets_BR = jnp.take_along_axis(mb.targets_ABT, mb.score_at_ABR, axis=1)
