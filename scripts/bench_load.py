@@ -1,11 +1,14 @@
-"""Benchmark: peak host memory of `load_hf` on a ~1.2 GB checkpoint vs the checkpoint size.
+"""Benchmark: peak host memory of `load_hf` vs the size of the weights it loads.
 
-Writes a random float32 Llama (D 1536, F 4096, L 8, N 12 / K 4, V 32000, untied: 1.2 GB)
-as sharded safetensors, then loads it in fresh subprocesses and reads each one's peak RSS
-(ru_maxrss). Rows: `load_hf` (streamed), `load_hf` onto a 1-device mesh (the
-make_array_from_callback path used for sharded loading), and a naive reference that reads
-every tensor first (safetensors.numpy.load_file) and then converts. The goal is a peak
-*increase* over the post-import baseline below 1.3x the checkpoint size.
+Safetensors: a random float32 Llama (D 1536, F 4096, L 8, N 12 / K 4, V 32000, untied:
+1.2 GB) written as sharded safetensors. GGUF: SmolLM2-135M-Instruct's Q4_1 file (fetched
+into the cache when absent), whose weights dequantize to 0.54 GB of float32. Each load
+runs in a fresh subprocess, which reports its peak RSS (ru_maxrss). Rows: `load_hf`
+(streamed), `load_hf` onto a 1-device mesh (the make_array_from_callback path used for
+sharded loading), a naive reference that reads every tensor first
+(safetensors.numpy.load_file), the same two `load_hf` rows on the GGUF file, and
+transformers' own GGUF loader on torch (the peer). The goal is a peak *increase* over
+the post-import baseline below 1.3x the float32 size of the weights.
 
 Usage:
     python scripts/bench_load.py                     # writes results/bench/load.json
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 MODES = ("load_hf", "load_hf_mesh", "naive_load_file")
+GGUF_MODES = ("gguf_load_hf", "gguf_load_hf_mesh", "gguf_transformers_torch")
 
 
 def write_checkpoint(out: Path, args: argparse.Namespace) -> int:
@@ -83,12 +87,20 @@ def child(mode: str, ckpt: Path) -> None:
 
     from semievol_jax.model import load_hf
 
+    if mode == "gguf_transformers_torch":
+        import torch
+        import transformers
+
     jax.block_until_ready(jnp.ones(8) + 1)  # runtime and allocator up before the baseline
     baseline = _rss_bytes()
     t0 = time.perf_counter()
-    if mode == "load_hf":
+    if mode == "gguf_transformers_torch":
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(ckpt.parent), gguf_file=ckpt.name, dtype=torch.float32)
+        model = {k: v.numpy() for k, v in model.state_dict().items()}
+    elif mode in ("load_hf", "gguf_load_hf"):
         model, _ = load_hf(ckpt)
-    elif mode == "load_hf_mesh":
+    elif mode in ("load_hf_mesh", "gguf_load_hf_mesh"):
         mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
                              axis_types=(jax.sharding.AxisType.Auto,) * 3)
         model, _ = load_hf(ckpt, mesh=mesh)
@@ -119,30 +131,45 @@ def main() -> None:
     p.add_argument("--shard-mb", type=int, default=400)
     p.add_argument("--workdir", default=None, help="where to write the checkpoint (temp dir)")
     p.add_argument("--no-json", action="store_true")
-    p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--no-gguf", action="store_true", help="skip the SmolLM2 GGUF rows")
+    p.add_argument("--child", choices=MODES + GGUF_MODES, help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args.child, Path(args.ckpt))
         return
 
+    def measure(mode: str, ckpt: Path, size: int) -> dict:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", mode, "--ckpt", str(ckpt)],
+            check=True, capture_output=True, text=True, env={**os.environ,
+                                                          "JAX_PLATFORMS": "cpu"})
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        row["weights_bytes"] = size
+        row["peak_increase"] = row["peak_rss"] - row["baseline_rss"]
+        row["increase_over_size"] = row["peak_increase"] / size
+        row["peak_over_size"] = row["peak_rss"] / size
+        return row
+
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         ckpt = Path(tmp) / "ckpt"
         size = write_checkpoint(ckpt, args)
-        rows = []
-        for mode in MODES:
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", mode, "--ckpt", str(ckpt)],
-                check=True, capture_output=True, text=True, env={**os.environ,
-                                                              "JAX_PLATFORMS": "cpu"})
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            row["peak_increase"] = row["peak_rss"] - row["baseline_rss"]
-            row["increase_over_size"] = row["peak_increase"] / size
-            row["peak_over_size"] = row["peak_rss"] / size
-            rows.append(row)
+        rows = [measure(mode, ckpt, size) for mode in MODES]
+    gguf = None
+    if not args.no_gguf:
+        from semievol_jax.model import GGUFCheckpoint, registry
+
+        path = registry.fetch("smollm2-135m-instruct")
+        ck = GGUFCheckpoint(path)
+        fp32 = sum(int(np.prod(s)) for s in ck.shapes.values()) * 4
+        gguf = {"file": path.name, "file_bytes": path.stat().st_size, "float32_bytes": fp32}
+        rows += [measure(mode, path, fp32) for mode in GGUF_MODES]
 
     gib = 2**30
-    print(f"checkpoint: {size / gib:.3f} GiB float32, {args.layers} layers, D={args.hidden}")
+    print(f"safetensors: {size / gib:.3f} GiB float32, {args.layers} layers, D={args.hidden}")
+    if gguf:
+        print(f"gguf: {gguf['file']} ({gguf['file_bytes'] / gib:.3f} GiB on disk, "
+              f"{gguf['float32_bytes'] / gib:.3f} GiB as float32)")
     print(f"{'mode':<18}{'baseline GiB':>13}{'peak GiB':>10}{'increase GiB':>14}"
           f"{'increase/size':>15}{'seconds':>9}")
     for r in rows:
@@ -163,7 +190,8 @@ def main() -> None:
                        "mlp": args.mlp, "layers": args.layers, "heads": args.heads,
                        "kv_heads": args.kv_heads, "vocab": args.vocab,
                        "shard_mb": args.shard_mb},
-        "goal": "peak_increase / checkpoint bytes < 1.3",
+        "gguf": gguf,
+        "goal": "peak_increase / float32 bytes of the weights < 1.3",
         "rows": rows,
     }
     out = Path(__file__).resolve().parent.parent / "results" / "bench" / "load.json"

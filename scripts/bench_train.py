@@ -48,6 +48,11 @@ PRESETS = {
     # A small but matmul-bound model for CPU comparisons.
     "small": dict(vocab_size=4096, hidden_size=512, intermediate_size=1408, num_layers=4,
                   num_heads=8, num_kv_heads=4, head_dim=64, batch=8, seq=256),
+    # SmolLM2-135M-Instruct's real shape (30 layers, tied embeddings), the pipeline's
+    # SFT batch: LoRA on CPU against HF + PEFT on torch.
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
+                         tie_word_embeddings=True, rope_theta=100000.0, batch=8, seq=128),
     # Llama-3.1-8B shapes with random weights: for GPUs/TPUs.
     "llama8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                     num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, batch=8,
@@ -175,7 +180,8 @@ def build_torch(shape: dict, mode: str, dtype: str, part: str = "step") -> dict:
         vocab_size=shape["vocab_size"], hidden_size=shape["hidden_size"],
         intermediate_size=shape["intermediate_size"], num_hidden_layers=shape["num_layers"],
         num_attention_heads=shape["num_heads"], num_key_value_heads=shape["num_kv_heads"],
-        head_dim=shape["head_dim"], tie_word_embeddings=False)
+        head_dim=shape["head_dim"], tie_word_embeddings=shape.get("tie_word_embeddings", False),
+        rope_theta=shape.get("rope_theta", 10000.0))
     torch.manual_seed(0)
     tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     model = transformers.LlamaForCausalLM(hf_cfg).to(tdt)

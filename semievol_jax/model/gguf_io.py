@@ -9,13 +9,14 @@ projections (its RoPE pairs dims 2i, 2i+1, HF's pairs i, i+H/2); reading undoes 
 
 from __future__ import annotations
 
+import copy
 import functools
 import mmap
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, quants
 
 from semievol_jax.model.config import CheckpointError, LlamaConfig, RopeScaling
 from semievol_jax.model.rope import rope_inv_freq
@@ -77,10 +78,7 @@ def _gguf_version() -> str:
     return version("gguf")
 
 
-@functools.lru_cache(maxsize=2)
-def _open(path: str, mtime_ns: int, size: int) -> _Reader:
-    """The parsed file; cached per (path, mtime, size), since parsing a 49k-token vocabulary
-    takes seconds and every stage of a run loads its base."""
+def _read(path: str) -> _Reader:
     try:
         return _Reader(path, "r")
     except CheckpointError:
@@ -89,20 +87,66 @@ def _open(path: str, mtime_ns: int, size: int) -> _Reader:
         raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from e
 
 
-def open_reader(path: str | Path) -> GGUFReader:
-    """The GGUF file's reader, or one CheckpointError naming the file."""
+def _stat_key(path: str | Path) -> tuple[str, int, int]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such GGUF file")
     st = path.stat()
-    return _open(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    return str(path.resolve()), st.st_mtime_ns, st.st_size
+
+
+class _TensorInfo(NamedTuple):
+    name: str
+    tensor_type: GGMLQuantizationType
+    shape: tuple[int, ...]  # GGUF order: fastest-varying dimension first
+    data_offset: int
+    n_bytes: int
+    item_type: Any  # numpy dtype of the stored items (uint8 for block-quantized types)
+    item_shape: tuple[int, ...]  # the numpy shape of the stored items
+
+
+class _Header(NamedTuple):
+    fields: dict[str, Any]  # scalar metadata; arrays only by length (as `_Length`)
+    tensors: dict[str, _TensorInfo]
+
+
+class _Length(int):
+    """An array-valued metadata key, kept only by its length."""
+
+
+_PLAIN = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16,
+          GGMLQuantizationType.F64: np.float64, GGMLQuantizationType.I8: np.int8,
+          GGMLQuantizationType.I16: np.int16, GGMLQuantizationType.I32: np.int32,
+          GGMLQuantizationType.I64: np.int64}
+
+
+@functools.lru_cache(maxsize=4)
+def _header(path: str, mtime_ns: int, size: int) -> _Header:
+    """Metadata and tensor table of a file, without the parsed vocabulary: the library's
+    reader holds ~180 MB of Python objects for a 49k-token vocabulary and takes seconds
+    to build, so it is parsed once per file and dropped."""
+    reader = _read(path)
+    fields: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if field.types and field.types[0] == GGUFValueType.ARRAY:
+            fields[key] = _Length(len(field.data))
+        else:
+            fields[key] = field.contents()
+    tensors = {}
+    for t in reader.tensors:
+        tensors[t.name] = _TensorInfo(
+            t.name, t.tensor_type, tuple(int(d) for d in t.shape.tolist()), t.data_offset,
+            int(t.n_bytes), t.data.dtype, tuple(t.data.shape))
+    return _Header(fields, tensors)
 
 
 def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
     field = reader.fields.get(key)
-    if field is None:
-        return default
-    return field.contents()
+    return default if field is None else field.contents()
+
+
+def _meta(header: _Header, key: str, default: Any = None) -> Any:
+    return header.fields.get(key, default)
 
 
 class GGUFCheckpoint:
@@ -115,14 +159,15 @@ class GGUFCheckpoint:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.reader = open_reader(self.path)
-        arch = _field(self.reader, "general.architecture")
+        self.header = _header(*_stat_key(self.path))
+        self.data = np.memmap(self.path, mode="r")
+        arch = _meta(self.header, "general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise CheckpointError(
                 f"{self.path}: general.architecture {arch!r} is not supported "
                 f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
         self.arch = arch
-        self.tensors = {t.name: t for t in self.reader.tensors}
+        self.tensors = self.header.tensors
         self.cfg = self._config()
         self.gguf_name = self._names()
         self.shapes = self._shapes()
@@ -138,12 +183,12 @@ class GGUFCheckpoint:
 
     def _key(self, suffix: str, default: Any = ..., cast: type = int) -> Any:
         key = f"{self.arch}.{suffix}"
-        value = _field(self.reader, key)
+        value = _meta(self.header, key)
         if value is None:
             if default is ...:
                 raise CheckpointError(f"{self.path}: metadata key {key!r} is missing")
             return default
-        if isinstance(value, list):
+        if isinstance(value, _Length):
             raise CheckpointError(
                 f"{self.path}: metadata key {key!r} is a per-layer list; only uniform "
                 "layers are supported")
@@ -161,22 +206,22 @@ class GGUFCheckpoint:
                 "(partial rotary embeddings are not supported)")
         if self._key("expert_count", 0):
             raise CheckpointError(f"{self.path}: mixture-of-experts models are not supported")
-        tokens = self.reader.fields.get("tokenizer.ggml.tokens")
+        tokens = _meta(self.header, "tokenizer.ggml.tokens")
         embd = self.tensors.get("token_embd.weight")
         vocab = self._key("vocab_size", None)
         if vocab is None:
-            vocab = (len(tokens.data) if tokens is not None
+            vocab = (int(tokens) if tokens is not None
                      else int(embd.shape[-1]) if embd is not None else None)
         if vocab is None:
             raise CheckpointError(f"{self.path}: no vocabulary size (no {self.arch}.vocab_size,"
                                   " tokenizer.ggml.tokens or token_embd.weight)")
         eos = []
         for key in _EOS_KEYS:
-            value = _field(self.reader, f"tokenizer.ggml.{key}")
+            value = _meta(self.header, f"tokenizer.ggml.{key}")
             if value is not None and int(value) not in eos:
                 eos.append(int(value))
-        bos = _field(self.reader, "tokenizer.ggml.bos_token_id")
-        pad = _field(self.reader, "tokenizer.ggml.padding_token_id")
+        bos = _meta(self.header, "tokenizer.ggml.bos_token_id")
+        pad = _meta(self.header, "tokenizer.ggml.padding_token_id")
         theta = self._key("rope.freq_base", 10000.0, float)
         cfg = LlamaConfig(
             vocab_size=int(vocab),
@@ -204,8 +249,7 @@ class GGUFCheckpoint:
         if kind == "none" and _ROPE_FREQS in self.tensors:
             # llama.cpp stores Llama 3.1 scaling as per-frequency factors; the standard
             # parameters are recovered here and checked against the factors below.
-            factor = float(np.max(quants.dequantize(self.tensors[_ROPE_FREQS].data,
-                                                    self.tensors[_ROPE_FREQS].tensor_type)))
+            factor = float(np.max(self._raw(_ROPE_FREQS)))
             original = self._key("rope.scaling.original_context_length", 8192)
             return RopeScaling("llama3", factor, 1.0, 4.0, original)
         if kind == "none":
@@ -219,8 +263,7 @@ class GGUFCheckpoint:
     def _check_rope_freqs(self, cfg: LlamaConfig) -> None:
         if _ROPE_FREQS not in self.tensors:
             return
-        t = self.tensors[_ROPE_FREQS]
-        factors = quants.dequantize(t.data, t.tensor_type).reshape(-1)
+        factors = self._raw(_ROPE_FREQS).reshape(-1)
         plain = rope_inv_freq(LlamaConfig(**{**cfg.__dict__, "rope_scaling": None}))
         if factors.shape != plain.shape:
             raise CheckpointError(f"{self.path}: tensor {_ROPE_FREQS!r} has {factors.size} "
@@ -274,13 +317,13 @@ class GGUFCheckpoint:
         if name is None or name not in self.tensors:
             raise CheckpointError(f"{self.path}: tensor {name or hf_name!r} is missing")
         t = self.tensors[name]
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims fastest first
+        shape = tuple(reversed(t.shape))  # GGUF lists dims fastest first
         want = self.shapes[hf_name]
         if shape != want:
             raise CheckpointError(
                 f"{self.path}: tensor {name!r} has shape {shape}, expected {want}")
         try:
-            value = quants.dequantize(t.data, t.tensor_type)
+            value = self._raw(name)
         except NotImplementedError as e:
             raise CheckpointError(
                 f"{self.path}: tensor {name!r} is {t.tensor_type.name}, which gguf "
@@ -295,10 +338,16 @@ class GGUFCheckpoint:
         self._release(t)
         return value
 
-    def _release(self, t: Any) -> None:
+    def _raw(self, name: str) -> np.ndarray:
+        """The gguf library's dequantization of one tensor's bytes (float32, numpy order)."""
+        t = self.tensors[name]
+        items = self.data[t.data_offset:t.data_offset + t.n_bytes].view(t.item_type)
+        return quants.dequantize(items.reshape(t.item_shape), t.tensor_type)
+
+    def _release(self, t: _TensorInfo) -> None:
         """Drops the file pages of a tensor already read, so the mapped file does not add
         its size to the loader's resident memory."""
-        mm = getattr(self.reader.data, "_mmap", None)
+        mm = getattr(self.data, "_mmap", None)
         if mm is None or not hasattr(mm, "madvise"):
             return
         page = mmap.PAGESIZE
@@ -355,10 +404,17 @@ def load_gguf_tokenizer(path: str | Path):
         CheckpointError: the file has no tokenizer, or one of a kind transformers cannot
             build.
     """
+    # Built once per file (parsing the vocabulary and merges takes seconds); each caller
+    # gets its own copy, free to change padding side or special tokens.
+    return copy.deepcopy(_tokenizer(*_stat_key(path)))
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(path: str, mtime_ns: int, size: int):
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
 
-    reader = open_reader(path)
+    reader = _read(path)
     arch = _field(reader, "general.architecture")
     if "tokenizer.ggml.tokens" not in reader.fields:
         raise CheckpointError(f"{path}: no tokenizer in the file (tokenizer.ggml.tokens)")
