@@ -11,7 +11,10 @@ A task is a frozen `Task` record. Its `kind` decides three things:
   exact match or token F1 >= `text_f1_threshold` (0.8).
 
 Every response is expected to end with `Answer: X`; `extract_answer` reads the *last*
-such line (a model that revises itself is judged on its final word). User-defined
+such line (a model that revises itself is judged on its final word). With
+`lenient=True` a response without that line is read as a small instruct model writes
+one: "The answer is B", "B. neutral", or the text of exactly one option; a response that
+only lists the options again gives no answer. User-defined
 tasks come from a dict or YAML (`Task.from_dict`, `register_tasks`) without code changes.
 """
 
@@ -60,6 +63,12 @@ _LEADING_WORD = re.compile(r"^(?:option|choice)\s+", re.IGNORECASE)
 _UPPER_LETTER = re.compile(r"^([A-Z])(?![A-Za-z0-9])")
 _LOWER_LETTER = re.compile(r"^([a-z])[\s).\]*_'\"`,;:!]*$")
 # A number: thousands commas only in groups of three, so "1,2" is not read as 12.
+# Lenient reading: "the (correct|final) answer is B", "answer would be: B", "option B".
+_PHRASE_RE = re.compile(
+    r"\b(?:the\s+)?(?:correct\s+|final\s+|right\s+|best\s+)?(?:answer|option|choice)"
+    r"\s*(?:is|would\s+be|will\s+be)?\s*[:：]?\s*", re.IGNORECASE)
+# An option line as a model restates it: "B. text", "(B) text", "B) text", "B: text", "B".
+_OPTION_LINE = re.compile(r"^\s*[(\[]?([A-Z])(?:[.):\]]|\s*$)")
 _NUMBER_RE = re.compile(
     r"(?P<sign>[-+−]?)\s*\$?\s*(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
     r"(?P<exp>[eE][-+]?\d+)?\s*(?P<pct>%)?"
@@ -165,8 +174,8 @@ class Task:
 
     # -- answers -------------------------------------------------------------------
 
-    def extract_answer(self, response: str | None,
-                       options: Sequence[str] | None = None) -> str | None:
+    def extract_answer(self, response: str | None, options: Sequence[str] | None = None,
+                       *, lenient: bool = False) -> str | None:
         """Reads the final answer out of a model response.
 
         The last `Answer: X` that parses wins. Case, whitespace, markdown emphasis,
@@ -177,6 +186,8 @@ class Task:
           options: the question's options (choice tasks). When given, a letter past the
             last option gives None, and an answer that repeats an option's text
             ("Answer: positive") maps to that option's letter.
+          lenient: choice tasks: when no `Answer:` line parses, read the response as a
+            model that ignores the format writes it (see the module docstring).
 
         Returns:
           choice: an uppercase letter; value: a canonical number string ("1234.5",
@@ -188,6 +199,8 @@ class Task:
             got = self._parse_answer_text(_text_after(response, m.end()), options)
             if got is not None:
                 return got
+        if lenient and self.kind == "choice":
+            return _lenient_choice(response, options)
         return None
 
     def _parse_answer_text(self, text: str, options: Sequence[str] | None) -> str | None:
@@ -249,6 +262,30 @@ def _parse_letter(text: str, options: Sequence[str] | None) -> str | None:
     if options:
         wanted = normalize_text(text.rstrip(_TRAIL))
         hits = [i for i, o in enumerate(options) if wanted and normalize_text(o) == wanted]
+        if len(hits) == 1:
+            return LETTERS[hits[0]]
+    return None
+
+
+def _lenient_choice(response: str, options: Sequence[str] | None) -> str | None:
+    """A letter from a response with no `Answer:` line, or None when it names no single
+    option (a response that restates two or more options is a list, not an answer)."""
+    lines = [ln for ln in response.strip().splitlines() if ln.strip()]
+    listed = {m.group(1) for ln in lines if (m := _OPTION_LINE.match(ln))}
+    for m in reversed(list(_PHRASE_RE.finditer(response))):
+        got = _parse_letter(_text_after(response, m.end()).strip(_WRAP), options)
+        if got is not None:
+            return got
+    if len(listed) > 1:
+        return None
+    if lines and (m := _OPTION_LINE.match(lines[0])):
+        letter = m.group(1)
+        if options is None or LETTERS.index(letter) < len(options):
+            return letter
+    if options:
+        text = f" {normalize_text(response)} "
+        hits = [i for i, o in enumerate(options)
+                if normalize_text(o) and f" {normalize_text(o)} " in text]
         if len(hits) == 1:
             return LETTERS[hits[0]]
     return None
