@@ -40,7 +40,7 @@ def tiny_model(tiny_ckpt_dir) -> TinyModel:
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory) -> Path:
     """A tiny synthetic task (the demo world's generator) for the pipeline tests."""
-    from semievol_jax.demo.synth import SynthConfig, write_demo_data
+    from semievol_jax.pipeline.data.synth import SynthConfig, write_demo_data
 
     out = tmp_path_factory.mktemp("task")
     write_demo_data(out, SynthConfig(num_people=8, num_practice_people=2, num_labeled=8,

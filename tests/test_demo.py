@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from semievol_jax.demo import synth
-from semievol_jax.demo.synth import SynthConfig, SynthError
+from semievol_jax.pipeline.data import synth
+from semievol_jax.pipeline.data.synth import SynthConfig, SynthError
 
 SPLITS = ("labeled", "unlabeled", "test")
 

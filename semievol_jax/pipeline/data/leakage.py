@@ -14,6 +14,7 @@ from semievol_jax.pipeline.data.examples import (
 )
 
 
+@dataclasses.dataclass(frozen=True)
 class Overlap:
     """Items shared by two splits.
 

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from semievol_jax.files import write_jsonl, write_text_atomic
+
 LETTERS = "ABCDEFGHIJ"
 # The demo preset's task instruction (data.task_def; a test keeps the two equal), so the
 # corpus quizzes read like the prompts the demo is evaluated with. One short line: the
@@ -438,12 +440,9 @@ def write_demo_data(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> di
     paths: dict[str, Path] = {}
     for split, qs in make_splits(world, cfg).items():
         paths[split] = out / f"{split}.csv"
-        paths[split].write_text(questions_to_csv(qs), encoding="utf-8")
+        write_text_atomic(paths[split], questions_to_csv(qs))
     paths["corpus"] = out / "corpus.jsonl"
-    paths["corpus"].write_text(
-        "".join(json.dumps({"text": d}) + "\n" for d in make_corpus(world, cfg)),
-        encoding="utf-8",
-    )
+    write_jsonl(paths["corpus"], ({"text": d} for d in make_corpus(world, cfg)))
     return paths
 
 

@@ -1,12 +1,17 @@
-"""The demo diagnosis's measurements (semievol_jax/demo/diagnose.py) on hand-made rows."""
+"""scripts/demo_diagnosis.py: the demo diagnosis's measurements on hand-made rows."""
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from semievol_jax.demo import diagnose, synth
+from semievol_jax.pipeline.data import synth
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import demo_diagnosis as diagnose  # noqa: E402
 
 
 def row(i, person, relation, answer="A", split="test"):
