@@ -3,7 +3,7 @@
 `semievol demo` pretrains its tiny base once (`base_seed` 0) and its seeds vary SFT's
 data order, the samples and the pseudo-label set, never the base. The same code on
 another kind of CPU rounds differently while pretraining and so draws another base,
-and the demo's gap moves with it (docs/demo.md, "The base draw"). This runs the method
+and the demo's gap moves with it (docs/demo.md, "Reproducing it"). This runs the method
 alone (no ablations) for every base_seed x seed on this machine and reports the paired
 gap per base and pooled, with the demo's own headline criteria per base:
 

@@ -52,15 +52,10 @@ from semievol_jax.pipeline.config import (
     SelectConfig,
     SftConfig,
 )
-from semievol_jax.pipeline.data import (
-    Example,
-    GoldAnswers,
-    UnlabeledQuestion,
-    find_leakage,
-    load_split,
-    load_unlabeled,
-)
+from semievol_jax.pipeline.data.examples import Example, GoldAnswers, UnlabeledQuestion
+from semievol_jax.pipeline.data.leakage import find_leakage
 from semievol_jax.pipeline.data.synth import write_demo_data
+from semievol_jax.pipeline.data.validation import load_split, load_unlabeled
 from semievol_jax.pipeline.models import (
     EVAL_ANSWERS,
     MODEL_DIR,

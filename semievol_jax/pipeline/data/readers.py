@@ -57,12 +57,20 @@ def _decode(path: Path, data: bytes, problems: list[str]) -> str:
     return _SURROGATE.sub("\ufffd", text) if last_line > 0 else text
 
 
-def _read_csv(path: Path) -> RawRows:
-    problems: list[str] = []
+def _text(path: Path, problems: list[str], empty: str) -> str | None:
+    """The file's text (`_decode`); None, with the problem `empty`, when it holds
+    nothing but white space."""
     data = path.read_bytes()
     if not data.strip():
-        return RawRows(None, [], [f"{path}:1: file is empty (expected a header line)"])
-    text = _decode(path, data, problems)
+        problems.append(f"{path}:1: {empty}")
+        return None
+    return _decode(path, data, problems)
+
+
+def _read_csv(path: Path) -> RawRows:
+    problems: list[str] = []
+    if (text := _text(path, problems, "file is empty (expected a header line)")) is None:
+        return RawRows(None, [], problems)
     old_limit = csv.field_size_limit()
     csv.field_size_limit(2**31 - 1)  # long questions are reported below, not by csv
     try:
@@ -91,10 +99,8 @@ def _read_csv(path: Path) -> RawRows:
 
 def _read_jsonl(path: Path) -> RawRows:
     problems: list[str] = []
-    data = path.read_bytes()
-    if not data.strip():
-        return RawRows(None, [], [f"{path}:1: file is empty"])
-    text = _decode(path, data, problems)
+    if (text := _text(path, problems, "file is empty")) is None:
+        return RawRows(None, [], problems)
     rows: list[tuple[str, dict[str, Any]]] = []
     if text.lstrip().startswith("["):  # a .json file holding one array
         try:

@@ -1,7 +1,7 @@
 """The demo world: invented people, facts about them, a prose corpus and a quiz task.
 
 The embedded demo needs a task where SemiEvol's mechanism has something to work with
-(docs/demo.md has the argument and the measured numbers):
+(docs/demo.md has the argument, docs/results.md the measured numbers):
 
 * **Latent knowledge.** Every fact about a *task person* ("Bapis lives in Vasso") is
   stated in the pretraining corpus, many times and in three phrasings, but never as a
@@ -56,7 +56,7 @@ INSTRUCTION = "Reply 'Answer: LETTER' ({letters})."
 # alone, or, with `statement_options` (the demo preset), the chosen option restated
 # first. The restated option is then a corpus sentence, so the model answers by
 # completing a sentence it was pretrained on ("Vivol works as a" -> "miner") instead of
-# mapping a name straight to a letter (docs/demo.md, "statement options").
+# mapping a name straight to a letter (docs/demo.md, "The world").
 LETTER_TARGET = "Answer: {answer}"
 STATEMENT_TARGET = "{option}\nAnswer: {answer}"
 
@@ -132,9 +132,9 @@ class SynthError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
-    """Knobs of the demo world. The defaults are the letter-only world of earlier
-    sessions; the demo preset sets `statement_options`, `bios_per_person=6` and
-    `labeled_people=8` (docs/demo.md, "How the world got here" and "Session 12")."""
+    """Knobs of the demo world. The defaults are the letter-only world (bare values as
+    options, the letter alone as the response); the demo preset sets
+    `statement_options`, `bios_per_person=6` and `labeled_people=8` (docs/demo.md)."""
 
     seed: int = 0  # root seed of the world, corpus and splits
     num_people: int = 16  # task people: their facts are asked in the splits
