@@ -47,7 +47,7 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     `SEMIEVOL_XLA_CACHE` overrides the location; set it to "off" to disable. A cache hit
     returns the very program a compile would produce, so results do not change.
     """
-    import jax
+    import jax  # imported late: this module is read before XLA_FLAGS are final
 
     path = path or os.environ.get("SEMIEVOL_XLA_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "semievol-jax", "xla")

@@ -25,9 +25,9 @@ def _bytes(out_dir):
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    a = _bytes(synth.write_demo_data(tmp_path / "a", SynthConfig(seed=3))["test"].parent)
-    b = _bytes(synth.write_demo_data(tmp_path / "b", SynthConfig(seed=3))["test"].parent)
-    c = _bytes(synth.write_demo_data(tmp_path / "c", SynthConfig(seed=4))["test"].parent)
+    a = _bytes(synth.write_world(tmp_path / "a", SynthConfig(seed=3))["test"].parent)
+    b = _bytes(synth.write_world(tmp_path / "b", SynthConfig(seed=3))["test"].parent)
+    c = _bytes(synth.write_world(tmp_path / "c", SynthConfig(seed=4))["test"].parent)
     assert set(a) == {"labeled.csv", "unlabeled.csv", "test.csv", "corpus.jsonl"}
     assert a == b
     assert all(a[k] != c[k] for k in a)
@@ -35,7 +35,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 def test_splits_load_with_the_pipeline_loader(tmp_path):
     data = pytest.importorskip("semievol_jax.pipeline.data")
-    paths = synth.write_demo_data(tmp_path, SynthConfig())
+    paths = synth.write_world(tmp_path, SynthConfig())
     cfg = SynthConfig()
     for split, n in zip(SPLITS, (cfg.num_labeled, cfg.num_unlabeled, cfg.num_test),
                         strict=True):

@@ -145,7 +145,7 @@ def test_corpus_quizzes_parse_back_what_render_quiz_wrote(tmp_path):
     cfg = synth.SynthConfig(num_people=4, num_practice_people=2, num_labeled=8,
                             num_unlabeled=16, num_test=8, bios_per_person=1,
                             quizzes_per_practice_person=3)
-    paths = synth.write_demo_data(tmp_path, cfg)
+    paths = synth.write_world(tmp_path, cfg)
     quizzes = diagnose.corpus_quizzes(paths["corpus"])
     assert len(quizzes) == 2 * 3
     docs = [d for d in synth.read_corpus(paths["corpus"]) if d.startswith("Question:")]
@@ -158,7 +158,7 @@ def test_corpus_quizzes_parse_back_statement_quizzes(tmp_path):
     cfg = synth.SynthConfig(num_people=4, num_practice_people=2, num_labeled=8,
                             num_unlabeled=16, num_test=8, bios_per_person=1,
                             quizzes_per_practice_person=3, statement_options=True)
-    paths = synth.write_demo_data(tmp_path, cfg)
+    paths = synth.write_world(tmp_path, cfg)
     docs = [d for d in synth.read_corpus(paths["corpus"]) if d.startswith("Question:")]
     quizzes = diagnose.corpus_quizzes(paths["corpus"])
     for (q, opts, gold), doc in zip(quizzes, docs, strict=True):

@@ -245,6 +245,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _new_axes(figsize=(6.0, 4.0)):
+    # matplotlib costs a second to import: only when a plot is drawn.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -54,7 +54,7 @@ from semievol_jax.pipeline.config import (
 )
 from semievol_jax.pipeline.data.examples import Example, GoldAnswers, UnlabeledQuestion
 from semievol_jax.pipeline.data.leakage import find_leakage
-from semievol_jax.pipeline.data.synth import write_demo_data
+from semievol_jax.pipeline.data.synth import write_world
 from semievol_jax.pipeline.data.validation import load_split, load_unlabeled
 from semievol_jax.pipeline.models import (
     EVAL_ANSWERS,
@@ -119,7 +119,7 @@ def run_data(ctx: StageContext) -> dict[str, Any]:
     task = task_of(cfg)
     sources = {"labeled": cfg.labeled, "unlabeled": cfg.unlabeled, "test": cfg.test}
     if cfg.synth is not None:  # a generated source: its split files and corpus under raw/
-        paths = write_demo_data(ctx.out / "raw", cfg.synth)
+        paths = write_world(ctx.out / "raw", cfg.synth)
         sources = {k: str(paths[k]) for k in SPLITS}
     missing = [k for k, v in sources.items() if not v]
     if missing:

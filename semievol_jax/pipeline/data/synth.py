@@ -428,7 +428,7 @@ def questions_to_csv(questions: Sequence[Question]) -> str:
     return buf.getvalue()
 
 
-def write_demo_data(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> dict[str, Path]:
+def write_world(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> dict[str, Path]:
     """Writes labeled.csv, unlabeled.csv, test.csv and corpus.jsonl under `out_dir`.
 
     Returns:
@@ -447,7 +447,7 @@ def write_demo_data(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> di
 
 
 def read_corpus(path: str | Path) -> list[str]:
-    """The documents of a corpus.jsonl written by `write_demo_data`."""
+    """The documents of a corpus.jsonl written by `write_world`."""
     docs = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         try:
