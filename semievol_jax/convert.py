@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote tiny checkpoint to {out}")
         return 0
     adapter = Path(args.adapter)
-    lora = m.LoraConfig.from_peft_dir(adapter)
+    lora = m.lora_config_from_peft(adapter)
     model, _ = m.load_hf(args.base, lora=lora, allow_pickle=args.allow_pickle)
     m.load_peft_adapter(model, adapter)
     m.save_hf(model, Path(args.out), tokenizer=m.load_tokenizer(args.base), merge_lora=True)

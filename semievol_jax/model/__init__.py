@@ -6,7 +6,6 @@ from semievol_jax.model.hf_io import (
     load_peft_adapter,
     load_tokenizer,
     lora_config_from_peft,
-    resolve_checkpoint,
     save_hf,
     save_peft_adapter,
 )
@@ -30,7 +29,6 @@ __all__ = [
     "lora_config_from_peft",
     "make_tiny_checkpoint",
     "merge_lora",
-    "resolve_checkpoint",
     "save_hf",
     "save_peft_adapter",
     "train_tokenizer",

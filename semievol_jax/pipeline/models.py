@@ -65,7 +65,7 @@ def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None,
     and every model (vanilla, M1, M2) then shares one compiled program per shape.
     """
     if ref.adapter is not None:
-        lora = m.LoraConfig.from_peft_dir(ref.adapter)
+        lora = m.lora_config_from_peft(ref.adapter)
     model, _ = m.load_hf(ref.base, lora=lora, dtype=jnp.dtype(base_cfg.dtype), mesh=mesh,
                          allow_pickle=base_cfg.allow_pickle)
     if ref.adapter is not None:

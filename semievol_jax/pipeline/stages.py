@@ -41,6 +41,7 @@ from semievol_jax.files import (
     write_jsonl,
 )
 from semievol_jax.generate import embed, generate, render_prompt
+from semievol_jax.model.hf_io import resolve_checkpoint  # not in the package's exports
 from semievol_jax.pipeline import prompts, selection
 from semievol_jax.pipeline.config import (
     BaseConfig,
@@ -170,7 +171,7 @@ def run_base(ctx: StageContext, *, seed: int, task: Task) -> dict[str, Any]:
         return {"pretrained": True}
     if not cfg.model:
         raise UserError("base.model is empty: give an HF checkpoint directory or hub id")
-    resolved = str(Path(m.resolve_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle))
+    resolved = str(Path(resolve_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle))
                    .resolve())
     # The base is referenced where it lies (an 8B checkpoint is not copied) and by the
     # name the user gave (machine-independent digests); its files' digests go into this
