@@ -3,7 +3,7 @@
 `semievol demo` pretrains its tiny base once (`base_seed` 0) and its seeds vary SFT's
 data order, the samples and the pseudo-label set, never the base. The same code on
 another kind of CPU rounds differently while pretraining and so draws another base,
-and the demo's gap moved with it (docs/demo.md, "The base draw"). This runs the method
+and the demo's gap moves with it (docs/demo.md, "Reproducing it"). This runs the method
 alone (no ablations) for every base_seed x seed on this machine and reports the paired
 gap per base and pooled, with the demo's own headline criteria per base:
 
@@ -24,23 +24,24 @@ from pathlib import Path
 from semievol_jax import environment
 from semievol_jax.config import load_config
 from semievol_jax.demo.driver import SEEDS, headline
-from semievol_jax.pipeline import api
+from semievol_jax.files import write_json_atomic
+from semievol_jax.pipeline import graph
 from semievol_jax.pipeline.config import RunConfig
-from semievol_jax.pipeline.runner import read_record, write_json_atomic
+from semievol_jax.pipeline.runner import read_record
 
 
 def run_grid(out: Path, bases: list[int], seeds: list[int], overrides: list[str]) -> list[dict]:
     """One row per (base_seed, seed): the base's digest and the three accuracies."""
     preset = load_config(RunConfig, "demo", overrides)
-    mesh = api.make_mesh(preset)
+    mesh = graph.make_mesh(preset)
     rows = []
     for b in bases:
         shared = None
         for s in seeds:
             cfg = dataclasses.replace(preset, seed=s, base_seed=b)
             run = out / f"base{b}" / f"seed{s}"
-            m = api.headline_metrics(api.run_pipeline(cfg, run, mesh=mesh, shared=shared))
-            shared = shared or {n: run / f"{api.ORDER[n]:02d}_{n}" for n in ("data", "base")}
+            m = graph.headline_metrics(graph.run_pipeline(cfg, run, mesh=mesh, shared=shared))
+            shared = shared or {n: graph.stage_dir(run, n) for n in ("data", "base")}
             rows.append({"base_seed": b, "seed": s,
                          "base_digest": read_record(shared["base"])["output_digest"],
                          **{k: m[f"acc_{k}"] for k in ("vanilla", "sft", "semievol")}})

@@ -8,7 +8,7 @@ A variant of the preset diagnoses the same way when run into RUN/seed0:
   .venv/bin/semievol run --config demo --run-dir /tmp/v/seed0 base.pretrain.steps=1600
   python scripts/demo_diagnose.py /tmp/v
 
-Prints a table per measurement (semievol_jax/demo/diagnose.py says what each means) and
+Prints a table per measurement (scripts/demo_diagnosis.py says what each means) and
 writes them as JSON, with whether the run's digests equal the committed results/demo's,
 i.e. whether the numbers describe the committed run.
 """
@@ -20,7 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from semievol_jax.demo import diagnose
+import demo_diagnosis as diagnose  # beside this script
+
 from semievol_jax.pipeline import parallel
 
 

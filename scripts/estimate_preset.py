@@ -1,6 +1,6 @@
 """Expected run time and memory of a paper-scale preset, from FLOPs and bytes.
 
-Not a measurement: no accelerator has been lent to the sessions that wrote this repo, so
+Not a measurement: no paper-scale run has been made on an accelerator, so
 the llama3.1-8b presets document what their stages *should* cost, computed here from the
 preset, the data files (row counts and prompt lengths) and vendor peak figures, under
 the utilisation assumptions printed with the result. Replace with measured numbers

@@ -7,8 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from semievol_jax import __version__
-from semievol_jax.environment import set_determinism_flags
+from semievol_jax import __version__, convert
+from semievol_jax.environment import (
+    describe,
+    enable_compilation_cache,
+    format_env,
+    set_determinism_flags,
+    set_quiet_imports,
+)
+from semievol_jax.errors import UserError
 
 
 def _positive_int(text: str) -> int:
@@ -18,31 +25,27 @@ def _positive_int(text: str) -> int:
     return n
 
 
-def _cmd_env(args: argparse.Namespace) -> int:
-    from semievol_jax.environment import describe, format_env
+# The handlers import what they run when they run it: `semievol --help`, `status` and
+# `convert` must not wait for JAX and the whole pipeline to import.
 
+def _cmd_env(args: argparse.Namespace) -> int:
     info = describe()
     print(json.dumps(info, indent=2) if args.json else format_env(info))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from semievol_jax.pipeline.api import run_from_cli
+    from semievol_jax import commands
 
-    return run_from_cli(args.config, args.overrides, run_dir=args.run_dir, ablate=False)
-
-
-def _cmd_ablate(args: argparse.Namespace) -> int:
-    from semievol_jax.pipeline.api import run_from_cli
-
-    return run_from_cli(args.config, args.overrides, run_dir=args.run_dir, ablate=True)
+    return commands.run(args.config, args.overrides, run_dir=args.run_dir,
+                        ablate=args.command == "ablate")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from semievol_jax.pipeline.api import run_demo
+    from semievol_jax import commands
 
-    return run_demo(Path(args.out), quick=args.quick, overrides=args.overrides,
-                    workers=args.jobs)
+    return commands.demo(args.out, quick=args.quick, overrides=args.overrides,
+                         workers=args.jobs)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -59,14 +62,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from semievol_jax.pipeline.api import verify
+    from semievol_jax import commands
 
-    return verify(Path(args.run_dir), rerun=not args.no_rerun, fresh=args.fresh)
+    return commands.check(args.run_dir, rerun_it=not args.no_rerun, fresh=args.fresh)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from semievol_jax import convert
-
     return convert.main(args)
 
 
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("ablate", help="run the pipeline and its ablations into one table")
     with_config(sp)
-    sp.set_defaults(fn=_cmd_ablate)
+    sp.set_defaults(fn=_cmd_run)
 
     sp = sub.add_parser("demo", help="the embedded demo: synthetic task, tiny model, 3 seeds")
     sp.add_argument("--out", default="results/demo", help="output directory")
@@ -123,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.set_defaults(fn=_cmd_status)
 
-    sp = sub.add_parser("verify", help="rerun and compare every digest with a run's manifest")
+    sp = sub.add_parser("verify", help="rerun (as provenance.json says) and compare every "
+                                       "stage digest with the run's")
     sp.add_argument("run_dir")
     sp.add_argument("--no-rerun", action="store_true",
                     help="only check the files on disk against their records")
@@ -132,9 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=_cmd_verify)
 
     sp = sub.add_parser("convert", help="checkpoint tools: tiny checkpoints, LoRA merge, export")
-    from semievol_jax.convert import add_arguments
-
-    add_arguments(sp)
+    convert.add_arguments(sp)
     sp.set_defaults(fn=_cmd_convert)
 
     sp = sub.add_parser("fetch", help="download a pinned model into the cache; prints its path")
@@ -149,14 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    set_determinism_flags()  # before anything imports a JAX backend
+    set_determinism_flags()  # before anything starts a JAX backend
+    set_quiet_imports()  # before anything imports transformers (workers inherit it)
     args = build_parser().parse_args(argv)
     if args.command in ("run", "ablate", "demo", "verify"):
-        from semievol_jax.environment import enable_compilation_cache
-
         enable_compilation_cache()
-    from semievol_jax.errors import UserError
-
     try:
         return int(args.fn(args) or 0)
     except UserError as e:  # bad input: one clear message, no traceback

@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from semievol_jax import model as m
+    from semievol_jax import model as m  # JAX and flax: not for `semievol --help`
 
     if args.convert_command == "tiny":
         out = m.make_tiny_checkpoint(Path(args.out), seed=args.seed)

@@ -27,13 +27,27 @@ def set_determinism_flags() -> None:
         os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
 
 
+# transformers' one advisory warning, on import without PyTorch ("PyTorch was not found.
+# Models won't be available ..."): this project loads weights itself and takes only
+# tokenizers and configs from transformers, so the advisory tells its users nothing.
+QUIET_ENV = {"TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def set_quiet_imports() -> None:
+    """Silence transformers' PyTorch advisory (`QUIET_ENV`) for this process and the
+    processes it starts, unless the caller's environment sets the variable itself.
+    Must run before transformers is imported."""
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 def enable_compilation_cache(path: str | None = None) -> str | None:
     """Persist compiled XLA programs across processes (demo reruns, verify, tests).
 
     `SEMIEVOL_XLA_CACHE` overrides the location; set it to "off" to disable. A cache hit
     returns the very program a compile would produce, so results do not change.
     """
-    import jax
+    import jax  # imported late: this module is read before XLA_FLAGS are final
 
     path = path or os.environ.get("SEMIEVOL_XLA_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "semievol-jax", "xla")

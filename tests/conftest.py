@@ -40,9 +40,9 @@ def tiny_model(tiny_ckpt_dir) -> TinyModel:
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory) -> Path:
     """A tiny synthetic task (the demo world's generator) for the pipeline tests."""
-    from semievol_jax.demo.synth import SynthConfig, write_demo_data
+    from semievol_jax.pipeline.data.synth import SynthConfig, write_world
 
     out = tmp_path_factory.mktemp("task")
-    write_demo_data(out, SynthConfig(num_people=8, num_practice_people=2, num_labeled=8,
+    write_world(out, SynthConfig(num_people=8, num_practice_people=2, num_labeled=8,
                                      num_unlabeled=12, num_test=8))
     return out

@@ -1,6 +1,7 @@
-"""CLI front door: help, env, config loading and its errors."""
+"""CLI front door: help, env, config loading and its errors, and no import noise."""
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -34,6 +35,24 @@ def test_env_reports_versions_and_flags():
 def test_status_of_missing_run_is_an_error(tmp_path):
     out = semievol("status", str(tmp_path / "nope"))
     assert out.returncode != 0
+
+
+# A process in which PyTorch is not installed, as in the runtime environment
+# (`find_spec` answers None for a module set to None in sys.modules).
+WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; "
+ADVISORY = "PyTorch was not found"
+
+
+def test_no_pytorch_advisory_from_the_cli_without_pytorch(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
+    bare = subprocess.run([sys.executable, "-c", WITHOUT_TORCH + "import transformers"],
+                          capture_output=True, text=True, env=env)
+    assert ADVISORY in bare.stderr  # what transformers says on its own
+    cli = WITHOUT_TORCH + "from semievol_jax.cli import main; sys.exit(main(sys.argv[1:]))"
+    out = subprocess.run([sys.executable, "-c", cli, "convert", "tiny", str(tmp_path / "t")],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ADVISORY not in out.stderr + out.stdout
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from semievol_jax.demo import synth
-from semievol_jax.demo.synth import SynthConfig, SynthError
+from semievol_jax.pipeline.data import synth
+from semievol_jax.pipeline.data.synth import SynthConfig, SynthError
 
 SPLITS = ("labeled", "unlabeled", "test")
 
@@ -25,9 +25,9 @@ def _bytes(out_dir):
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    a = _bytes(synth.write_demo_data(tmp_path / "a", SynthConfig(seed=3))["test"].parent)
-    b = _bytes(synth.write_demo_data(tmp_path / "b", SynthConfig(seed=3))["test"].parent)
-    c = _bytes(synth.write_demo_data(tmp_path / "c", SynthConfig(seed=4))["test"].parent)
+    a = _bytes(synth.write_world(tmp_path / "a", SynthConfig(seed=3))["test"].parent)
+    b = _bytes(synth.write_world(tmp_path / "b", SynthConfig(seed=3))["test"].parent)
+    c = _bytes(synth.write_world(tmp_path / "c", SynthConfig(seed=4))["test"].parent)
     assert set(a) == {"labeled.csv", "unlabeled.csv", "test.csv", "corpus.jsonl"}
     assert a == b
     assert all(a[k] != c[k] for k in a)
@@ -35,7 +35,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 def test_splits_load_with_the_pipeline_loader(tmp_path):
     data = pytest.importorskip("semievol_jax.pipeline.data")
-    paths = synth.write_demo_data(tmp_path, SynthConfig())
+    paths = synth.write_world(tmp_path, SynthConfig())
     cfg = SynthConfig()
     for split, n in zip(SPLITS, (cfg.num_labeled, cfg.num_unlabeled, cfg.num_test),
                         strict=True):
@@ -158,7 +158,7 @@ def test_read_corpus_names_the_bad_line(tmp_path):
 
 @pytest.mark.parametrize("semi, sft, strict, paired", [
     ([0.54, 0.50, 0.52], [0.48, 0.45, 0.47], True, True),
-    ([0.44, 0.39, 0.39], [0.36, 0.40, 0.35], False, False),  # session 1's probe numbers
+    ([0.44, 0.39, 0.39], [0.36, 0.40, 0.35], False, False),  # ahead on average, not per seed
     ([0.60, 0.50, 0.55], [0.55, 0.45, 0.50], False, True),  # SFT spread large, gap steady
 ])
 def test_headline_criteria(semi, sft, strict, paired):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from semievol_jax.demo import synth
-from semievol_jax.demo.pretrain import PretrainConfig, PretrainError, pack_corpus, pretrain_base
+from semievol_jax.pipeline.data import synth
+from semievol_jax.train.pretrain import PretrainConfig, PretrainError, pack_corpus, pretrain_base
 
 # Small enough to compile and run in seconds: 1 layer, width 32, 8 steps.
 TINY = PretrainConfig(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,

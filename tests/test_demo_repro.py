@@ -17,8 +17,9 @@ from demo_helpers import REDUCED
 
 @pytest.mark.slow
 def test_reduced_demo_twice_gives_identical_digests(tmp_path):
-    from semievol_jax.demo.driver import DIGESTS, run_demo
-    from semievol_jax.pipeline.api import verify
+    from semievol_jax.demo.driver import run_demo
+    from semievol_jax.pipeline.runner import DIGESTS
+    from semievol_jax.pipeline.verify import verify
 
     runs = [tmp_path / "a", tmp_path / "b"]
     # The second run spreads the runs over two worker processes (one core each where
@@ -29,7 +30,7 @@ def test_reduced_demo_twice_gives_identical_digests(tmp_path):
     # The method plus its ablations, each with its own stage digests.
     assert len(a) >= 4 and all(len(v) >= 2 for v in a.values())
     assert a == b
-    assert verify(runs[0], rerun=False, fresh=str(runs[1])) == 0
+    assert verify(runs[0], fresh=str(runs[1])) == 0
     # The diagnosis script reads the same run (and knows it equals the other's digests).
     import sys
     from pathlib import Path

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from semievol_jax import environment
-from semievol_jax.pipeline import api
+from semievol_jax.pipeline import verify
 
 EPYC_AVX2 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -52,15 +52,16 @@ def _summary(path, digest, cpu=None):
     path.mkdir()
     (path / "digests.json").write_text(json.dumps({"seed0": {"base": digest}}))
     if cpu is not None:
-        (path / "demo.json").write_text(json.dumps({"quick": True, "overrides": [],
-                                                    "cpu": environment.cpu_info(cpu)}))
+        (path / "provenance.json").write_text(json.dumps(
+            {"kind": "demo", "args": {"quick": True, "overrides": []},
+             "machine": {"cpu": environment.cpu_info(cpu)}}))
     return path
 
 
 def test_verify_names_the_cpus_when_digests_differ(tmp_path, capsys):
     a = _summary(tmp_path / "a", "aa" * 32, EPYC_AVX512)
     b = _summary(tmp_path / "b", "bb" * 32, EPYC_AVX2)
-    assert api.verify(a, rerun=False, fresh=str(b)) == 1
+    assert verify.verify(a, fresh=str(b)) == 1
     out = capsys.readouterr().out
     assert "first difference: seed0/base" in out
     assert "was made on AMD EPYC (family 25/17; avx2+avx512f+avx512bw+avx512_vnni), " \
@@ -70,7 +71,7 @@ def test_verify_names_the_cpus_when_digests_differ(tmp_path, capsys):
 def test_verify_says_when_the_expected_run_records_no_cpu(tmp_path, capsys):
     a = _summary(tmp_path / "a", "aa" * 32)
     b = _summary(tmp_path / "b", "bb" * 32, EPYC_AVX2)
-    assert api.verify(a, rerun=False, fresh=str(b)) == 1
+    assert verify.verify(a, fresh=str(b)) == 1
     assert "does not record its CPU; this rerun ran on AMD EPYC (family 25/1; avx2)" \
         in capsys.readouterr().out
 
@@ -78,16 +79,16 @@ def test_verify_says_when_the_expected_run_records_no_cpu(tmp_path, capsys):
 def test_same_cpu_kind_adds_no_note(tmp_path, capsys):
     a = _summary(tmp_path / "a", "aa" * 32, EPYC_AVX2)
     b = _summary(tmp_path / "b", "bb" * 32, EPYC_AVX2)
-    assert api.hardware_note(a, b) is None
+    assert verify.hardware_note(a, b) is None
     c = _summary(tmp_path / "c", "aa" * 32, EPYC_AVX2)
-    assert api.verify(a, rerun=False, fresh=str(c)) == 0
+    assert verify.verify(a, fresh=str(c)) == 0
     assert "fresh run reproduces every digest" in capsys.readouterr().out
 
 
 def test_hardware_note_without_a_second_run_is_about_this_machine(tmp_path):
     here = environment.cpu_kind(environment.cpu_info())
     a = _summary(tmp_path / "a", "aa" * 32, EPYC_AVX512)
-    note = api.hardware_note(a)
+    note = verify.hardware_note(a)
     if here == environment.cpu_kind(environment.cpu_info(EPYC_AVX512)):
         assert note is None
     else:

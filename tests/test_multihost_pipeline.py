@@ -13,7 +13,7 @@ WORKER = r"""
 import json, sys
 from pathlib import Path
 from semievol_jax.config import load_config
-from semievol_jax.pipeline.api import run_pipeline
+from semievol_jax.pipeline.graph import run_pipeline
 from semievol_jax.pipeline.config import RunConfig
 from test_pipeline_e2e import tiny_overrides
 pid, nproc, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

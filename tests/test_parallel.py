@@ -84,3 +84,26 @@ def test_demo_jobs_share_the_first_seeds_base_and_sweep_it_only(tmp_path):
 def test_worker_count_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         parallel.run_jobs([_job("a")], workers=0)
+
+
+def test_a_workers_mesh_does_not_warn_about_xla_flags(caplog):
+    """A worker sets its XLA flags before its backend starts (`_worker_init`); making a
+    job's mesh afterwards must not re-run the runtime set-up, whose check would then
+    warn that the flags no longer apply."""
+    import logging
+
+    import jax
+
+    from semievol_jax.config import load_config
+    from semievol_jax.pipeline.config import RunConfig
+    from semievol_jax.pipeline.graph import make_mesh
+
+    cfg = load_config(RunConfig, "demo", [])
+    jax.devices()  # the backend is up, as in a worker after its initialiser
+    with caplog.at_level(logging.WARNING, logger="semievol_jax.sharding"):
+        make_mesh(cfg)  # the in-process path does the set-up, and says it is late
+    assert "XLA_FLAGS changes will not apply" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="semievol_jax.sharding"):
+        mesh = parallel._worker_mesh(cfg)
+    assert caplog.text == "" and mesh.devices.size == len(jax.devices())

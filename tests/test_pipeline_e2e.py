@@ -54,7 +54,7 @@ def manifest(run: Path) -> dict[str, str]:
 
 
 def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
-    from semievol_jax.pipeline.api import run_pipeline
+    from semievol_jax.pipeline.graph import run_pipeline
 
     run = tmp_path / "run"
     cfg = load_config(RunConfig, None, tiny_overrides(tiny_ckpt_dir, tiny_task))
@@ -62,23 +62,34 @@ def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
     assert sorted(p.name for p in run.iterdir() if p.name[:2].isdigit()) == STAGES
     ev = json.loads((run / "07_eval" / "eval.json").read_text())
     assert set(ev["models"]) == {"vanilla", "sft", "semievol"}
-    cands = (run / "04_propose" / "candidates.jsonl").read_text().splitlines()
+    cands = [json.loads(line) for line in
+             (run / "04_propose" / "candidates.jsonl").read_text().splitlines()]
     assert len(cands) == 12 * 3  # n collaborators per unlabeled question
-    assert records["select"]["metrics"]["reflected"] >= 0
+    # Exactly the questions whose collaborators disagree (an answer missing counts as a
+    # disagreement) were reflected on, each once.
+    answers: dict[str, list] = {}
+    for c in cands:
+        answers.setdefault(c["qid"], []).append(c["answer"])
+    disagree = {q for q, a in answers.items() if None in a or len(set(a)) > 1}
+    reflected = [json.loads(line)["qid"] for line in
+                 (run / "05_select" / "reflections.jsonl").read_text().splitlines()]
+    assert sorted(reflected) == sorted(disagree)
+    assert records["select"]["metrics"]["reflected"] == len(disagree)
+    assert records["select"]["metrics"]["num_consistent"] == 12 - len(disagree)
     # The select stage's inputs never include the held gold answers.
     assert "data" in records["select"]["input_digests"]
     assert not (run / "05_select" / "held").exists()
 
-    from semievol_jax.pipeline.api import write_run_report
+    from semievol_jax.pipeline.summary import write_run_report
 
     summary = write_run_report(run, run, cfg, {0: {"semievol": records}}, 1.0, title="tiny")
     assert summary["semievol"]["per_seed"] == [records["eval"]["metrics"]["acc_semievol"]]
     assert "| SemiEvol |" in (run / "report.md").read_text()
     assert json.loads((run / "metrics.json").read_text())
 
-    from semievol_jax.pipeline.api import verify
+    from semievol_jax.pipeline.verify import verify
 
-    assert verify(run, rerun=False) == 0
+    assert verify(run) == 0
     assert verify(run, fresh=str(run)) == 0  # a run compared with itself agrees
 
     before = record_times(run)
@@ -94,7 +105,7 @@ def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
 
     with open(run / "05_select" / "pseudo.jsonl", "a") as f:
         f.write("{}\n")  # tampered output: verify names the stage
-    assert verify(run, rerun=False) == 1
+    assert verify(run) == 1
 
 
 def test_bad_data_stops_before_any_stage(tmp_path, tiny_ckpt_dir, tiny_task):
@@ -120,7 +131,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
     from semievol_jax.config import load_config
-    from semievol_jax.pipeline.api import run_pipeline
+    from semievol_jax.pipeline.graph import run_pipeline
     from semievol_jax.pipeline.config import RunConfig
     run_pipeline(load_config(RunConfig, None, sys.argv[2:]), Path(sys.argv[1]))
 """)
@@ -147,11 +158,14 @@ def test_sigkill_anywhere_resumes_to_same_digests(tmp_path, tiny_ckpt_dir, tiny_
 def test_ablations_recompute_only_the_stages_they_change(tmp_path, tiny_ckpt_dir, tiny_task,
                                                        monkeypatch):
     from semievol_jax.pipeline import stages
-    from semievol_jax.pipeline.api import ablation_runs, make_mesh
+    from semievol_jax.pipeline.graph import make_mesh
+    from semievol_jax.pipeline.models import AnswerCache
+    from semievol_jax.pipeline.variants import run_ablations
 
-    monkeypatch.setattr(stages, "_EVAL_MEMO", {})
+    answers = AnswerCache()
+    monkeypatch.setattr(stages, "EVAL_ANSWERS", answers)
     cfg = load_config(RunConfig, None, tiny_overrides(tiny_ckpt_dir, tiny_task))
-    records = ablation_runs(cfg, tmp_path, mesh=make_mesh(cfg))
+    records = run_ablations(cfg, tmp_path, mesh=make_mesh(cfg))
     # Each distinct model was decoded once (5 runs x 3 models, but one base, and M1 is
     # shared by every variant except no_iwp), and the reused answers are the main run's.
     runs = [tmp_path, *(tmp_path / "ablations" / ab for ab in ABLATIONS)]
@@ -160,7 +174,7 @@ def test_ablations_recompute_only_the_stages_they_change(tmp_path, tiny_ckpt_dir
         d = json.loads((run / "07_eval" / "record.json").read_text())["input_digests"]
         return {(d["base"],), (d["base"], d["sft"]), (d["base"], d["sft"], d["final"])}
     distinct = set().union(*map(models, runs))
-    assert len(stages._EVAL_MEMO) == len(distinct) <= 3 * len(runs) - 7
+    assert len(answers) == len(distinct) <= 3 * len(runs) - 7
 
     def answers(run, model):
         rows = (run / "07_eval" / "predictions.jsonl").read_text().splitlines()
@@ -180,11 +194,11 @@ def test_ablations_recompute_only_the_stages_they_change(tmp_path, tiny_ckpt_dir
 def test_tiny_base_pretrains_on_a_real_tasks_unlabeled_prompts(tmp_path, tiny_task):
     """fpb-tiny's path: no synthetic corpus, so the base learns from the unlabeled
     questions in the task's prompt layout (never their answers)."""
-    from semievol_jax.demo.pretrain import PretrainConfig
     from semievol_jax.model import load_tokenizer
     from semievol_jax.pipeline import stages as st
     from semievol_jax.pipeline.config import BaseConfig, DataConfig
     from semievol_jax.pipeline.runner import StageContext
+    from semievol_jax.train.pretrain import PretrainConfig
 
     data_cfg = DataConfig(task="mmlu_pro", labeled=str(tiny_task / "labeled.csv"),
                           unlabeled=str(tiny_task / "unlabeled.csv"),

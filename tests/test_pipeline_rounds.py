@@ -1,7 +1,7 @@
 """SemiEvol rounds > 1: layout, the digest chain across rounds, skip / rerun / resume.
 
 The stage functions are replaced by fakes that write one JSON file naming their config
-and the digests of what they read, so these tests exercise the orchestration (api.py,
+and the digests of what they read, so these tests exercise the orchestration (graph.py,
 runner.py) in well under a second per run; tests/test_pipeline_rounds_e2e.py runs the
 real stages.
 """
@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from semievol_jax.config import load_config
-from semievol_jax.pipeline import api
+from semievol_jax.files import file_digest
+from semievol_jax.pipeline import graph, summary, verify
 from semievol_jax.pipeline import stages as st
 from semievol_jax.pipeline.config import RunConfig
-from semievol_jax.pipeline.runner import read_record, run_manifests, sha256_file, status
+from semievol_jax.pipeline.runner import read_record, run_manifests, status
 
 ROUND1 = ["00_data", "01_base", "02_sft", "03_index", "04_propose", "05_select", "06_final",
           "07_eval"]
@@ -38,7 +39,7 @@ class Fakes:
             if self.fail == f"{where}/{name}":
                 self.fail = None
                 raise RuntimeError(f"injected failure in {name}")
-            seen = {r: sha256_file(d / "out.json") for r, d in sorted(ctx.inputs.items())}
+            seen = {r: file_digest(d / "out.json") for r, d in sorted(ctx.inputs.items())}
             (ctx.out / "out.json").write_text(json.dumps(
                 {"stage": name, "inputs": seen, "config": repr(ctx.config),
                  "seed": kw.get("seed")}, sort_keys=True))
@@ -61,7 +62,7 @@ def fakes(monkeypatch) -> Fakes:
 
 def run(tmp_path: Path, *overrides: str) -> dict:
     cfg = load_config(RunConfig, None, ["data.task=mmlu_pro", *overrides])
-    return api.run_pipeline(cfg, tmp_path / "run", mesh="no-mesh")
+    return graph.run_pipeline(cfg, tmp_path / "run", mesh="no-mesh")
 
 
 def mtimes(run_dir: Path) -> dict[str, int]:
@@ -93,7 +94,7 @@ def test_layout_and_digest_chain(tmp_path, fakes):
         assert ev["data"] == digest(records["data"])
         assert ev["vanilla"] == digest(records["base"])
     # Each round samples with its own seed; round 1 keeps the run's seed.
-    seeds = {r: json.loads((api.round_dir(out, r) / "04_propose" / "out.json").read_text())
+    seeds = {r: json.loads((graph.round_dir(out, r) / "04_propose" / "out.json").read_text())
              ["seed"] for r in (1, 2, 3)}
     assert seeds[1] == 0 and len(set(seeds.values())) == 3
 
@@ -103,7 +104,7 @@ def test_layout_and_digest_chain(tmp_path, fakes):
     assert r2["data"]["dir"] == "../00_data" and r2["prev_final"]["dir"] == "../06_final"
     rows = [r["stage"] for r in status(out)]
     assert rows == ROUND1 + [f"round{r}/{s}" for r in (2, 3) for s in LATER]
-    assert api.verify(out, rerun=False) == 0
+    assert verify.verify(out) == 0
 
 
 def test_one_round_is_unchanged_and_extends(tmp_path, fakes):
@@ -152,27 +153,30 @@ def test_failure_in_round2_resumes_there(tmp_path, fakes):
 
 def test_headline_and_per_round_accuracy(tmp_path, fakes):
     records = run(tmp_path, "rounds=3")
-    head = api.headline_metrics(records)
+    head = graph.headline_metrics(records)
     # Baselines from round 1, SemiEvol after the last round.
     assert head["acc_sft"] == pytest.approx(0.35)
     assert head["acc_semievol"] == pytest.approx(0.6)
-    per = api.accuracy_per_round({0: {"semievol": records}, 1: {"semievol": records}})
+    per = summary.accuracy_per_round({0: {"semievol": records}, 1: {"semievol": records}})
     assert per == {"vanilla": pytest.approx([0.25] * 3),
                    "sft": pytest.approx([0.35, 0.45, 0.55]),
                    "semievol": pytest.approx([0.4, 0.5, 0.6])}
-    summary = api.summarise({0: {"semievol": records}})
-    assert summary["semievol"]["per_seed"] == [pytest.approx(0.6)]
-    assert "| semievol | 0.250 | 0.350 | 0.600 |" in api.accuracy_table({"semievol": records})
+    one = summary.summarise({0: {"semievol": records}})
+    assert one["semievol"]["per_seed"] == [pytest.approx(0.6)]
+    assert one["semievol"]["std"] is None  # one seed: no spread
+    two = summary.summarise({0: {"semievol": records}, 1: {"semievol": records}})
+    assert two["semievol"]["std"] == 0.0  # the sample std (ddof=1) of equal values
+    assert "| semievol | 0.250 | 0.350 | 0.600 |" in summary.accuracy_table({"semievol": records})
 
 
 def test_round_seed_and_bad_rounds():
-    assert api.round_seed(5, 1) == 5
-    assert len({api.round_seed(5, r) for r in (1, 2, 3)} | {api.round_seed(6, 2)}) == 4
+    assert graph.round_seed(5, 1) == 5
+    assert len({graph.round_seed(5, r) for r in (1, 2, 3)} | {graph.round_seed(6, 2)}) == 4
     cfg = load_config(RunConfig, None, ["data.task=mmlu_pro", "rounds=0"])
     from semievol_jax.errors import UserError
 
     with pytest.raises(UserError, match="rounds must be at least 1"):
-        api.build_stages(cfg, None)
+        graph.build_stages(cfg, None)
 
 
 def test_config_yaml_is_written_by_the_main_process_only(tmp_path, fakes, monkeypatch):
@@ -183,11 +187,11 @@ def test_config_yaml_is_written_by_the_main_process_only(tmp_path, fakes, monkey
     out = tmp_path / "run"
     cfg = load_config(RunConfig, None, ["data.task=mmlu_pro", "rounds=2"])
     assert (out / "config.yaml").read_text() == to_yaml(cfg)
-    assert not list(out.glob(".config.yaml.tmp-*"))  # written via a renamed temp file
+    assert [p.name for p in out.glob(".config.yaml*")] == []  # via a renamed temp file
     # Another process of a multi-host run leaves the main process's file alone.
     (out / "config.yaml").write_text("main's\n")
     monkeypatch.setattr(sharding, "is_main_process", lambda: False)
-    monkeypatch.setattr(api.Runner, "run", lambda self, stages: {s.name: {} for s in stages})
-    monkeypatch.setattr(api.Runner, "adopt", lambda self, name, d: None)
+    monkeypatch.setattr(graph.Runner, "run", lambda self, stages: {s.name: {} for s in stages})
+    monkeypatch.setattr(graph.Runner, "adopt", lambda self, name, d: None)
     run(tmp_path, "rounds=1")
     assert (out / "config.yaml").read_text() == "main's\n"

@@ -44,12 +44,12 @@ def logits(model, ids: list[int]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_ckpt_dir, tiny_task):
     """(overrides, config, run dir, records) of one two-round LoRA run."""
-    from semievol_jax.pipeline import api
+    from semievol_jax.pipeline import graph
 
     over = tiny_overrides(tiny_ckpt_dir, tiny_task) + ["rounds=2"]
     cfg = load_config(RunConfig, None, over)
     run = tmp_path_factory.mktemp("lora") / "run"
-    return over, cfg, run, api.run_pipeline(cfg, run)
+    return over, cfg, run, graph.run_pipeline(cfg, run)
 
 
 def manifests(run: Path) -> dict[str, dict[str, str]]:
@@ -61,9 +61,9 @@ def manifests(run: Path) -> dict[str, dict[str, str]]:
 @pytest.mark.slow
 def test_two_rounds_lora(lora_run, tiny_ckpt_dir):
     from semievol_jax import model as m
-    from semievol_jax.pipeline import api
+    from semievol_jax.pipeline import graph, summary, verify
+    from semievol_jax.pipeline.models import ModelRef, load_model
     from semievol_jax.pipeline.runner import status
-    from semievol_jax.pipeline.stages import ModelRef, load_model
 
     _, cfg, run, records = lora_run
     assert sorted(p.name for p in (run / "round2").iterdir() if p.name[:2].isdigit()) == LATER
@@ -85,9 +85,9 @@ def test_two_rounds_lora(lora_run, tiny_ckpt_dir):
     assert vanilla_predictions(run / "round2" / "07_eval") == \
         vanilla_predictions(run / "07_eval")
 
-    summary = api.write_run_report(run, run, cfg, {0: {"semievol": records}}, 1.0,
-                                   title="tiny")
-    assert summary["semievol"]["per_seed"] == \
+    summarised = summary.write_run_report(run, run, cfg, {0: {"semievol": records}}, 1.0,
+                                        title="tiny")
+    assert summarised["semievol"]["per_seed"] == \
         [records["round2/eval"]["metrics"]["acc_semievol"]]
     text = (run / "report.md").read_text()
     assert "## Accuracy per round" in text and "| round 1 | round 2 |" in text
@@ -100,15 +100,15 @@ def test_two_rounds_lora(lora_run, tiny_ckpt_dir):
     assert sorted(metrics["pseudo_labels"]) == ["1", "2"]
 
     assert [r["stage"] for r in status(run)][-7:] == [f"round2/{s}" for s in LATER]
-    assert api.verify(run, rerun=False) == 0
+    assert verify.verify(run) == 0
     before = mtimes(run)
-    api.run_pipeline(cfg, run)
+    graph.run_pipeline(cfg, run)
     assert mtimes(run) == before  # both rounds skipped
     pseudo = run / "round2" / "05_select" / "pseudo.jsonl"
     kept = pseudo.read_bytes()
     with open(pseudo, "a") as f:
         f.write("{}\n")
-    assert api.verify(run, rerun=False) == 1  # names the round-2 stage
+    assert verify.verify(run) == 1  # names the round-2 stage
     pseudo.write_bytes(kept)
 
 
@@ -116,7 +116,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
     from semievol_jax.config import load_config
-    from semievol_jax.pipeline.api import run_pipeline
+    from semievol_jax.pipeline.graph import run_pipeline
     from semievol_jax.pipeline.config import RunConfig
     run_pipeline(load_config(RunConfig, None, sys.argv[2:]), Path(sys.argv[1]))
 """)
@@ -143,14 +143,14 @@ def test_sigkill_in_round2_resumes_to_same_digests(tmp_path, lora_run):
 
 @pytest.mark.slow
 def test_two_rounds_full_finetuning(tmp_path, tiny_ckpt_dir, tiny_task):
-    from semievol_jax.pipeline import api
+    from semievol_jax.pipeline import graph
     from semievol_jax.pipeline.runner import read_record
 
     over = tiny_overrides(tiny_ckpt_dir, tiny_task) + [
         "rounds=2", "sft.train.mode=full", "sft.train.learning_rate=1e-4"]
     cfg = load_config(RunConfig, None, over)
     run = tmp_path / "run"
-    records = api.run_pipeline(cfg, run)
+    records = graph.run_pipeline(cfg, run)
     # Full fine-tuning: round 2's base references M2's checkpoint, with its digests.
     info = json.loads((run / "round2" / "01_base" / "base.json").read_text())
     assert info["model"] == "../../06_final/model" and info["local"] is True

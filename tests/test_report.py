@@ -95,7 +95,7 @@ def test_stats_from_a_real_selection():
 
 
 def test_stage_seconds_count_a_shared_stage_once():
-    from semievol_jax.pipeline.api import stage_seconds
+    from semievol_jax.pipeline.summary import stage_seconds
 
     def rec(key, s, digest="same"):
         return {"key": key, "output_digest": digest, "wall_s": s}

@@ -2,7 +2,6 @@
 ablation switches, gold separation, pseudo-label scoring."""
 
 import dataclasses
-import inspect
 import json
 import math
 
@@ -172,17 +171,31 @@ def test_config_from_run_config_like_object():
         SelectionConfig(theta=1.5)
 
 
-def test_selection_never_takes_gold():
-    gold = GoldAnswers({"q0": "A"})
+@pytest.mark.parametrize("gold", [GoldAnswers({"q0": "A"}), {"q0": "A"}, {"q0": "A", "q1": 3}],
+                         ids=["GoldAnswers", "dict", "dict-with-a-number"])
+def test_selection_refuses_gold_answers_wherever_they_are_passed(gold):
     cs, refl = _reflected_pool([1.0])
-    for fn in (select, vote, needs_reflection, S.apply_entropy_selection):
-        assert "gold" not in inspect.signature(fn).parameters
-    with pytest.raises(TypeError, match="must not see gold"):
-        select(cs, gold)
-    with pytest.raises(TypeError, match="must not see gold"):
-        select(gold)
-    with pytest.raises(TypeError, match="must not see gold"):
-        vote(gold)
+    calls = [lambda: select(cs, gold), lambda: select(gold), lambda: select(cs, refl, gold),
+             lambda: vote(gold), lambda: needs_reflection(gold)]
+    for call in calls:
+        with pytest.raises(TypeError, match="must not see gold"):
+            call()
+
+
+def test_gold_answers_change_the_score_and_nothing_selected():
+    """The pseudo-labels follow the candidates and reflections even where every gold
+    answer disagrees with them; only the score, the one function given gold, moves."""
+    cs, refl = _reflected_pool([0.0, 1.0, 2.0, 3.0])
+    cs += cands("cons", ["A", "A"], [5.0, 5.0])
+    qids = [f"q{i}" for i in range(4)] + ["cons"]
+    sel = select(cs, refl, SelectionConfig(theta=0.5))
+    assert sel.pseudo_labels() == {"q0": "A", "q1": "A", "cons": "A"}
+    right = score_pseudo_labels(sel, GoldAnswers(dict.fromkeys(qids, "A")))
+    wrong = score_pseudo_labels(sel, GoldAnswers(dict.fromkeys(qids, "B")))
+    assert (right.accuracy_selected, wrong.accuracy_selected) == (1.0, 0.0)
+    # Reflections map ids to Reflection tuples, not bare answers: never taken for gold,
+    # and neither is an empty mapping.
+    assert select(cands("c", ["A", "A"]), {}, SelectionConfig()).pseudo_labels() == {"c": "A"}
     with pytest.raises(ValueError, match="collaborator ids repeat"):
         vote(cs + cs)
 

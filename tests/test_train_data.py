@@ -5,7 +5,7 @@ import pytest
 from train_helpers import digit_examples, tokenizer
 
 from semievol_jax.train import DataError, SFTExample
-from semievol_jax.train.data import SFTBatcher, bucket_length, tokenize_example, tokenize_examples
+from semievol_jax.train.data import SFTBatcher, padded_length, tokenize_example, tokenize_examples
 
 
 def test_mask_covers_exactly_the_response_and_end_of_turn():
@@ -42,11 +42,11 @@ def test_over_long_examples_are_cut_counted_and_reported(caplog):
     assert kept.num_truncated == 1 and len(kept.ids[0]) == 24 and kept.loss_mask[0].any()
 
 
-def test_bucket_length():
-    assert bucket_length(10, (16, 32), 64) == 16
-    assert bucket_length(17, (16, 32), 64) == 32
-    assert bucket_length(40, (16, 32), 64) == 64
-    assert bucket_length(40, (16, 128), 64) == 64
+def test_padded_length():
+    assert padded_length(10, (16, 32), 64) == 16
+    assert padded_length(17, (16, 32), 64) == 32
+    assert padded_length(40, (16, 32), 64) == 64
+    assert padded_length(40, (16, 128), 64) == 64
 
 
 def _batcher(n=20, seed=3, **kw):

@@ -1,1 +1,3 @@
-"""The embedded demo: a synthetic quiz task, its corpus, and a tiny base pretrained on it."""
+"""`semievol demo`, at the top of the package: the method, its ablations and a sweep over
+seeds on the synthetic world (`pipeline.data.synth`) with a tiny pretrained base
+(`train.pretrain`)."""

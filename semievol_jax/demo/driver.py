@@ -5,7 +5,8 @@ Layout of the output directory (results/demo by default):
                            data and base stages; the other seeds adopt them)
   seed<S>/ablations/<A>/   "without IWP / ICP / CL / AS"
   seed<S>/sweep/<name>/    n collaborators and θ variants
-  report.md, metrics.json, plots/*.png, digests.json (every sub-run's stage digests)
+  report.md, metrics.json, plots/*.png, digests.json (every sub-run's stage digests),
+  provenance.json (the arguments, the CPU and the worker settings)
 """
 
 from __future__ import annotations
@@ -17,18 +18,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from semievol_jax import environment
 from semievol_jax.config import load_config
-from semievol_jax.pipeline import api, parallel
+from semievol_jax.files import write_json_atomic
+from semievol_jax.pipeline import parallel
 from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
-from semievol_jax.pipeline.runner import run_manifests, write_json_atomic
+from semievol_jax.pipeline.graph import stage_dir
+from semievol_jax.pipeline.provenance import write_provenance
+from semievol_jax.pipeline.runner import DIGESTS, digest_table
+from semievol_jax.pipeline.summary import format_summary, write_run_report
+from semievol_jax.pipeline.variants import variant_jobs
+from semievol_jax.stats import mean_std
 
 SEEDS = (0, 1, 2)
 SWEEP_N = (2, 8)  # collaborators, besides the preset's n (first seed only: time budget)
 SWEEP_THETA = (0.1, 1.0)  # θ, besides the preset's θ (first seed only)
 ICP_K = 3  # demonstrations of the "with ICP" row when the preset itself runs without
-DEMO_MARKER = "demo.json"  # says how the directory was made (for `semievol verify`)
-DIGESTS = "digests.json"  # every sub-run's stage digests in one file
+TITLE = "SemiEvol demo (synthetic task, tiny Llama, CPU)"
 
 
 def sweep_variants(cfg: RunConfig) -> dict[str, RunConfig]:
@@ -66,11 +71,11 @@ def demo_jobs(base_cfg: RunConfig, out: Path, seeds: tuple[int, ...], *, sweep: 
     first = dataclasses.replace(base_cfg, seed=seeds[0])
     root = out / f"seed{seeds[0]}"
     prefix = parallel.Job(f"seed{seeds[0]}/base", first, root, stop_after="base")
-    shared = {n: root / f"{api.ORDER[n]:02d}_{n}" for n in ("data", "base")}
+    shared = {n: stage_dir(root, n) for n in ("data", "base")}
     mains, rest = [], []
     for seed in seeds:
         cfg = dataclasses.replace(base_cfg, seed=seed)
-        main, *variants = api.variant_jobs(
+        main, *variants = variant_jobs(
             cfg, out / f"seed{seed}", seed_variants(cfg, sweep=sweep and seed == seeds[0]),
             shared=None if seed == seeds[0] else shared, after=(prefix.name,),
             prefix=f"seed{seed}/")
@@ -87,12 +92,8 @@ def demo_jobs(base_cfg: RunConfig, out: Path, seeds: tuple[int, ...], *, sweep: 
 def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[str, Any]]],
                   wall_s: float) -> dict[str, Any]:
     """report.md, metrics.json, plots and digests.json (every sub-run's stage digests)."""
-    summary = api.write_run_report(out, out / "seed0", cfg, per_seed, wall_s,
-                                   title="SemiEvol demo (synthetic task, tiny Llama, CPU)")
-    manifests = {str(p.parent.relative_to(out)): json.loads(p.read_text())
-                 for p in run_manifests(out)}
-    write_json_atomic(out / DIGESTS, {k: {s: e["output_digest"] for s, e in v.items()}
-                                       for k, v in manifests.items()})
+    summary = write_run_report(out, out / "seed0", cfg, per_seed, wall_s, title=TITLE)
+    write_json_atomic(out / DIGESTS, digest_table(out))
     head = headline(summary)
     metrics = json.loads((out / "metrics.json").read_text())
     write_json_atomic(out / "metrics.json", {**metrics, "headline": head})
@@ -108,24 +109,24 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     Both readings of "spread" are computed: the larger of the two methods' own standard
     deviations over seeds (strict), and that of the per-seed paired gap (same seed =
     same SFT model M1, so the gap's spread is what the method itself adds). Standard
-    deviations are over seeds with ddof=1, as in the report's accuracy table.
+    deviations are `stats.mean_std`'s, as in the report's accuracy table; with one seed
+    there is none (0 here) and no criterion is met.
     """
-    import numpy as np
-
-    semi = np.asarray(summary["semievol"]["per_seed"])
-    sft = np.asarray(summary["sft"]["per_seed"])
-    van = np.asarray(summary["vanilla"]["per_seed"])
-    gap = float(semi.mean() - sft.mean())
-    ddof = 1 if len(semi) > 1 else 0
-    spread = float(max(semi.std(ddof=ddof), sft.std(ddof=ddof)))
-    paired = semi - sft
+    semi, sft, van = (summary[k]["per_seed"] for k in ("semievol", "sft", "vanilla"))
+    (semi_mean, semi_std), (sft_mean, sft_std) = mean_std(semi), mean_std(sft)
+    van_mean = mean_std(van)[0]
+    paired = [a - b for a, b in zip(semi, sft, strict=True)]
+    paired_mean, paired_std = mean_std(paired)
+    several = len(semi) > 1
+    gap = semi_mean - sft_mean
+    spread = max(semi_std or 0.0, sft_std or 0.0)
     return {
-        "seeds": len(semi), "semievol_mean": float(semi.mean()), "sft_mean": float(sft.mean()),
-        "vanilla_mean": float(van.mean()), "gap": gap, "spread_strict": spread,
-        "paired_gaps": paired.tolist(), "paired_gap_std": float(paired.std(ddof=ddof)),
-        "met_strict": bool(len(semi) > 1 and gap > 2 * spread),
-        "met_paired": bool(len(semi) > 1 and paired.mean() > 2 * paired.std(ddof=ddof)),
-        "sft_beats_vanilla": bool(sft.mean() > van.mean()),
+        "seeds": len(semi), "semievol_mean": semi_mean, "sft_mean": sft_mean,
+        "vanilla_mean": van_mean, "gap": gap, "spread_strict": spread,
+        "paired_gaps": paired, "paired_gap_std": paired_std or 0.0,
+        "met_strict": several and gap > 2 * spread,
+        "met_paired": several and paired_mean > 2 * (paired_std or 0.0),
+        "sft_beats_vanilla": sft_mean > van_mean,
     }
 
 
@@ -161,12 +162,11 @@ def run_demo(out: Path, *, quick: bool = False, overrides: list[str] = (),
     workers = parallel.default_workers() if workers is None else workers
     seeds = SEEDS[:1] if quick else SEEDS
     base_cfg = load_config(RunConfig, "demo", list(overrides))
-    out.mkdir(parents=True, exist_ok=True)
-    # What the wall time depends on besides the CPU (the digests depend on neither).
-    write_json_atomic(out / DEMO_MARKER, {
-        "quick": quick, "overrides": list(overrides), "cpu": environment.cpu_info(),
-        "workers": workers, "glibc_tunables": parallel.malloc_tunables(
-            os.environ.get("GLIBC_TUNABLES"))})
+    # The workers and malloc settings: what the wall time depends on besides the CPU
+    # (the digests depend on neither).
+    write_provenance(out, "demo", {"quick": quick, "overrides": list(overrides)},
+                     workers=workers,
+                     glibc_tunables=parallel.malloc_tunables(os.environ.get("GLIBC_TUNABLES")))
     jobs = demo_jobs(base_cfg, out, seeds, sweep=not quick)
     done = parallel.run_jobs(jobs, workers=workers)
     per_seed: dict[int, dict[str, dict[str, Any]]] = {s: {} for s in seeds}
@@ -175,17 +175,5 @@ def run_demo(out: Path, *, quick: bool = False, overrides: list[str] = (),
         if job.stop_after is None:
             per_seed[int(seed.removeprefix("seed"))][name] = done[job.name]
     summary = write_outputs(out, base_cfg, per_seed, time.perf_counter() - start)
-    for name, s in summary.items():
-        print(f"{name:<12} {s['mean']:.3f} ± {s['std']:.3f}  {s['per_seed']}")
+    print(format_summary(summary))
     return 0
-
-
-def rerun_like(run_dir: Path, other: Path) -> None:
-    """Make a fresh run of the same kind as `run_dir` in `other` (for `semievol verify`)."""
-    marker = run_dir / DEMO_MARKER
-    if marker.exists():
-        info = json.loads(marker.read_text())
-        run_demo(other, quick=info["quick"], overrides=info["overrides"])
-        return
-    cfg = load_config(RunConfig, str(run_dir / "config.yaml"))
-    api.run_pipeline(cfg, other)

@@ -1,7 +1,8 @@
-"""The SemiEvol pipeline: tasks, data, prompts, selection, report, stages and runner.
+"""The SemiEvol pipeline: tasks, data, prompts and selection (re-exported here), and the
+stages, their graph, runner, workers, variants, summary and verification (by path).
 
-Only the pure-Python pieces are re-exported here, so `import semievol_jax.pipeline`
-stays cheap (no JAX, no `datasets`); stages and the runner are imported by path.
+Only the pure-Python pieces are re-exported, so `import semievol_jax.pipeline` stays
+cheap (no JAX, no `datasets`).
 """
 
 from semievol_jax.pipeline.data import (

@@ -11,13 +11,13 @@ import dataclasses
 from dataclasses import field
 from typing import Any
 
-from semievol_jax.demo.pretrain import PretrainConfig
-from semievol_jax.demo.synth import SynthConfig
 from semievol_jax.generate.sampling import SampleConfig
 from semievol_jax.model.lora import LoraConfig
+from semievol_jax.pipeline.data.synth import SynthConfig
 from semievol_jax.retrieval.index import IndexConfig
 from semievol_jax.sharding import MeshConfig
 from semievol_jax.train.config import TrainConfig
+from semievol_jax.train.pretrain import PretrainConfig
 
 ABLATIONS = ("no_iwp", "no_icp", "no_cl", "no_as")
 
@@ -32,17 +32,17 @@ class DataConfig:
     unlabeled: str = ""  # the unlabeled split (its gold answers only score pseudo-labels)
     test: str = ""  # the test split
     max_rows: int = 0  # keep the first N rows of each split (0 = all): quick runs
-    synth: SynthConfig | None = None  # generate the demo's synthetic task instead
+    synth: SynthConfig | None = None  # generate the synthetic world's splits instead
 
 
 @dataclasses.dataclass(frozen=True)
 class BaseConfig:
-    """The base model: an HF checkpoint, or the demo's tiny model pretrained here."""
+    """The base model: an HF checkpoint, or a tiny Llama pretrained here."""
 
-    model: str = ""  # HF checkpoint directory or hub id ("" when pretraining the demo base)
+    model: str = ""  # HF checkpoint directory or hub id ("" when pretraining one here)
     dtype: str = "bfloat16"  # parameter dtype when loading (float32 | bfloat16)
     allow_pickle: bool = False  # accept pickle .bin weights (they can run code)
-    pretrain: PretrainConfig | None = None  # pretrain a tiny Llama on the demo corpus
+    pretrain: PretrainConfig | None = None  # pretrain a tiny Llama on the data's corpus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +111,7 @@ class RunConfig:
 
     name: str = "run"  # results/<name>/ unless --run-dir is given
     seed: int = 0  # the root seed; every stage derives named keys from it
-    base_seed: int = 0  # seed of the demo base's pretraining (shared by all run seeds)
+    base_seed: int = 0  # seed of the base's pretraining (shared by all run seeds)
     rounds: int = 1  # SemiEvol rounds; round r's M2 is round r+1's base
     ablation: str = ""  # "" or one of no_iwp | no_icp | no_cl | no_as
     mesh: MeshConfig = field(default_factory=MeshConfig)

@@ -2,15 +2,15 @@
 
 Why one core per process: XLA's CPU results depend on how many cores the process may
 use. Its kernels split work by the intra-op thread count, so the same seed trains a
-different M1 on one core than on two (seen here: seed 1's SFT differs at step 3 in the
-last bits of the gradient norm), and with more than one thread a compiled program can
+different M1 on one core than on two (the gradient norm differs in its last bits after
+a few steps), and with more than one thread a compiled program can
 even return different results from call to call (jax-ml/jax#39741). Pinned to one core,
 a run's digests depend only on the kind of CPU, not on how many cores the machine has
 or how many workers share them.
 
 Why processes: the runs that share a finished prefix (the base, M1) are independent,
 and single-core processes keep the cores busier than one multi-threaded process, whose
-small kernels wait on each other (docs/demo.md, "Wall time and memory").
+small kernels wait on each other.
 
 Workers are spawned (JAX does not survive a fork), share the persistent compilation
 cache, and run with malloc settings that spare XLA's temporaries the page faults
@@ -21,17 +21,23 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import gc
 import multiprocessing as mp
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+
+from semievol_jax import environment, sharding
+from semievol_jax.pipeline.graph import run_pipeline
+
 # With glibc's defaults, each thread's malloc arena hands large freed blocks back to the
-# kernel, so every XLA step faults its temporaries in again: a fifth of a demo's CPU time
-# went to the kernel (109 M minor faults). One arena, no mmap'd blocks and a high trim
-# threshold keep them: 16x fewer faults over the demo, the same digests. Workers get these unless
-# SEMIEVOL_MALLOC=off (other C libraries ignore the variable).
+# kernel, so every XLA step faults its temporaries in again (a fifth of a demo's CPU time
+# in the kernel, in minor faults). One arena, no mmap'd blocks and a high trim threshold
+# keep them, with the same digests. Workers get these unless SEMIEVOL_MALLOC=off (other
+# C libraries ignore the variable).
 GLIBC_TUNABLES = {"glibc.malloc.arena_max": "1", "glibc.malloc.mmap_max": "0",
                   "glibc.malloc.trim_threshold": str(256 << 20)}
 MALLOC_ENV = "SEMIEVOL_MALLOC"  # "off" leaves the C library's defaults
@@ -91,9 +97,7 @@ def _check(jobs: Sequence[Job]) -> None:
 
 
 def _run(job: Job, mesh=None) -> dict[str, dict[str, Any]]:
-    from semievol_jax.pipeline import api
-
-    return api.run_pipeline(job.cfg, job.run_dir, mesh=mesh, shared=job.shared,
+    return run_pipeline(job.cfg, job.run_dir, mesh=mesh, shared=job.shared,
                             stop_after=job.stop_after)
 
 
@@ -110,21 +114,17 @@ def pin_to_one_core(core: int | None = None) -> None:
 
 def _worker_init(cores: Any, cache: str | None) -> None:
     pin_to_one_core(cores.get())
-    import gc
-
-    from semievol_jax import environment
-
+    # The flags before the backend starts (below); a worker never joins a multi-host
+    # job, so this is all of `sharding.initialize_runtime` it needs.
     environment.set_determinism_flags()
     if cache:
         environment.enable_compilation_cache(cache)
-    # Pay for the heavy imports and the backend now, while the pool starts (every worker
-    # at once, while the first job runs), not at each worker's first job. Then move what
-    # they allocated out of the garbage collector's sight, so its full passes (frequent
-    # while JAX traces) skip those objects.
-    import jax
-    import transformers  # noqa: F401  (tokenizers and configs load through it)
-
-    from semievol_jax.pipeline import stages  # noqa: F401
+    # Pay for transformers (tokenizers and configs load through it; imported here, not
+    # at the top, since only the workers need it) and the backend now, while the pool
+    # starts (every worker at once, while the first job runs), not at each worker's
+    # first job. Then move what they allocated out of the garbage collector's sight, so
+    # its full passes (frequent while JAX traces) skip those objects.
+    import transformers  # noqa: F401
 
     jax.devices()
     gc.freeze()
@@ -134,21 +134,26 @@ def _ready() -> None:
     """A no-op job: submitting one per worker makes the pool start them all at once."""
 
 
-def _worker_run(job: Job) -> dict[str, dict[str, Any]]:
-    from semievol_jax.pipeline import api
-
-    key = repr(job.cfg.mesh)
+def _worker_mesh(cfg) -> Any:
+    """The mesh of a job's config, made once per worker (its runtime is set up already,
+    in `_worker_init`, before the backend started)."""
+    key = repr(cfg.mesh)
     if key not in _WORKER_MESH:
-        _WORKER_MESH[key] = api.make_mesh(job.cfg)
-    return _run(job, _WORKER_MESH[key])
+        if cfg.mesh.distributed:
+            raise ValueError("a worker process cannot join a multi-host job "
+                             "(mesh.distributed=true); run it with workers=None")
+        _WORKER_MESH[key] = sharding.make_mesh(cfg.mesh)
+    return _WORKER_MESH[key]
+
+
+def _worker_run(job: Job) -> dict[str, dict[str, Any]]:
+    return _run(job, _worker_mesh(job.cfg))
 
 
 def _run_pool(jobs: Sequence[Job], workers: int,
               done: dict[str, dict[str, dict[str, Any]]]) -> None:
     """Run `jobs` in `workers` spawned processes, each pinned to one core (round robin), as
     soon as the jobs they come after are in `done`; adds their records to `done`."""
-    import jax
-
     cores = usable_cores()
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()

@@ -11,14 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from semievol_jax.files import write_text_atomic
 from semievol_jax.pipeline.selection import PseudoLabelScore, Selection
+from semievol_jax.stats import mean_std
 
 # Row order of the accuracy table; other strategies follow in the order given.
 STRATEGY_ORDER = ("vanilla", "sft", "semievol", "no_iwp", "no_icp", "no_cl", "no_as")
@@ -106,14 +107,6 @@ class ReportFiles:
     report_md: Path
     metrics_json: Path
     plots: tuple[Path, ...]
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample std (ddof=1) of `values`; std is None for a single value."""
-    if len(values) == 0:
-        raise ValueError("mean_std of no values")
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)
 
 
 def format_accuracy(values: Sequence[float]) -> str:
@@ -252,6 +245,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _new_axes(figsize=(6.0, 4.0)):
+    # matplotlib costs a second to import: only when a plot is drawn.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -312,12 +306,6 @@ def plot_rounds(per_round: Mapping[str, Sequence[float]], out: Path) -> Path:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(inp: ReportInputs, out_dir: str | Path) -> ReportFiles:
     """Writes report.md, metrics.json and the PNGs the inputs have data for.
 
@@ -338,7 +326,7 @@ def write_report(inp: ReportInputs, out_dir: str | Path) -> ReportFiles:
     if inp.accuracy_per_round:
         plots.append(plot_rounds(inp.accuracy_per_round, out_dir / "accuracy_per_round.png"))
     md, js = out_dir / "report.md", out_dir / "metrics.json"
-    _write_atomic(md, render_markdown(inp, plots))
-    _write_atomic(js, json.dumps(_json_safe(metrics_dict(inp)), indent=2, sort_keys=True,
+    write_text_atomic(md, render_markdown(inp, plots))
+    write_text_atomic(js, json.dumps(_json_safe(metrics_dict(inp)), indent=2, sort_keys=True,
                                  allow_nan=False, default=str) + "\n")
     return ReportFiles(md, js, tuple(plots))

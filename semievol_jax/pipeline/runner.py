@@ -24,12 +24,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from semievol_jax.errors import UserError
+from semievol_jax.files import file_digest, to_jsonable, write_json_atomic
+
 RECORD = "record.json"
 MANIFEST = "manifest.json"
+DIGESTS = "digests.json"  # {sub-run: {stage: output digest}}: a tree of runs summarised
 # Files under these sub-directories of a stage are logs (timestamps, TensorBoard
 # events): kept, but not part of the stage's digest.
 UNDIGESTED_DIRS = ("logs",)
-# A run's later rounds are sub-runs in `round<r>/` beside its config.yaml (see api.py).
+# A run's later rounds are sub-runs in `round<r>/` beside its config.yaml (graph.py).
 ROUND_PREFIX = "round"
 
 
@@ -55,31 +59,10 @@ class Stage:
     salt: Any = None  # anything else the result depends on (seed, task): hashed with config
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses / tuples / paths -> plain JSON values (for records and digests)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def digest_json(obj: Any) -> str:
     """sha256 of the canonical JSON of `obj`."""
     text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def digest_dir(root: Path) -> dict[str, str]:
@@ -89,20 +72,8 @@ def digest_dir(root: Path) -> dict[str, str]:
         rel = p.relative_to(root).as_posix()
         if not p.is_file() or rel == RECORD or rel.split("/")[0] in UNDIGESTED_DIRS:
             continue
-        files[rel] = sha256_file(p)
+        files[rel] = file_digest(p)
     return files
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file and rename (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to `path` via a temporary file and rename (never half-written)."""
-    write_text_atomic(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 def read_record(stage_dir: Path) -> dict[str, Any] | None:
@@ -249,7 +220,7 @@ class Runner:
 
 
 def _is_round_dir(d: Path) -> bool:
-    """A later round of a run: `round<r>/` beside the run's config.yaml (see api.py)."""
+    """A later round of a run: `round<r>/` beside the run's config.yaml (graph.py)."""
     return (d.name.startswith(ROUND_PREFIX) and d.name[len(ROUND_PREFIX):].isdigit()
             and (d.parent / "config.yaml").exists())
 
@@ -268,7 +239,7 @@ def process_barrier(name: str) -> None:
     jax = sys.modules.get("jax")
     if jax is None or not jax.distributed.is_initialized():
         return
-    from semievol_jax.sharding import barrier
+    from semievol_jax.sharding import barrier  # imports JAX: only where it runs already
 
     barrier(name)
 
@@ -303,3 +274,20 @@ def status(run_dir: Path) -> list[dict[str, Any]]:
             rows.append({"stage": prefix + d.name, "state": "resumable", "wall_s": None,
                          "output_digest": ""})
     return rows
+
+
+def digest_table(root: Path) -> dict[str, dict[str, str]]:
+    """{sub-run: {stage: output digest}} of every run under `root` (from their
+    manifests), or, where no stage directory is left, the committed `digests.json`.
+
+    Raises:
+      UserError: neither manifests nor a digests.json under `root`.
+    """
+    root = Path(root)
+    if manifests := run_manifests(root):
+        return {str(mf.parent.relative_to(root)): {
+            k: v["output_digest"] for k, v in json.loads(mf.read_text()).items()}
+            for mf in manifests}
+    if (root / DIGESTS).exists():
+        return json.loads((root / DIGESTS).read_text())
+    raise UserError(f"{root}: no {MANIFEST} and no {DIGESTS} found")

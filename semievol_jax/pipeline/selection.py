@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from semievol_jax.pipeline.data import GoldAnswers
+from semievol_jax.pipeline.data.examples import GoldAnswers
 
 RULES = ("official", "all", "none")
 CONSISTENT, REFLECTED, MAJORITY, SINGLE = "consistent", "reflected", "majority", "single"
@@ -198,11 +198,20 @@ class Selection:
                    {k: nan(v) for k, v in d["stats"].items()}, d["empty"], d["message"])
 
 
+def _looks_like_gold(a: Any) -> bool:
+    """GoldAnswers, or a plain mapping of question ids to answers (str or numbers):
+    nothing a selection function takes maps ids to bare answers."""
+    if isinstance(a, GoldAnswers):
+        return True
+    return (isinstance(a, Mapping) and len(a) > 0
+            and all(isinstance(v, str | int | float) and not isinstance(v, bool)
+                    for v in a.values()))
+
+
 def _refuse_gold(*args: Any) -> None:
-    for a in args:
-        if isinstance(a, GoldAnswers):
-            raise TypeError("selection must not see gold answers; only "
-                            "score_pseudo_labels takes GoldAnswers")
+    if any(_looks_like_gold(a) for a in args):
+        raise TypeError("selection must not see gold answers; only "
+                        "score_pseudo_labels takes them (as GoldAnswers)")
 
 
 def _group(candidates: Iterable[Candidate]) -> dict[str, list[Candidate]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,9 +30,18 @@ from typing import Any
 
 import numpy as np
 
+from semievol_jax import model as m
 from semievol_jax import rng
-from semievol_jax.errors import UserError
-from semievol_jax.pipeline import data as data_mod
+from semievol_jax.errors import DataError, UserError
+from semievol_jax.files import (
+    file_digest,
+    read_jsonl,
+    to_jsonable,
+    write_json_atomic,
+    write_jsonl,
+)
+from semievol_jax.generate import embed, generate, render_prompt
+from semievol_jax.model.hf_io import resolve_checkpoint  # not in the package's exports
 from semievol_jax.pipeline import prompts, selection
 from semievol_jax.pipeline.config import (
     BaseConfig,
@@ -43,10 +53,29 @@ from semievol_jax.pipeline.config import (
     SelectConfig,
     SftConfig,
 )
-from semievol_jax.pipeline.runner import StageContext, write_json_atomic
+from semievol_jax.pipeline.data.examples import Example, GoldAnswers, UnlabeledQuestion
+from semievol_jax.pipeline.data.leakage import find_leakage
+from semievol_jax.pipeline.data.synth import write_world
+from semievol_jax.pipeline.data.validation import load_split, load_unlabeled
+from semievol_jax.pipeline.models import (
+    EVAL_ANSWERS,
+    MODEL_DIR,
+    ModelRef,
+    answers_key,
+    base_name,
+    base_ref,
+    load_model,
+    previous_m2,
+    tuned_ref,
+)
+from semievol_jax.pipeline.runner import StageContext, read_record
 from semievol_jax.pipeline.tasks import Task, resolve_task
+from semievol_jax.retrieval import build_demo_prompts, build_index
+from semievol_jax.train import SFTExample, train
+from semievol_jax.train.pretrain import pretrain_base
 
-MODEL_DIR = "model"
+SPLITS = ("labeled", "unlabeled", "test")
+CORPUS = "raw/corpus.jsonl"  # a generated source's pretraining text, in the data stage
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -58,17 +87,6 @@ def task_of(data_cfg: DataConfig) -> Task:
     return resolve_task({**data_cfg.task_def, "name": data_cfg.task})
 
 
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _example_row(ex) -> dict[str, Any]:
     row = {"id": ex.id, "question": ex.question, "options": list(ex.options)}
     if getattr(ex, "answer", None) is not None:
@@ -76,70 +94,21 @@ def _example_row(ex) -> dict[str, Any]:
     return row
 
 
-def examples(path: Path) -> list[data_mod.Example]:
-    return [data_mod.Example(id=r["id"], question=r["question"], options=tuple(r["options"]),
-                             answer=r.get("answer"), meta={}) for r in read_jsonl(path)]
+def examples(path: Path) -> list[Example]:
+    """The examples a stage wrote with `_example_row`."""
+    return [Example(id=r["id"], question=r["question"], options=tuple(r["options"]),
+                    answer=r.get("answer"), meta={}) for r in read_jsonl(path)]
 
 
-def unlabeled_questions(path: Path) -> list[data_mod.UnlabeledQuestion]:
-    return [data_mod.UnlabeledQuestion(id=r["id"], question=r["question"],
-                                       options=tuple(r["options"]), meta={})
+def unlabeled_questions(path: Path) -> list[UnlabeledQuestion]:
+    """The unlabeled questions the data stage wrote (no answers)."""
+    return [UnlabeledQuestion(id=r["id"], question=r["question"],
+                              options=tuple(r["options"]), meta={})
             for r in read_jsonl(path)]
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelRef:
-    """How to rebuild a model from stage outputs: a base plus an optional adapter."""
-
-    base: str  # HF directory or hub id
-    adapter: str | None = None  # PEFT adapter directory (LoRA) on top of `base`
-
-
-def base_ref(base_dir: Path) -> ModelRef:
-    info = json.loads((base_dir / "base.json").read_text())
-    return ModelRef(str(base_dir / info["model"]) if info["local"] else info["model"])
-
-
-def base_name(base_dir: Path) -> str:
-    """The base's name as configured (written into adapters: no machine paths)."""
-    return json.loads((base_dir / "base.json").read_text())["model"]
-
-
-def tuned_ref(stage_dir: Path, fallback: ModelRef) -> ModelRef:
-    """The model a tuning stage produced (`fallback` when the stage was disabled)."""
-    info = json.loads((stage_dir / "train.json").read_text())
-    if info.get("disabled"):
-        return fallback
-    if info["mode"] == "lora":
-        return ModelRef(fallback.base, str(stage_dir / MODEL_DIR))
-    return ModelRef(str(stage_dir / MODEL_DIR))
-
-
-def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None,
-               merged: bool = False):
-    """(model, tokenizer) for `ref`; `lora` adds (or, with an adapter, sizes) adapters.
-
-    `merged=True` folds the adapter into the weights: for inference, where it is faster
-    and every model (vanilla, M1, M2) then shares one compiled program per shape.
-    """
-    import jax.numpy as jnp
-
-    from semievol_jax import model as m
-
-    if ref.adapter is not None:
-        lora = m.lora_config_from_peft(ref.adapter)
-    model, _ = m.load_hf(ref.base, lora=lora, dtype=jnp.dtype(base_cfg.dtype), mesh=mesh,
-                         allow_pickle=base_cfg.allow_pickle)
-    if ref.adapter is not None:
-        m.load_peft_adapter(model, ref.adapter)
-        if merged:
-            model = m.merge_lora(model)
-    return model, m.load_tokenizer(ref.base)
-
-
 def user_prompts(tokenizer, task, items) -> list[str]:
-    from semievol_jax.generate import render_prompt
-
+    """The chat-rendered question prompts of `items`."""
     return [render_prompt(tokenizer, prompts.format_question(task, ex)) for ex in items]
 
 
@@ -150,11 +119,9 @@ def run_data(ctx: StageContext) -> dict[str, Any]:
     cfg: DataConfig = ctx.config
     task = task_of(cfg)
     sources = {"labeled": cfg.labeled, "unlabeled": cfg.unlabeled, "test": cfg.test}
-    if cfg.synth is not None:
-        from semievol_jax.demo.synth import write_demo_data
-
-        paths = write_demo_data(ctx.out / "raw", cfg.synth)
-        sources = {k: str(paths[k]) for k in sources}
+    if cfg.synth is not None:  # a generated source: its split files and corpus under raw/
+        paths = write_world(ctx.out / "raw", cfg.synth)
+        sources = {k: str(paths[k]) for k in SPLITS}
     missing = [k for k, v in sources.items() if not v]
     if missing:
         raise UserError(f"data: no source given for {missing} (set data.<split>=PATH)")
@@ -162,13 +129,13 @@ def run_data(ctx: StageContext) -> dict[str, Any]:
     for split, src in sources.items():
         try:
             if split == "unlabeled":
-                loaded[split] = data_mod.load_unlabeled(src, task)
+                loaded[split] = load_unlabeled(src, task)
             else:
-                loaded[split] = data_mod.load_split(src, task, split_name=split)
-        except data_mod.DataError as e:  # keep going: report every file's problems at once
+                loaded[split] = load_split(src, task, split_name=split)
+        except DataError as e:  # keep going: report every file's problems at once
             errors.append(e)
     if errors:
-        raise data_mod.DataError.combine(errors)
+        raise DataError.combine(errors)
     labeled, test = loaded["labeled"], loaded["test"]
     unlabeled, gold = loaded["unlabeled"]
     if cfg.max_rows:
@@ -180,23 +147,21 @@ def run_data(ctx: StageContext) -> dict[str, Any]:
     kept = {q.id for q in unlabeled}
     write_json_atomic(ctx.out / "held" / "unlabeled_gold.json",
                       {qid: gold[qid] for qid in gold.ids() if qid in kept})
-    leakage = data_mod.find_leakage({"labeled": labeled, "unlabeled": unlabeled, "test": test})
+    leakage = find_leakage({"labeled": labeled, "unlabeled": unlabeled, "test": test})
     write_json_atomic(ctx.out / "leakage.json", leakage.to_dict())
     return {"labeled": len(labeled), "unlabeled": len(unlabeled), "test": len(test),
             "leakage": leakage.summary()}
 
 
 def run_base(ctx: StageContext, *, seed: int, task: Task) -> dict[str, Any]:
-    """Resolve the base checkpoint, or pretrain a tiny base: on the demo world's corpus,
-    or (a real task, e.g. results/fpb-tiny) on the unlabeled questions' prompts."""
+    """Resolve the base checkpoint, or pretrain a tiny base: on the data stage's corpus
+    (a generated source writes one), or (a real task, e.g. results/fpb-tiny) on the
+    unlabeled questions' prompts."""
     cfg: BaseConfig = ctx.config
     if cfg.pretrain is not None:
-        from semievol_jax.demo.pretrain import pretrain_base
-        from semievol_jax.demo.synth import read_corpus
-
-        corpus_path = ctx.inputs["data"] / "raw" / "corpus.jsonl"
+        corpus_path = ctx.inputs["data"] / CORPUS
         if corpus_path.exists():
-            docs = read_corpus(corpus_path)
+            docs = [row["text"] for row in read_jsonl(corpus_path)]
         else:  # unlabeled text in the task's prompt layout: no answers, no test rows
             qs = unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")
             docs = [prompts.format_question(task, q) for q in qs]
@@ -204,30 +169,19 @@ def run_base(ctx: StageContext, *, seed: int, task: Task) -> dict[str, Any]:
                       seed=seed)
         write_json_atomic(ctx.out / "base.json", {"model": MODEL_DIR, "local": True})
         return {"pretrained": True}
-    else:
-        if not cfg.model:
-            raise UserError("base.model is empty: give an HF checkpoint directory or hub id")
-        from semievol_jax.model.hf_io import resolve_checkpoint
-
-        resolved = str(Path(resolve_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle))
-                       .resolve())
+    if not cfg.model:
+        raise UserError("base.model is empty: give an HF checkpoint directory or hub id")
+    resolved = str(Path(resolve_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle))
+                   .resolve())
     # The base is referenced where it lies (an 8B checkpoint is not copied) and by the
     # name the user gave (machine-independent digests); its files' digests go into this
     # stage's output, so a changed checkpoint reruns everything downstream.
-    from semievol_jax.pipeline.runner import sha256_file
-
     root = Path(resolved)
-    files = {p.relative_to(root).as_posix(): sha256_file(p)
+    files = {p.relative_to(root).as_posix(): file_digest(p)
              for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
     write_json_atomic(ctx.out / "base.json", {"model": cfg.model, "local": False,
                                               "files": files})
     return {"resolved": resolved}
-
-
-def previous_m2(inputs: dict[str, Path]) -> ModelRef:
-    """The previous round's M2 from its adopted `prev_base`, `prev_sft`, `prev_final`."""
-    m1 = tuned_ref(inputs["prev_sft"], base_ref(inputs["prev_base"]))
-    return tuned_ref(inputs["prev_final"], m1)
 
 
 def run_round_base(ctx: StageContext, *, mesh) -> dict[str, Any]:
@@ -239,11 +193,6 @@ def run_round_base(ctx: StageContext, *, mesh) -> dict[str, Any]:
     file digests, taken from the final stage's record, go into `base.json`, so a
     changed M2 changes this stage's output digest and reruns the round.
     """
-    import os
-
-    from semievol_jax import model as m
-    from semievol_jax.pipeline.runner import read_record
-
     cfg: BaseConfig = ctx.config
     ref = previous_m2(ctx.inputs)
     if ref.adapter is not None:
@@ -264,9 +213,7 @@ def run_round_base(ctx: StageContext, *, mesh) -> dict[str, Any]:
     return {"merged_adapter": False}
 
 
-def _sft_examples(task, exs) -> list:
-    from semievol_jax.train import SFTExample
-
+def _sft_examples(task, exs) -> list[SFTExample]:
     return [SFTExample(prompts.format_question(task, e), prompts.target(task, e.answer, e.options))
             for e in exs]
 
@@ -274,9 +221,6 @@ def _sft_examples(task, exs) -> list:
 def _tune(ctx: StageContext, start: ModelRef, exs, train_cfg, lora_cfg, base_cfg: BaseConfig,
           *, mesh, seed: int, stream: str) -> dict[str, Any]:
     """Fine-tune `start` on `exs`; writes the adapter (LoRA) or checkpoint (full)."""
-    from semievol_jax import model as m
-    from semievol_jax.train import train
-
     lora = lora_cfg if train_cfg.mode == "lora" and start.adapter is None else None
     model, tokenizer = load_model(start, base_cfg, mesh=mesh, lora=lora)
     if train_cfg.mode == "full" and start.adapter is not None:
@@ -325,9 +269,6 @@ def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task,
                 for q, t in zip(unlabeled, user_prompts(tokenizer, task, unlabeled), strict=True)]
         write_jsonl(ctx.out / "prompts.jsonl", rows)
         return {"k": 0}
-    from semievol_jax.generate import embed
-    from semievol_jax.retrieval import build_demo_prompts, build_index
-
     fmt = functools.partial(prompts.format_question, task)
     emb_l = embed(model, tokenizer, [fmt(e) for e in labeled], layer=cfg.layer,
                   pooling=cfg.pooling, batch_size=cfg.batch_size, mesh=mesh)
@@ -356,8 +297,6 @@ def run_propose(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
                 seed: int) -> dict[str, Any]:
     """Collaborators: n sampled responses per unlabeled question in one vmapped pass."""
     cfg: ProposeConfig = ctx.config
-    from semievol_jax.generate import generate
-
     unlabeled = {q.id: q for q in unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")}
     rows = read_jsonl(ctx.inputs["index"] / "prompts.jsonl")
     m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
@@ -396,8 +335,6 @@ def run_select(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
     todo = selection.needs_reflection(votes) if cfg.reflect else []
     reflections: dict[str, selection.Reflection] = {}
     if todo:
-        from semievol_jax.generate import generate, render_prompt
-
         by_q: dict[str, list[str]] = {}
         for c in sorted(cands, key=lambda c: (c.qid, c.collaborator)):
             by_q.setdefault(c.qid, []).append(c.response)
@@ -436,27 +373,22 @@ def run_final(ctx: StageContext, *, base_cfg: BaseConfig, sft_cfg: SftConfig, ta
     return {**metrics, "labeled": len(exs), "pseudo": len(pseudo)}
 
 
-# Test-set answers, by what determines them: the stages that made the model, the test
-# split, the task, the sampling settings and the seed. Generation is deterministic, so a
-# process that evaluates the same base or M1 again (every ablation and sweep variant of
-# a seed shares them with the method's own run) reuses the answers instead of decoding.
-_EVAL_MEMO: dict[str, list] = {}
-
-
-def _eval_key(ctx: StageContext, makers: Sequence[str], *parts: Any) -> str:
-    from semievol_jax.pipeline.runner import read_record, to_jsonable
-
+def _answers_key(ctx: StageContext, makers: Sequence[str], *parts: Any) -> str:
     made_by = [read_record(ctx.inputs[n])["output_digest"] for n in ("data", *makers)]
-    return json.dumps([made_by, *(to_jsonable(p) for p in parts)], sort_keys=True,
-                      default=repr)
+    return answers_key(made_by, *(to_jsonable(p) for p in parts))
+
+
+def _decode_test(ref: ModelRef, base_cfg: BaseConfig, task: Task, test: list[Example],
+                 cfg: EvalConfig, seed: int, mesh) -> list:
+    model, tokenizer = load_model(ref, base_cfg, mesh=mesh, merged=True)
+    return generate(model, tokenizer, user_prompts(tokenizer, task, test), cfg.sample,
+                    key=rng.key_for(seed, "eval"), num_samples=1, mesh=mesh)
 
 
 def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
              thetas: Sequence[float], select_cfg: SelectConfig) -> dict[str, Any]:
     """Test accuracy and response entropies of vanilla (base), SFT (M1) and SemiEvol (M2)."""
     cfg: EvalConfig = ctx.config
-    from semievol_jax.generate import generate
-
     test = examples(ctx.inputs["data"] / "test.jsonl")
     if cfg.max_rows:
         test = test[:cfg.max_rows]
@@ -469,14 +401,10 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
               "sft": ("base", "sft"), "semievol": ("base", "sft", "final")}
     results, preds = {}, []
     for name, ref in refs.items():
-        key = _eval_key(ctx, makers[name], task, cfg, base_cfg, seed,
-                        None if mesh is None else dict(mesh.shape))
-        if key not in _EVAL_MEMO:
-            model, tokenizer = load_model(ref, base_cfg, mesh=mesh, merged=True)
-            _EVAL_MEMO[key] = generate(
-                model, tokenizer, user_prompts(tokenizer, task, test), cfg.sample,
-                key=rng.key_for(seed, "eval"), num_samples=1, mesh=mesh)
-        outs = _EVAL_MEMO[key]
+        key = _answers_key(ctx, makers[name], task, cfg, base_cfg, seed,
+                           None if mesh is None else dict(mesh.shape))
+        outs = EVAL_ANSWERS.get(key, functools.partial(_decode_test, ref, base_cfg, task, test,
+                                                       cfg, seed, mesh))
         correct, entropies = [], []
         for ex, (s,) in zip(test, outs, strict=True):
             pred = task.extract_answer(s.text, ex.options)
@@ -488,7 +416,7 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
         results[name] = {"accuracy": float(np.mean(correct)) if correct else float("nan"),
                          "entropies": entropies}
     # The one place the unlabeled gold answers are read: scoring the pseudo-labels.
-    gold = data_mod.GoldAnswers(json.loads(
+    gold = GoldAnswers(json.loads(
         (ctx.inputs["data"] / "held" / "unlabeled_gold.json").read_text()))
     sel = selection.Selection.from_dict(
         json.loads((ctx.inputs["select"] / "selection.json").read_text()))

@@ -31,6 +31,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from semievol_jax.errors import UserError
 
 KINDS = ("choice", "value", "text")
@@ -436,8 +438,6 @@ def register_tasks(source: str | Path | Mapping[str, Any], *,
             instruction: "Pick the sentiment. End with 'Answer: LETTER' ({letters})."
     """
     if isinstance(source, str | Path):
-        import yaml  # only needed for files
-
         try:
             spec = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as e:

@@ -19,12 +19,9 @@ import jax
 import numpy as np
 
 from semievol_jax import rng
+from semievol_jax.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Training data that cannot be used (names the example index and the problem)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +127,7 @@ def tokenize_examples(
     return TokenizedSet(ids_all, masks, truncated, dropped, h.hexdigest())
 
 
-def bucket_length(n: int, buckets: Sequence[int], cutoff_len: int) -> int:
+def padded_length(n: int, buckets: Sequence[int], cutoff_len: int) -> int:
     """Smallest bucket >= n (buckets above the cutoff are clamped to it)."""
     for b in sorted(set(min(b, cutoff_len) for b in buckets) | {cutoff_len}):
         if b >= n:
@@ -241,7 +238,7 @@ class SFTBatcher:
         epoch, k = divmod(step, self.steps_per_epoch)
         idx = self.permutation(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
         lengths = [len(self.data.ids[i]) - 1 for i in idx]
-        t = bucket_length(max(lengths), self.buckets, self.cutoff_len)
+        t = padded_length(max(lengths), self.buckets, self.cutoff_len)
         b = self.batch_size
         tokens = np.full((b, t), self.pad_id, np.int32)
         targets = np.full((b, t), self.pad_id, np.int32)

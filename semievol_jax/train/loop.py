@@ -74,7 +74,7 @@ class _Logger:
                     if ln.strip() and json.loads(ln)["step"] <= start]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         self.file = self.path.open("a")
-        if cfg.tensorboard:
+        if cfg.tensorboard:  # optional writers: imported only when switched on
             from tensorboardX import SummaryWriter
             self.tb = SummaryWriter(str(work_dir / "tensorboard"))
         if cfg.progress:

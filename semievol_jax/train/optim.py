@@ -32,16 +32,22 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([warmup, after], [warm])
 
 
+def clipped_adamw(schedule: optax.Schedule, *, b1: float, b2: float, eps: float,
+                  weight_decay: float, max_grad_norm: float) -> optax.GradientTransformation:
+    """Clip by global norm (``max_grad_norm`` 0: no clipping), then AdamW (decoupled
+    weight decay) on ``schedule``: the optimizer of every training routine here."""
+    tx = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    if max_grad_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(max_grad_norm), tx)
+    return tx
+
+
 def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW (decoupled weight decay) on ``make_schedule``.
+    """``clipped_adamw`` on ``make_schedule``, with the config's AdamW settings.
 
     Gradient accumulation is done inside the train step (microbatch scan), not here,
     so one optimizer update = one call of the step function.
     """
-    tx = optax.adamw(
-        make_schedule(cfg, total_steps), b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
-        weight_decay=cfg.weight_decay,
-    )
-    if cfg.max_grad_norm > 0:
-        tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), tx)
-    return tx
+    return clipped_adamw(make_schedule(cfg, total_steps), b1=cfg.adam_b1, b2=cfg.adam_b2,
+                         eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+                         max_grad_norm=cfg.max_grad_norm)

@@ -1,4 +1,5 @@
-"""The demo's `base` stage: a tiny Llama pretrained from scratch on the synthetic corpus.
+"""Pretraining a tiny Llama from scratch on a plain-text corpus (the `base` stage's
+`base.pretrain`: the demo's base, or fpb-tiny's).
 
 The result is an ordinary Hugging Face checkpoint directory (config.json,
 model.safetensors, tokenizer files with a chat template), so every later stage loads it
@@ -31,6 +32,7 @@ from flax import nnx
 
 from semievol_jax.model import Llama, LlamaConfig, save_hf
 from semievol_jax.model.tiny import config_for_tokenizer, train_tokenizer
+from semievol_jax.train.optim import clipped_adamw
 
 
 class PretrainError(ValueError):
@@ -53,13 +55,13 @@ class PretrainConfig:
     learning_rate: float = 3e-3  # peak AdamW lr (tiny models tolerate a high one)
     warmup_steps: int = 30  # linear warmup, then cosine to 10% of the peak
     weight_decay: float = 0.01  # AdamW decoupled weight decay
-    grad_clip: float = 1.0  # global-norm clipping
+    grad_clip: float = 1.0  # global-norm clipping (0 = off)
     rope_theta: float = 10000.0  # rotary base
     tie_embeddings: bool = True  # share input embedding and LM head (small vocab)
 
 
 def model_config(cfg: PretrainConfig, tokenizer) -> LlamaConfig:
-    """The LlamaConfig of the demo base, with the tokenizer's vocab and special ids."""
+    """The LlamaConfig of the tiny base, with the tokenizer's vocab and special ids."""
     return config_for_tokenizer(
         tokenizer, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_layers=cfg.num_layers, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
@@ -155,10 +157,8 @@ def pretrain_base(corpus_texts: Sequence[str], out_dir: str | Path, *,
         0.0, cfg.learning_rate, max(1, min(cfg.warmup_steps, cfg.steps - 1)), cfg.steps,
         end_value=0.1 * cfg.learning_rate,
     )
-    tx = optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay),
-    )
+    tx = clipped_adamw(schedule, b1=0.9, b2=0.95, eps=1e-8, weight_decay=cfg.weight_decay,
+                       max_grad_norm=cfg.grad_clip)
     opt_state = tx.init(params)
 
     @jax.jit

@@ -1,7 +1,7 @@
 """The demo world: invented people, facts about them, a prose corpus and a quiz task.
 
 The embedded demo needs a task where SemiEvol's mechanism has something to work with
-(docs/demo.md has the argument and the measured numbers):
+(docs/demo.md has the argument, docs/results.md the measured numbers):
 
 * **Latent knowledge.** Every fact about a *task person* ("Bapis lives in Vasso") is
   stated in the pretraining corpus, many times and in three phrasings, but never as a
@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from semievol_jax.files import write_jsonl, write_text_atomic
+
 LETTERS = "ABCDEFGHIJ"
 # The demo preset's task instruction (data.task_def; a test keeps the two equal), so the
 # corpus quizzes read like the prompts the demo is evaluated with. One short line: the
@@ -54,7 +56,7 @@ INSTRUCTION = "Reply 'Answer: LETTER' ({letters})."
 # alone, or, with `statement_options` (the demo preset), the chosen option restated
 # first. The restated option is then a corpus sentence, so the model answers by
 # completing a sentence it was pretrained on ("Vivol works as a" -> "miner") instead of
-# mapping a name straight to a letter (docs/demo.md, "statement options").
+# mapping a name straight to a letter (docs/demo.md, "The world").
 LETTER_TARGET = "Answer: {answer}"
 STATEMENT_TARGET = "{option}\nAnswer: {answer}"
 
@@ -130,9 +132,9 @@ class SynthError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
-    """Knobs of the demo world. The defaults are the letter-only world of earlier
-    sessions; the demo preset sets `statement_options`, `bios_per_person=6` and
-    `labeled_people=8` (docs/demo.md, "How the world got here" and "Session 12")."""
+    """Knobs of the demo world. The defaults are the letter-only world (bare values as
+    options, the letter alone as the response); the demo preset sets
+    `statement_options`, `bios_per_person=6` and `labeled_people=8` (docs/demo.md)."""
 
     seed: int = 0  # root seed of the world, corpus and splits
     num_people: int = 16  # task people: their facts are asked in the splits
@@ -426,7 +428,7 @@ def questions_to_csv(questions: Sequence[Question]) -> str:
     return buf.getvalue()
 
 
-def write_demo_data(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> dict[str, Path]:
+def write_world(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> dict[str, Path]:
     """Writes labeled.csv, unlabeled.csv, test.csv and corpus.jsonl under `out_dir`.
 
     Returns:
@@ -438,17 +440,14 @@ def write_demo_data(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> di
     paths: dict[str, Path] = {}
     for split, qs in make_splits(world, cfg).items():
         paths[split] = out / f"{split}.csv"
-        paths[split].write_text(questions_to_csv(qs), encoding="utf-8")
+        write_text_atomic(paths[split], questions_to_csv(qs))
     paths["corpus"] = out / "corpus.jsonl"
-    paths["corpus"].write_text(
-        "".join(json.dumps({"text": d}) + "\n" for d in make_corpus(world, cfg)),
-        encoding="utf-8",
-    )
+    write_jsonl(paths["corpus"], ({"text": d} for d in make_corpus(world, cfg)))
     return paths
 
 
 def read_corpus(path: str | Path) -> list[str]:
-    """The documents of a corpus.jsonl written by `write_demo_data`."""
+    """The documents of a corpus.jsonl written by `write_world`."""
     docs = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         try:

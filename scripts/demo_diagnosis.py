@@ -4,7 +4,8 @@ The demo's headline (SemiEvol over SFT by two seed stds) rests on a premise: the
 knows the task facts from pretraining, SFT teaches it to answer, and confident
 pseudo-labels are mostly right. Each function here measures one link of that chain
 from the run's own files (the synth CSVs keep `person` and `relation`), so docs/demo.md
-can say which link holds and which does not:
+can say which link holds and which does not (scripts/demo_diagnose.py prints and
+writes them):
 
 * `prose_recall`: does the base complete the corpus's own sentences about task people
   ("Vivol works as a" -> "miner")? That is the knowledge.
@@ -50,6 +51,16 @@ from typing import Any
 
 import numpy as np
 
+from semievol_jax.config import load_config
+from semievol_jax.files import read_jsonl
+from semievol_jax.generate import SampleConfig, generate
+from semievol_jax.pipeline import prompts, selection
+from semievol_jax.pipeline.config import BaseConfig, RunConfig
+from semievol_jax.pipeline.data import Example, synth
+from semievol_jax.pipeline.models import base_ref, load_model, tuned_ref
+from semievol_jax.pipeline.stages import task_of
+from semievol_jax.retrieval import build_demo_prompts
+
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 GREEDY_TOKENS = 24  # room for a restated option before `Answer: X` (generation stops at EOS)
 
@@ -89,7 +100,6 @@ def coverage_split(rows: Sequence[Mapping[str, str]], labeled: Iterable[Mapping[
 def option_phrasing(row: Mapping[str, str]) -> int | None:
     """Index of the corpus prose phrasing (`synth.Relation.statements`) that the row's
     statement options use; None for bare-value options."""
-    from semievol_jax.demo import synth
 
     rel = next(r for r in synth.RELATIONS if r.name == row["relation"])
     first = json.loads(row["options"])[0]
@@ -143,7 +153,6 @@ def majority_answers(candidates: Iterable[Mapping[str, Any]]
                      ) -> dict[str, tuple[str | None, float]]:
     """qid -> (the collaborators' majority, mean response entropy), from candidates.jsonl
     rows. The majority is the method's own (`selection.vote`): None on a tie."""
-    from semievol_jax.pipeline import selection
 
     cands = [selection.Candidate(c["qid"], c["collaborator"], c["response"], c["answer"],
                                  c["entropy"]) for c in candidates]
@@ -202,7 +211,6 @@ def pooled_by_fact(candidates: Iterable[Mapping[str, Any]],
     collaborators' answers (candidates.jsonl rows) to the unlabeled questions about the
     test question's fact; None when no unlabeled question asks that fact. With fixed
     options one fact has one letter, so the pooled answer compares with the test gold."""
-    from semievol_jax.pipeline import selection
 
     fact = {r["id"]: "\t".join(fact_of(r)) for r in unlabeled}
     seen: collections.Counter = collections.Counter()
@@ -249,8 +257,6 @@ def greedy_answers(model, tokenizer, task, qs, pool, demos_QK: np.ndarray) -> li
     layout, with `pool[demos_QK[q]]` as its demonstrations (K = 0: none)."""
     import functools
 
-    from semievol_jax.pipeline import prompts
-    from semievol_jax.retrieval import build_demo_prompts
 
     fmt = functools.partial(prompts.format_question, task)
     ans = lambda e: prompts.target(task, e.answer, e.options)  # noqa: E731
@@ -315,7 +321,6 @@ def _greedy(model, tokenizer, texts: list[str], max_new_tokens: int, *,
             raw: bool = True) -> list[str]:
     import jax
 
-    from semievol_jax.generate import SampleConfig, generate
 
     cfg = SampleConfig(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=128)
     # Raw text, as in pretraining: BOS, no chat template; rendered prompts carry their own.
@@ -333,7 +338,6 @@ def prose_recall(model, tokenizer, facts: Mapping[tuple[str, str], str]) -> dict
        "facts": share of facts completed right in at least 2 of their 3 phrasings,
        "num_facts": ...}
     """
-    from semievol_jax.demo import synth
 
     rels = {r.name: r for r in synth.RELATIONS}
     keys = sorted(facts)
@@ -364,7 +368,6 @@ def quiz_accuracy(model, tokenizer, quizzes: Sequence[tuple[str, Sequence[str], 
     """
     import re
 
-    from semievol_jax.demo import synth
 
     if target in (None, synth.LETTER_TARGET):
         texts = [synth.render_quiz(q, opts, None) + "\nAnswer:" for q, opts, _ in quizzes]
@@ -378,7 +381,6 @@ def quiz_accuracy(model, tokenizer, quizzes: Sequence[tuple[str, Sequence[str], 
 
 def corpus_quizzes(corpus_path: Path) -> list[tuple[str, list[str], str]]:
     """The practice-person quizzes of a corpus.jsonl, parsed back into (q, options, gold)."""
-    from semievol_jax.demo import synth
 
     out = []
     for doc in synth.read_corpus(corpus_path):
@@ -393,7 +395,6 @@ def corpus_quizzes(corpus_path: Path) -> list[tuple[str, list[str], str]]:
 
 def seed_diagnosis(seed_dir: Path, data_dir: Path) -> dict[str, Any]:
     """The model-free measurements of one seed's sub-run (and its with_icp ablation)."""
-    from semievol_jax.pipeline.stages import read_jsonl
 
     raw = data_dir / "raw"
     lab, unl, test = (read_rows(raw / f"{s}.csv") for s in ("labeled", "unlabeled", "test"))
@@ -426,7 +427,6 @@ def seed_diagnosis(seed_dir: Path, data_dir: Path) -> dict[str, Any]:
 
 
 def _examples(rows: Sequence[Mapping[str, str]]) -> list:
-    from semievol_jax.pipeline.data import Example
 
     return [Example(id=r["id"], question=r["question"], options=tuple(json.loads(r["options"])),
                     answer=r["answer"], meta={}) for r in rows]
@@ -434,8 +434,6 @@ def _examples(rows: Sequence[Mapping[str, str]]) -> list:
 
 def load_stage_model(base_dir: Path, model_dir: Path | None = None):
     """(model, tokenizer): the base, or the model a tuning stage (02_sft) made from it."""
-    from semievol_jax.pipeline.config import BaseConfig
-    from semievol_jax.pipeline.stages import base_ref, load_model, tuned_ref
 
     ref = base_ref(base_dir)
     if model_dir is not None:
@@ -444,16 +442,11 @@ def load_stage_model(base_dir: Path, model_dir: Path | None = None):
 
 
 def _task_of(run_config: Path):
-    from semievol_jax.config import load_config
-    from semievol_jax.pipeline.config import RunConfig
-    from semievol_jax.pipeline.stages import task_of
 
     return task_of(load_config(RunConfig, str(run_config)).data)
 
 
 def _synth_of(run_config: Path):
-    from semievol_jax.config import load_config
-    from semievol_jax.pipeline.config import RunConfig
 
     synth = load_config(RunConfig, str(run_config)).data.synth
     if synth is None:
@@ -471,7 +464,6 @@ def demo_use_of(model, tokenizer, run_config: Path, data_dir: Path) -> dict[str,
 
 def teacher_vs_student_of(model, tokenizer, seed_dir: Path, data_dir: Path) -> dict[str, int]:
     """`teacher_vs_student` for one seed's sub-run, `model` being its M1 (02_sft)."""
-    from semievol_jax.pipeline.stages import read_jsonl
 
     unl = read_rows(data_dir / "raw" / "unlabeled.csv")
     qs = _examples(unl)
@@ -486,7 +478,6 @@ def base_diagnosis(base_dir: Path, data_dir: Path, run_config: Path) -> dict[str
     """The base model's knowledge (prose), skill (quizzes) and use of a same-fact
     demonstration (`demo_use`), seed-independent; `run_config` is a sub-run's
     config.yaml (its synth world and task)."""
-    from semievol_jax.demo import synth
 
     raw = data_dir / "raw"
     rows = [r for s in ("labeled", "unlabeled", "test") for r in read_rows(raw / f"{s}.csv")]

@@ -1,12 +1,17 @@
-"""The demo diagnosis's measurements (semievol_jax/demo/diagnose.py) on hand-made rows."""
+"""scripts/demo_diagnosis.py: the demo diagnosis's measurements on hand-made rows."""
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from semievol_jax.demo import diagnose, synth
+from semievol_jax.pipeline.data import synth
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import demo_diagnosis as diagnose  # noqa: E402
 
 
 def row(i, person, relation, answer="A", split="test"):
@@ -140,7 +145,7 @@ def test_corpus_quizzes_parse_back_what_render_quiz_wrote(tmp_path):
     cfg = synth.SynthConfig(num_people=4, num_practice_people=2, num_labeled=8,
                             num_unlabeled=16, num_test=8, bios_per_person=1,
                             quizzes_per_practice_person=3)
-    paths = synth.write_demo_data(tmp_path, cfg)
+    paths = synth.write_world(tmp_path, cfg)
     quizzes = diagnose.corpus_quizzes(paths["corpus"])
     assert len(quizzes) == 2 * 3
     docs = [d for d in synth.read_corpus(paths["corpus"]) if d.startswith("Question:")]
@@ -153,7 +158,7 @@ def test_corpus_quizzes_parse_back_statement_quizzes(tmp_path):
     cfg = synth.SynthConfig(num_people=4, num_practice_people=2, num_labeled=8,
                             num_unlabeled=16, num_test=8, bios_per_person=1,
                             quizzes_per_practice_person=3, statement_options=True)
-    paths = synth.write_demo_data(tmp_path, cfg)
+    paths = synth.write_world(tmp_path, cfg)
     docs = [d for d in synth.read_corpus(paths["corpus"]) if d.startswith("Question:")]
     quizzes = diagnose.corpus_quizzes(paths["corpus"])
     for (q, opts, gold), doc in zip(quizzes, docs, strict=True):
