@@ -43,6 +43,19 @@ def _read_preset(name_or_path: str) -> dict[str, Any]:
     return data
 
 
+def _with_parents(name_or_path: str, seen: tuple[str, ...] = ()) -> Any:
+    """The preset merged over the preset it `extends` (a name or a YAML path), if any, so
+    a family of presets (one per task) keeps its shared settings in one file."""
+    data = _read_preset(name_or_path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or parent in seen + (name_or_path,):
+        raise ConfigError(f"preset {name_or_path!r}: extends {parent!r} is not a preset name "
+                          "or extends itself")
+    return OmegaConf.merge(_with_parents(parent, seen + (name_or_path,)), data)
+
+
 def load_config(schema: type[T], preset: str | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> T:
     """Build a frozen `schema` instance from a preset and dotted overrides.
@@ -61,7 +74,7 @@ def load_config(schema: type[T], preset: str | None = None,
     try:
         merged = OmegaConf.merge(
             OmegaConf.structured(schema),
-            _read_preset(preset) if preset else {},
+            _with_parents(preset) if preset else {},
             OmegaConf.from_dotlist(list(overrides)),
         )
         return OmegaConf.to_object(merged)

@@ -22,7 +22,7 @@ OPTS = ["negative", "neutral", "positive"]
 ])
 def test_lenient_choice(response, want):
     task = get_task("fpb")
-    assert task.extract_answer(response, OPTS, lenient=True) == want
+    assert task.extract_answer(response, OPTS, rule="lenient") == want
 
 
 def test_strict_reading_ignores_everything_but_answer_lines():
@@ -34,4 +34,13 @@ def test_strict_reading_ignores_everything_but_answer_lines():
 
 def test_lenient_applies_to_choice_tasks_only():
     task = get_task("gsm8k")
-    assert task.extract_answer("The answer is 42", None, lenient=True) is None
+    assert task.extract_answer("The answer is 42", None, rule="lenient") is None
+
+
+def test_official_rule_takes_the_first_token_as_written():
+    task = get_task("fpb")
+    assert task.extract_answer("Answer: B.\nAnswer: C", OPTS, rule="official") == "B."
+    assert not task.is_correct(task.extract_answer("Answer: B.", OPTS, rule="official"), "B")
+    assert task.extract_answer("answer: B", OPTS, rule="official") is None
+    with pytest.raises(ValueError):
+        task.extract_answer("Answer: B", OPTS, rule="first")

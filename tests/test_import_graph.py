@@ -20,12 +20,6 @@ import semievol_jax
 PACKAGE = "semievol_jax"
 ROOT = Path(semievol_jax.__file__).resolve().parent
 
-# The model layer's one cycle, model.hf_io <-> model.lora (LoraConfig.from_peft_dir reads
-# a PEFT config through hf_io), is being removed together with the hf_io split; until
-# then it is the only pair this test lets through.
-TOLERATED = {frozenset({"semievol_jax.model.hf_io", "semievol_jax.model.lora"})}
-
-
 def module_files() -> dict[str, Path]:
     """Dotted module name -> its file, for every module of the package."""
     out = {}
@@ -106,10 +100,6 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_package_import_graph_has_no_cycle():
     graph = import_graph()
-    for pair in TOLERATED:  # drop the tolerated edges, so the rest must be acyclic
-        a, b = sorted(pair)
-        graph[a].discard(b)
-        graph[b].discard(a)
     cycles = find_cycles(graph)
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
@@ -129,10 +119,3 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
              for m in known}
     assert find_cycles(graph) == [["p.a", "p.b"]]
 
-
-def test_the_tolerated_pair_is_still_a_cycle():
-    """Once the model layer's cycle is gone, TOLERATED must be emptied with it."""
-    graph = import_graph()
-    for pair in TOLERATED:
-        a, b = sorted(pair)
-        assert b in graph[a] and a in graph[b], f"{a} <-> {b} is no longer a cycle"

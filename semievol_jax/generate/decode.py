@@ -218,8 +218,8 @@ def _repeat_batch(cache, M: int):
     if M == 1:
         return cache
     return dataclasses.replace(
-        cache, k_LBSKH=jnp.tile(cache.k_LBSKH, (1, M, 1, 1, 1)),
-        v_LBSKH=jnp.tile(cache.v_LBSKH, (1, M, 1, 1, 1)),
+        cache, k_LBKSH=jnp.tile(cache.k_LBKSH, (1, M, 1, 1, 1)),
+        v_LBKSH=jnp.tile(cache.v_LBKSH, (1, M, 1, 1, 1)),
         valid_BS=jnp.tile(cache.valid_BS, (M, 1)))
 
 
@@ -239,5 +239,5 @@ def _constrain(cache, mesh):
         return jax.lax.with_sharding_constraint(x, logical_to_sharding(names, mesh, x.shape))
 
     return dataclasses.replace(
-        cache, k_LBSKH=one(cache.k_LBSKH, CACHE_KV_AXES), v_LBSKH=one(cache.v_LBSKH, CACHE_KV_AXES),
+        cache, k_LBKSH=one(cache.k_LBKSH, CACHE_KV_AXES), v_LBKSH=one(cache.v_LBKSH, CACHE_KV_AXES),
         valid_BS=one(cache.valid_BS, CACHE_VALID_AXES))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from semievol_jax.model.config import LlamaConfig
 
 # Logical axis names of the cache arrays, for callers that shard the decode state.
-CACHE_KV_AXES = (None, "batch", "seq", "kv_heads", "head_dim")  # k_LBSKH, v_LBSKH
+CACHE_KV_AXES = (None, "batch", "kv_heads", "seq", "head_dim")  # k_LBKSH, v_LBKSH
 CACHE_VALID_AXES = ("batch", "seq")  # valid_BS
 
 
@@ -25,8 +25,10 @@ class KVCache:
     prompt plus every token to be generated.
     """
 
-    k_LBSKH: jax.Array  # keys, post-RoPE
-    v_LBSKH: jax.Array  # values
+    # [L, B, K, S, H]: each (row, kv head)'s S x H block is contiguous, the layout the
+    # attention dots read, so decoding never transposes the cache.
+    k_LBKSH: jax.Array  # keys, post-RoPE
+    v_LBKSH: jax.Array  # values
     valid_BS: jax.Array  # bool: slot holds a real (non-pad) token
     end: jax.Array  # int32 scalar: number of slots written
 
@@ -41,12 +43,12 @@ def init_cache(
     """An empty cache of `max_len` slots for `batch` sequences.
 
     Returns:
-        KVCache with zero k/v [L, B, S, K, H] in `dtype`, valid_BS all False, end 0.
+        KVCache with zero k/v [L, B, K, S, H] in `dtype`, valid_BS all False, end 0.
     """
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     return KVCache(
-        k_LBSKH=jnp.zeros(shape, dtype),
-        v_LBSKH=jnp.zeros(shape, dtype),
+        k_LBKSH=jnp.zeros(shape, dtype),
+        v_LBKSH=jnp.zeros(shape, dtype),
         valid_BS=jnp.zeros((batch, max_len), jnp.bool_),
         end=jnp.zeros((), jnp.int32),
     )

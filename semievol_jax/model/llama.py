@@ -77,42 +77,43 @@ class Attention(nnx.Module):
             x_BTD: normed block input.
             cos_sin: RoPE tables [B, T, H] for the new tokens' positions.
             mask_BTS: bool, query t may attend key slot s.
-            kv: None, or (k_LBSKH, v_LBSKH, end, layer): the cache buffers, where to write
+            kv: None, or (k_LBKSH, v_LBKSH, end, layer): the cache buffers, where to write
                 the new keys and values, and this block's layer index.
 
         Returns:
-            (out_BTD, (k_LBSKH, v_LBSKH) with this layer's slots [end, end+T) written, or
+            (out_BTD, (k_LBKSH, v_LBKSH) with this layer's slots [end, end+T) written, or
             None without a cache).
         """
         q_BTNH = apply_rope(self.q(x_BTD), *cos_sin)
-        k_BTKH = apply_rope(self.k(x_BTD), *cos_sin)
-        v_BTKH = self.v(x_BTD)
+        k_BKTH = apply_rope(self.k(x_BTD), *cos_sin).transpose(0, 2, 1, 3)
+        v_BKTH = self.v(x_BTD).transpose(0, 2, 1, 3)
         new_kv = None
         if kv is None:
-            k_BSKH, v_BSKH = k_BTKH, v_BTKH
+            k_BKSH, v_BKSH = k_BKTH, v_BKTH
         else:
-            k_LBSKH, v_LBSKH, end, layer = kv
+            k_LBKSH, v_LBKSH, end, layer = kv
             zero = jnp.zeros((), jnp.int32)
-            start = (jnp.int32(layer), zero, end, zero, zero)
-            k_LBSKH = jax.lax.dynamic_update_slice(
-                k_LBSKH, k_BTKH[None].astype(k_LBSKH.dtype), start)
-            v_LBSKH = jax.lax.dynamic_update_slice(
-                v_LBSKH, v_BTKH[None].astype(v_LBSKH.dtype), start)
-            new_kv = (k_LBSKH, v_LBSKH)
-            k_BSKH = k_LBSKH[layer].astype(self.dtype)
-            v_BSKH = v_LBSKH[layer].astype(self.dtype)
+            start = (jnp.int32(layer), zero, zero, end, zero)
+            k_LBKSH = jax.lax.dynamic_update_slice(
+                k_LBKSH, k_BKTH[None].astype(k_LBKSH.dtype), start)
+            v_LBKSH = jax.lax.dynamic_update_slice(
+                v_LBKSH, v_BKTH[None].astype(v_LBKSH.dtype), start)
+            new_kv = (k_LBKSH, v_LBKSH)
+            k_BKSH = k_LBKSH[layer].astype(self.dtype)
+            v_BKSH = v_LBKSH[layer].astype(self.dtype)
         B, T, N, H = q_BTNH.shape
         K = self.num_kv_heads
-        q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+        q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
         scores_BKGTS = jnp.einsum(
-            "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
+            "BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32
         ) * (H**-0.5)
         # finfo.min, not -inf: a query with no valid key (a pad slot) gets a uniform,
         # finite distribution instead of NaNs that would leak into gradients.
         scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS,
                                  jnp.finfo(jnp.float32).min)
         probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(self.dtype)
-        out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH)
+        out_BKGTH = jnp.einsum("BKGTS,BKSH->BKGTH", probs_BKGTS, v_BKSH)
+        out_BTKGH = out_BKGTH.transpose(0, 3, 1, 2, 4)
         return self.o(out_BTKGH.reshape(B, T, N, H)), new_kv
 
 
@@ -291,7 +292,7 @@ class Llama(nnx.Module):
 
         if remat != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
-        kv_bufs = None if cache is None else (cache.k_LBSKH, cache.v_LBSKH)
+        kv_bufs = None if cache is None else (cache.k_LBKSH, cache.v_LBKSH)
         hidden_BTD = jnp.zeros_like(x_BTD) if keep else None
         layer_L = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
         carry, new_rng_state = jax.lax.scan(

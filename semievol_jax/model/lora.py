@@ -91,15 +91,22 @@ class Dense(nnx.Module):
         self.dropout = nnx.Dropout(lora.dropout, deterministic=True, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        i, o = self.in_axes, self.out_axes
-        x = x.astype(self.dtype)
-        y = jnp.einsum(f"...{i},{o}{i}->...{o}", x, self.w[...].astype(self.dtype))
-        if self.lora is None:
-            return y
-        h = self.dropout(x)
-        a, b = self.lora_a[...].astype(self.dtype), self.lora_b[...].astype(self.dtype)
-        h_R = jnp.einsum(f"...{i},R{i}->...R", h, a)
-        return y + self.lora.scale * jnp.einsum(f"...R,{o}R->...{o}", h_R, b)
+        # One 2-D matmul over the flattened axes (reshapes of contiguous arrays are free):
+        # a dot over a 3-D weight such as w_NHD makes XLA:CPU copy the weight into
+        # another layout on every call, a 2-D [out, in] one it reads as it lies.
+        n_in, n_out = len(self.in_axes), len(self.out_axes)
+        out_shape = self.w.shape[:n_out]
+        lead = x.shape[:x.ndim - n_in]
+        x_XI = x.astype(self.dtype).reshape(*lead, -1)
+        w_OI = self.w[...].astype(self.dtype).reshape(math.prod(out_shape), -1)
+        y_XO = jnp.einsum("...I,OI->...O", x_XI, w_OI)
+        if self.lora is not None:
+            h_XI = self.dropout(x_XI)
+            a_RI = self.lora_a[...].astype(self.dtype).reshape(self.lora.rank, -1)
+            b_OR = self.lora_b[...].astype(self.dtype).reshape(-1, self.lora.rank)
+            h_XR = jnp.einsum("...I,RI->...R", h_XI, a_RI)
+            y_XO = y_XO + self.lora.scale * jnp.einsum("...R,OR->...O", h_XR, b_OR)
+        return y_XO.reshape(*lead, *out_shape)
 
     def merged_weight(self) -> jax.Array:
         """W + (alpha/R) B A in W's shape and dtype (W itself when there is no adapter)."""

@@ -32,6 +32,7 @@ class DataConfig:
     unlabeled: str = ""  # the unlabeled split (its gold answers only score pseudo-labels)
     test: str = ""  # the test split
     max_rows: int = 0  # keep the first N rows of each split (0 = all): quick runs
+    max_leakage: float = 0.05  # refuse when more of the test split is also labeled/unlabeled
     synth: SynthConfig | None = None  # generate the synthetic world's splits instead
 
 
@@ -58,7 +59,7 @@ class SftConfig:
 class IndexStageConfig:
     """In-context propagation: embed questions with M1, k nearest labeled neighbours."""
 
-    k: int = 3  # demonstrations per unlabeled question (0 = the "without ICP" ablation)
+    k: int = 1  # demonstrations per unlabeled question (0 = "without ICP"; docs/method.md)
     layer: int = -1  # hidden layer to embed with (-1 = final norm output)
     pooling: str = "mean"  # "mean" over question tokens, or "last" token
     batch_size: int = 32  # texts per embedding batch
@@ -66,13 +67,33 @@ class IndexStageConfig:
     index: IndexConfig = field(default_factory=IndexConfig)  # ScaNN / exact settings
 
 
+COLLABORATOR_WEIGHTS = ("m1", "base")
+
+
 @dataclasses.dataclass(frozen=True)
 class ProposeConfig:
     """Collaborators: n sampled responses per unlabeled question, with token log-probs."""
 
     n: int = 4  # collaborators per question (1 = the "without CL" ablation)
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=1.0,
-                                                                      max_new_tokens=32))
+    # Each collaborator as WEIGHTS[+icp]: WEIGHTS m1 (the SFT model) or base; +icp: the
+    # index stage's prompt with its demonstrations, else the plain question. () = n x
+    # "m1+icp" (the official collaborators differ only by sampling).
+    collaborators: tuple[str, ...] = ()
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(
+        temperature=1.0, max_new_tokens=1024, stop=()))  # official: T 1.0, 1024, no stops
+    extract: str = "last"  # answer rule: last | lenient | official (Task.extract_answer)
+
+    def specs(self) -> tuple[tuple[str, bool], ...]:
+        """(weights, with demonstrations) of each collaborator, in order."""
+        names = self.collaborators or ("m1+icp",) * self.n
+        out = []
+        for name in names:
+            weights, _, extra = name.partition("+")
+            if weights not in COLLABORATOR_WEIGHTS or extra not in ("", "icp"):
+                raise ValueError(f"propose.collaborators: {name!r} is not WEIGHTS[+icp] with "
+                                 f"WEIGHTS one of {COLLABORATOR_WEIGHTS}")
+            out.append((weights, extra == "icp"))
+        return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,15 +105,20 @@ class SelectConfig:
     #                         "all": θ-quantile over every answer; "none": keep all (no AS)
     reflect: bool = True  # resolve disagreements by self-justification (False: majority)
     reflect_sample: SampleConfig = field(default_factory=lambda: SampleConfig(
-        temperature=0.0, max_new_tokens=32))  # greedy reflection
+        temperature=1.0, max_new_tokens=4096, stop=()))  # official: T 1.0, 4096, no stops
+    extract: str = "last"  # answer rule of the reflections (Task.extract_answer)
     sweep_thetas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 1.0)  # scored for the report
+
+
+FINAL_DATA = ("selected", "labeled+selected")
 
 
 @dataclasses.dataclass(frozen=True)
 class FinalConfig:
-    """Final tuning on labeled + selected pseudo-labeled -> M2."""
+    """Final tuning on the selected pseudo-labels (official) or labeled + selected -> M2."""
 
     from_sft: bool = True  # continue from M1's weights (official) or start from the base
+    data: str = "selected"  # "selected" (official code) | "labeled+selected" (paper's text)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))
 
 
@@ -100,8 +126,10 @@ class FinalConfig:
 class EvalConfig:
     """Accuracy of vanilla / SFT / SemiEvol on the test split."""
 
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(temperature=0.0,
-                                                                      max_new_tokens=32))
+    # Greedy, where the official code samples at 0.5: a reproducible test score.
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(
+        temperature=0.0, max_new_tokens=1000, stop=()))
+    extract: str = "last"  # answer rule: last | lenient | official (Task.extract_answer)
     max_rows: int = 0  # evaluate the first N test rows (0 = all)
 
 
@@ -130,12 +158,19 @@ def with_ablation(cfg: RunConfig, ablation: str) -> RunConfig:
     replace = dataclasses.replace
     if ablation == "":
         return cfg
-    if ablation == "no_iwp":  # no in-weight propagation: collaborators use the base
-        return replace(cfg, ablation=ablation, sft=replace(cfg.sft, enabled=False))
+    if ablation == "no_iwp":
+        # No in-weight propagation: the collaborators are the base model, and the final
+        # tuning, the only tuning left, trains a fresh adapter from the base with the SFT
+        # stage's settings (the final stage's lr 1e-6 from the base would leave it the
+        # vanilla model, and the row would measure nothing).
+        return replace(cfg, ablation=ablation, sft=replace(cfg.sft, enabled=False),
+                       final=replace(cfg.final, from_sft=False, train=cfg.sft.train))
     if ablation == "no_icp":  # no in-context propagation: no demonstrations
         return replace(cfg, ablation=ablation, index=replace(cfg.index, k=0))
     if ablation == "no_cl":  # no collaborative learning: one response, no reflection
-        return replace(cfg, ablation=ablation, propose=replace(cfg.propose, n=1),
+        first = cfg.propose.collaborators[:1]
+        return replace(cfg, ablation=ablation,
+                       propose=replace(cfg.propose, n=1, collaborators=first),
                        select=replace(cfg.select, reflect=False))
     if ablation == "no_as":  # no adaptive selection: keep every pseudo-label
         return replace(cfg, ablation=ablation, select=replace(cfg.select, rule="none"))

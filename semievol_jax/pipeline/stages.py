@@ -44,6 +44,7 @@ from semievol_jax.generate import embed, generate, render_prompt
 from semievol_jax.model.hf_io import resolve_checkpoint  # not in the package's exports
 from semievol_jax.pipeline import prompts, selection
 from semievol_jax.pipeline.config import (
+    FINAL_DATA,
     BaseConfig,
     DataConfig,
     EvalConfig,
@@ -264,9 +265,10 @@ def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task,
     unlabeled = unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")
     m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
     model, tokenizer = load_model(m1, base_cfg, mesh=mesh, merged=True)
+    plain = user_prompts(tokenizer, task, unlabeled)
     if cfg.k == 0:
-        rows = [{"id": q.id, "text": t, "num_demos": 0}
-                for q, t in zip(unlabeled, user_prompts(tokenizer, task, unlabeled), strict=True)]
+        rows = [{"id": q.id, "text": t, "plain": t, "num_demos": 0}
+                for q, t in zip(unlabeled, plain, strict=True)]
         write_jsonl(ctx.out / "prompts.jsonl", rows)
         return {"k": 0}
     fmt = functools.partial(prompts.format_question, task)
@@ -286,8 +288,8 @@ def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task,
     np.save(ctx.out / "neighbours.npy", idx_QK)
     index.save(ctx.out / "index")
     write_jsonl(ctx.out / "prompts.jsonl",
-                [{"id": q.id, "text": p.text, "num_demos": p.num_demos}
-                 for q, p in zip(unlabeled, demo_prompts, strict=True)])
+                [{"id": q.id, "text": p.text, "plain": t, "num_demos": p.num_demos}
+                 for q, p, t in zip(unlabeled, demo_prompts, plain, strict=True)])
     used = [p.num_demos for p in demo_prompts]
     return {"k": cfg.k, "index": index.describe(), "mean_demos": float(np.mean(used)),
             "mean_top1_score": float(score_QK[:, 0].mean())}
@@ -295,25 +297,46 @@ def run_index(ctx: StageContext, *, base_cfg: BaseConfig, task,
 
 def run_propose(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
                 seed: int) -> dict[str, Any]:
-    """Collaborators: n sampled responses per unlabeled question in one vmapped pass."""
+    """Collaborators: n responses per unlabeled question, with per-token log-probs.
+
+    Collaborators with the same weights and prompt are the samples of one vmapped pass
+    (`num_samples`); each distinct (weights, prompt) group draws from its own named key
+    stream, so adding a group does not move another group's samples.
+    """
     cfg: ProposeConfig = ctx.config
     unlabeled = {q.id: q for q in unlabeled_questions(ctx.inputs["data"] / "unlabeled.jsonl")}
     rows = read_jsonl(ctx.inputs["index"] / "prompts.jsonl")
-    m1 = tuned_ref(ctx.inputs["sft"], base_ref(ctx.inputs["base"]))
-    model, tokenizer = load_model(m1, base_cfg, mesh=mesh, merged=True)
-    out = generate(model, tokenizer, [r["text"] for r in rows], cfg.sample,
-                   key=rng.key_for(seed, "propose"), num_samples=cfg.n, mesh=mesh)
+    base = base_ref(ctx.inputs["base"])
+    refs = {"m1": tuned_ref(ctx.inputs["sft"], base), "base": base}
+    specs = cfg.specs()
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for j, spec in enumerate(specs):
+        groups.setdefault(spec, []).append(j)
+    by_j: dict[int, list] = {}
+    for (weights, icp), members in groups.items():
+        model, tokenizer = load_model(refs[weights], base_cfg, mesh=mesh, merged=True)
+        texts = [r["text"] if icp else r.get("plain", r["text"]) for r in rows]
+        stream = "propose" if len(groups) == 1 else f"propose/{weights}{'+icp' * icp}"
+        out = generate(model, tokenizer, texts, cfg.sample, key=rng.key_for(seed, stream),
+                       num_samples=len(members), mesh=mesh)
+        for k, j in enumerate(members):
+            by_j[j] = [samples[k] for samples in out]
+        del model
     cands = []
-    for r, samples in zip(rows, out, strict=True):
+    for i, r in enumerate(rows):
         opts = unlabeled[r["id"]].options
-        for j, s in enumerate(samples):
+        for j in range(len(specs)):
+            s = by_j[j][i]
             cands.append({"qid": r["id"], "collaborator": j, "response": s.text,
-                          "answer": task.extract_answer(s.text, opts),
-                          "entropy": float(s.entropy),
+                          "answer": task.extract_answer(s.text, opts, rule=cfg.extract),
+                          "entropy": float(s.entropy), "finish": s.finish_reason,
                           "logprobs": [float(x) for x in s.logprobs]})
     write_jsonl(ctx.out / "candidates.jsonl", cands)
     answered = sum(c["answer"] is not None for c in cands)
-    return {"n": cfg.n, "questions": len(rows), "answered_fraction": answered / max(len(cands), 1)}
+    return {"n": len(specs), "questions": len(rows),
+            "collaborators": ["+".join([w] + ["icp"] * i) for w, i in specs],
+            "answered_fraction": answered / max(len(cands), 1),
+            "mean_tokens": float(np.mean([len(c["logprobs"]) for c in cands] or [0]))}
 
 
 def _candidates(path: Path) -> list[selection.Candidate]:
@@ -346,7 +369,8 @@ def run_select(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
                         key=rng.key_for(seed, "reflect"), num_samples=1, mesh=mesh)
         for qid, (s,) in zip(todo, outs, strict=True):
             reflections[qid] = selection.Reflection(
-                task.extract_answer(s.text, unlabeled[qid].options), float(s.entropy), s.text)
+                task.extract_answer(s.text, unlabeled[qid].options, rule=cfg.extract),
+                float(s.entropy), s.text)
     write_jsonl(ctx.out / "reflections.jsonl",
                 [{"qid": q, "answer": r.answer, "entropy": r.entropy, "response": r.response}
                  for q, r in reflections.items()])
@@ -355,16 +379,26 @@ def run_select(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
     labels = sel.pseudo_labels()
     write_jsonl(ctx.out / "pseudo.jsonl",
                 [{**_example_row(unlabeled[q]), "answer": a} for q, a in labels.items()])
+    parsed = sum(r.answer is not None for r in reflections.values())
     return {**{k: v for k, v in sel.stats.items() if isinstance(v, int | float | str)},
-            "reflected": len(reflections), "selected": len(labels), "message": sel.message}
+            "consistent_fraction": 1 - len(todo) / max(len(votes), 1) if cfg.reflect else None,
+            "reflected": len(reflections), "selected": len(labels), "message": sel.message,
+            "reflection_parse_rate": parsed / len(reflections) if reflections else None}
 
 
 def run_final(ctx: StageContext, *, base_cfg: BaseConfig, sft_cfg: SftConfig, task,
               mesh, seed: int) -> dict[str, Any]:
-    """Final tuning on labeled + selected pseudo-labeled, from M1 (official) or the base."""
+    """Final tuning on the selected pseudo-labels (official) or labeled + selected
+    (`final.data`), from M1 (official) or the base."""
     cfg: FinalConfig = ctx.config
-    exs = examples(ctx.inputs["data"] / "labeled.jsonl")
+    if cfg.data not in FINAL_DATA:
+        raise UserError(f"final.data={cfg.data!r}; expected one of {FINAL_DATA}")
+    exs = (examples(ctx.inputs["data"] / "labeled.jsonl")
+           if cfg.data == "labeled+selected" else [])
     pseudo = examples(ctx.inputs["select"] / "pseudo.jsonl")
+    if not exs + pseudo:
+        raise UserError("final: no pseudo-label was selected and final.data='selected': "
+                        "nothing to tune on")
     base = base_ref(ctx.inputs["base"])
     start = tuned_ref(ctx.inputs["sft"], base) if cfg.from_sft else base
     train_cfg = dataclasses.replace(cfg.train, mode=sft_cfg.train.mode)
@@ -405,15 +439,17 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
                            None if mesh is None else dict(mesh.shape))
         outs = EVAL_ANSWERS.get(key, functools.partial(_decode_test, ref, base_cfg, task, test,
                                                        cfg, seed, mesh))
-        correct, entropies = [], []
+        correct, entropies, parsed = [], [], 0
         for ex, (s,) in zip(test, outs, strict=True):
-            pred = task.extract_answer(s.text, ex.options)
+            pred = task.extract_answer(s.text, ex.options, rule=cfg.extract)
+            parsed += pred is not None
             ok = pred is not None and task.is_correct(pred, ex.answer)
             correct.append(ok)
             entropies.append(float(s.entropy))
             preds.append({"model": name, "id": ex.id, "pred": pred, "gold": ex.answer,
                           "correct": ok, "entropy": float(s.entropy), "response": s.text})
         results[name] = {"accuracy": float(np.mean(correct)) if correct else float("nan"),
+                         "parse_rate": parsed / len(test) if test else float("nan"),
                          "entropies": entropies}
     # The one place the unlabeled gold answers are read: scoring the pseudo-labels.
     gold = GoldAnswers(json.loads(
@@ -421,8 +457,29 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
     sel = selection.Selection.from_dict(
         json.loads((ctx.inputs["select"] / "selection.json").read_text()))
     score = selection.score_pseudo_labels(sel, gold, thetas=thetas, is_correct=task.is_correct)
+    demos = _demo_agreement(ctx.inputs["index"], ctx.inputs["data"], gold)
     write_json_atomic(ctx.out / "eval.json", {"models": results,
-                                              "pseudo_labels": dataclasses.asdict(score)})
+                                              "pseudo_labels": dataclasses.asdict(score),
+                                              "demonstrations": demos})
     write_jsonl(ctx.out / "predictions.jsonl", preds)
     return {f"acc_{k}": v["accuracy"] for k, v in results.items()} | {
-        "pseudo_label_accuracy": score.accuracy_selected}
+        f"parse_{k}": v["parse_rate"] for k, v in results.items()} | {
+        "pseudo_label_accuracy": score.accuracy_selected,
+        "demo_gold_match": demos["gold_match"] if demos else None}
+
+
+def _demo_agreement(index_dir: Path, data_dir: Path, gold: GoldAnswers) -> dict | None:
+    """How often a retrieved demonstration's gold answer equals its unlabeled question's
+    (scored after the fact: the method never reads the unlabeled gold)."""
+    path = index_dir / "neighbours.npy"
+    if not path.exists():
+        return None
+    idx_QK = np.load(path)
+    labeled = examples(data_dir / "labeled.jsonl")
+    unlabeled = unlabeled_questions(data_dir / "unlabeled.jsonl")
+    pairs = [(labeled[j].answer, gold[q.id]) for q, row in zip(unlabeled, idx_QK, strict=True)
+             if q.id in gold for j in row]
+    if not pairs:
+        return None
+    same = sum(a.strip().upper() == g.strip().upper() for a, g in pairs)
+    return {"pairs": len(pairs), "gold_match": same / len(pairs), "k": int(idx_QK.shape[1])}

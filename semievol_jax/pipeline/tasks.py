@@ -12,7 +12,7 @@ A task is a frozen `Task` record. Its `kind` decides three things:
 
 Every response is expected to end with `Answer: X`; `extract_answer` reads the *last*
 such line (a model that revises itself is judged on its final word). With
-`lenient=True` a response without that line is read as a small instruct model writes
+`rule="lenient"` a response without that line is read as a small instruct model writes
 one: "The answer is B", "B. neutral", or the text of exactly one option; a response that
 only lists the options again gives no answer. User-defined
 tasks come from a dict or YAML (`Task.from_dict`, `register_tasks`) without code changes.
@@ -65,6 +65,8 @@ _LEADING_WORD = re.compile(r"^(?:option|choice)\s+", re.IGNORECASE)
 _UPPER_LETTER = re.compile(r"^([A-Z])(?![A-Za-z0-9])")
 _LOWER_LETTER = re.compile(r"^([a-z])[\s).\]*_'\"`,;:!]*$")
 # A number: thousands commas only in groups of three, so "1,2" is not read as 12.
+EXTRACTION_RULES = ("last", "lenient", "official")
+_OFFICIAL_RE = re.compile(r"Answer:\s*(\S+)")  # the official code's extraction
 # Lenient reading: "the (correct|final) answer is B", "answer would be: B", "option B".
 _PHRASE_RE = re.compile(
     r"\b(?:the\s+)?(?:correct\s+|final\s+|right\s+|best\s+)?(?:answer|option|choice)"
@@ -177,7 +179,7 @@ class Task:
     # -- answers -------------------------------------------------------------------
 
     def extract_answer(self, response: str | None, options: Sequence[str] | None = None,
-                       *, lenient: bool = False) -> str | None:
+                       *, rule: str = "last") -> str | None:
         """Reads the final answer out of a model response.
 
         The last `Answer: X` that parses wins. Case, whitespace, markdown emphasis,
@@ -188,20 +190,27 @@ class Task:
           options: the question's options (choice tasks). When given, a letter past the
             last option gives None, and an answer that repeats an option's text
             ("Answer: positive") maps to that option's letter.
-          lenient: choice tasks: when no `Answer:` line parses, read the response as a
-            model that ignores the format writes it (see the module docstring).
+          rule: "last" (the last `Answer:` that parses), "lenient" (that, else, for
+            choice tasks, the response read as a model that ignores the format writes
+            it; see the module docstring) or "official" (the official code's rule: the
+            first "Answer:" and the whitespace-free token after it, as written, so "B." is not "B").
 
         Returns:
           choice: an uppercase letter; value: a canonical number string ("1234.5",
           "12%"); text: the answer text with wrapping removed. None when absent.
         """
+        if rule not in EXTRACTION_RULES:
+            raise ValueError(f"rule {rule!r}; expected one of {EXTRACTION_RULES}")
         if not response:
             return None
+        if rule == "official":
+            m = _OFFICIAL_RE.search(response)
+            return m.group(1) if m else None
         for m in reversed(list(_ANSWER_RE.finditer(response))):
             got = self._parse_answer_text(_text_after(response, m.end()), options)
             if got is not None:
                 return got
-        if lenient and self.kind == "choice":
+        if rule == "lenient" and self.kind == "choice":
             return _lenient_choice(response, options)
         return None
 
