@@ -396,9 +396,11 @@ def run_final(ctx: StageContext, *, base_cfg: BaseConfig, sft_cfg: SftConfig, ta
     exs = (examples(ctx.inputs["data"] / "labeled.jsonl")
            if cfg.data == "labeled+selected" else [])
     pseudo = examples(ctx.inputs["select"] / "pseudo.jsonl")
-    if not exs + pseudo:
-        raise UserError("final: no pseudo-label was selected and final.data='selected': "
-                        "nothing to tune on")
+    if not exs + pseudo:  # nothing selected: M2 is the model the tuning would start from
+        note = "no pseudo-label selected and final.data='selected': no final tuning"
+        print(f"[final] {note}", flush=True)
+        write_json_atomic(ctx.out / "train.json", {"disabled": True, "reason": note})
+        return {"disabled": True, "labeled": 0, "pseudo": 0}
     base = base_ref(ctx.inputs["base"])
     start = tuned_ref(ctx.inputs["sft"], base) if cfg.from_sft else base
     train_cfg = dataclasses.replace(cfg.train, mode=sft_cfg.train.mode)
