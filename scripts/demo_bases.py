@@ -23,11 +23,12 @@ from pathlib import Path
 
 from semievol_jax import environment
 from semievol_jax.config import load_config
-from semievol_jax.demo.driver import SEEDS, headline
+from semievol_jax.demo.driver import SEEDS
 from semievol_jax.files import write_json_atomic
 from semievol_jax.pipeline import graph
 from semievol_jax.pipeline.config import RunConfig
 from semievol_jax.pipeline.runner import read_record
+from semievol_jax.study import headline
 
 
 def run_grid(out: Path, bases: list[int], seeds: list[int], overrides: list[str]) -> list[dict]:

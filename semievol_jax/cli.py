@@ -48,6 +48,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                          workers=args.jobs)
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from semievol_jax import commands
+
+    return commands.study(args.config, args.overrides, out=args.out, seeds=args.seeds,
+                          ablation_seeds=args.ablation_seeds, workers=args.jobs)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from semievol_jax.pipeline.runner import status
 
@@ -120,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("overrides", nargs="*", help="dotted overrides of the demo preset")
     sp.set_defaults(fn=_cmd_demo)
 
+    sp = sub.add_parser("study", help="a preset over seeds with its ablation rows, one "
+                                      "report (mean and std over seeds)")
+    sp.add_argument("--config", required=True, help="preset name or YAML file")
+    sp.add_argument("--out", required=True, help="output directory")
+    sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sp.add_argument("--ablation-seeds", type=int, nargs="*", default=None,
+                    help="seeds that also run the ablations (default: every seed)")
+    sp.add_argument("--jobs", type=_positive_int, default=None,
+                    help="worker processes (default: one per core, at most 4)")
+    sp.add_argument("overrides", nargs="*", help="dotted overrides of the preset")
+    sp.set_defaults(fn=_cmd_study)
+
     sp = sub.add_parser("status", help="which stages of a run are done")
     sp.add_argument("run_dir")
     sp.set_defaults(fn=_cmd_status)
@@ -152,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     set_determinism_flags()  # before anything starts a JAX backend
     set_quiet_imports()  # before anything imports transformers (workers inherit it)
     args = build_parser().parse_args(argv)
-    if args.command in ("run", "ablate", "demo", "verify"):
+    if args.command in ("run", "ablate", "demo", "study", "verify"):
         enable_compilation_cache()
     try:
         return int(args.fn(args) or 0)

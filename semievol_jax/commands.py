@@ -16,6 +16,7 @@ from semievol_jax.config import load_config
 from semievol_jax.demo import driver
 from semievol_jax.pipeline import graph, provenance, summary, variants, verify
 from semievol_jax.pipeline.config import RunConfig
+from semievol_jax.study import run_study
 
 
 def _config_arg(config: str) -> str:
@@ -53,10 +54,21 @@ def demo(out: str | Path, *, quick: bool, overrides: list[str], workers: int | N
     return driver.run_demo(Path(out), quick=quick, overrides=overrides, workers=workers)
 
 
+def study(config: str, overrides: list[str], *, out: str | Path, seeds: list[int],
+          ablation_seeds: list[int] | None = None, workers: int | None = None) -> int:
+    """`semievol study`: `config` over `seeds` with its ablations (semievol_jax/study.py)."""
+    run_study(Path(out), preset=_config_arg(config), overrides=overrides, seeds=seeds,
+              ablation_seeds=ablation_seeds, workers=workers)
+    return 0
+
+
 def rerun(prov: provenance.Provenance, out: Path) -> None:
     """Make in `out` a fresh run of the command and arguments `prov` records."""
     if prov.kind == "demo":
         demo(out, quick=prov.args["quick"], overrides=prov.args["overrides"])
+    elif prov.kind == "study":
+        study(prov.args["config"], prov.args["overrides"], out=out, seeds=prov.args["seeds"],
+              ablation_seeds=prov.args["ablation_seeds"])
     else:
         run(prov.args["config"], prov.args["overrides"], run_dir=str(out),
             ablate=prov.kind == "ablate")

@@ -162,7 +162,7 @@ def test_read_corpus_names_the_bad_line(tmp_path):
     ([0.60, 0.50, 0.55], [0.55, 0.45, 0.50], False, True),  # SFT spread large, gap steady
 ])
 def test_headline_criteria(semi, sft, strict, paired):
-    from semievol_jax.demo.driver import headline, headline_markdown
+    from semievol_jax.study import headline, headline_markdown
 
     h = headline({"semievol": {"per_seed": semi}, "sft": {"per_seed": sft},
                   "vanilla": {"per_seed": [0.0] * len(semi)}})

@@ -52,11 +52,16 @@ def test_default_workers_is_one_per_core_up_to_four():
 
 def test_demo_jobs_share_the_first_seeds_base_and_sweep_it_only(tmp_path):
     from semievol_jax.config import load_config
-    from semievol_jax.demo.driver import demo_jobs, seed_variants
+    from semievol_jax.demo.driver import demo_variants
     from semievol_jax.pipeline.config import RunConfig
+    from semievol_jax.study import ablation_variants, study_jobs
 
     cfg = load_config(RunConfig, "demo", [])
-    jobs = demo_jobs(cfg, tmp_path, (0, 1, 2), sweep=True)
+
+    def seed_variants(c, sweep):
+        return ablation_variants(c) | demo_variants(c, sweep=sweep)
+
+    jobs = study_jobs(cfg, tmp_path, (0, 1, 2), lambda c: seed_variants(c, c.seed == 0))
     by = {j.name: j for j in jobs}
     parallel._check(jobs)
     assert jobs[0].name == "seed0/base" and jobs[0].stop_after == "base"

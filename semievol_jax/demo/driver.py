@@ -1,33 +1,18 @@
 """`semievol demo`: the whole method, its ablations and a small n / θ sweep, over seeds.
 
-Layout of the output directory (results/demo by default):
-  seed<S>/                 the full pipeline for seed S (seed 0 makes the shared
-                           data and base stages; the other seeds adopt them)
-  seed<S>/ablations/<A>/   "without IWP / ICP / CL / AS"
-  seed<S>/sweep/<name>/    n collaborators and θ variants
-  report.md, metrics.json, plots/*.png, digests.json (every sub-run's stage digests),
-  provenance.json (the arguments, the CPU and the worker settings)
+A study (semievol_jax/study.py) of the demo preset: its layout, plus
+  seed<first>/sweep/<name>/    n collaborators and θ variants
+and, since the preset runs without demonstrations, a "with ICP" row.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import time
 from pathlib import Path
-from typing import Any
 
-from semievol_jax.config import load_config
-from semievol_jax.files import write_json_atomic
 from semievol_jax.pipeline import parallel
-from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
-from semievol_jax.pipeline.graph import stage_dir
-from semievol_jax.pipeline.provenance import write_provenance
-from semievol_jax.pipeline.runner import DIGESTS, digest_table
-from semievol_jax.pipeline.summary import format_summary, write_run_report
-from semievol_jax.pipeline.variants import variant_jobs
-from semievol_jax.stats import mean_std
+from semievol_jax.pipeline.config import RunConfig
+from semievol_jax.study import Variants, run_study
 
 SEEDS = (0, 1, 2)
 SWEEP_N = (2, 8)  # collaborators, besides the preset's n (first seed only: time budget)
@@ -44,110 +29,17 @@ def sweep_variants(cfg: RunConfig) -> dict[str, RunConfig]:
     return out
 
 
-def ablation_variants(cfg: RunConfig) -> dict[str, RunConfig]:
-    """The "without X" rows that differ from `cfg` itself, plus "with ICP" when `cfg`
-    runs without demonstrations (the demo preset: its tiny base has no in-context
-    learning, docs/demo.md), so the table still shows what ICP does."""
+def demo_variants(cfg: RunConfig, *, sweep: bool) -> Variants:
+    """Besides the ablations: "with ICP" when `cfg` runs without demonstrations (the demo
+    preset: its tiny base has no in-context learning, docs/demo.md), so the table still
+    shows what ICP does; and (for the first seed) the n / θ sweep."""
     rep = dataclasses.replace
-    out = {ab: v for ab in ABLATIONS
-           if rep(v := with_ablation(cfg, ab), ablation="") != rep(cfg, ablation="")}
+    out: Variants = {}
     if cfg.index.k == 0:
-        out["with_icp"] = rep(cfg, index=rep(cfg.index, k=ICP_K))
-    return out
-
-
-def seed_variants(cfg: RunConfig, *, sweep: bool) -> dict[str, tuple[str, RunConfig]]:
-    """Seed `cfg.seed`'s variants: the ablations and (optionally) the sweep."""
-    variants = {ab: ("ablations", v) for ab, v in ablation_variants(cfg).items()}
+        out["with_icp"] = ("ablations", rep(cfg, index=rep(cfg.index, k=ICP_K)))
     if sweep:
-        variants |= {name: ("sweep", v) for name, v in sweep_variants(cfg).items()}
-    return variants
-
-
-def demo_jobs(base_cfg: RunConfig, out: Path, seeds: tuple[int, ...], *, sweep: bool
-              ) -> list[parallel.Job]:
-    """Every run of the demo as jobs: the first seed's data and base, each seed's method
-    (the other seeds adopt that data and base), then each seed's variants."""
-    first = dataclasses.replace(base_cfg, seed=seeds[0])
-    root = out / f"seed{seeds[0]}"
-    prefix = parallel.Job(f"seed{seeds[0]}/base", first, root, stop_after="base")
-    shared = {n: stage_dir(root, n) for n in ("data", "base")}
-    mains, rest = [], []
-    for seed in seeds:
-        cfg = dataclasses.replace(base_cfg, seed=seed)
-        main, *variants = variant_jobs(
-            cfg, out / f"seed{seed}", seed_variants(cfg, sweep=sweep and seed == seeds[0]),
-            shared=None if seed == seeds[0] else shared, after=(prefix.name,),
-            prefix=f"seed{seed}/")
-        mains.append(main)
-        rest += variants
-    # Longest first, so the last jobs to start are short ones and neither worker sits idle
-    # while the other finishes a long one. A variant's cost is mostly its propose stage:
-    # n samples of prompts that k demonstrations make (1 + k) times longer. Stable sort:
-    # equal costs keep their order.
-    rest.sort(key=lambda j: -j.cfg.propose.n * (1 + j.cfg.index.k))
-    return [prefix, *mains, *rest]
-
-
-def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[str, Any]]],
-                  wall_s: float) -> dict[str, Any]:
-    """report.md, metrics.json, plots and digests.json (every sub-run's stage digests)."""
-    summary = write_run_report(out, out / "seed0", cfg, per_seed, wall_s, title=TITLE)
-    write_json_atomic(out / DIGESTS, digest_table(out))
-    head = headline(summary)
-    metrics = json.loads((out / "metrics.json").read_text())
-    write_json_atomic(out / "metrics.json", {**metrics, "headline": head})
-    with open(out / "report.md", "a", encoding="utf-8") as f:
-        f.write("\n" + headline_markdown(head))
-    return summary
-
-
-def headline(summary: dict[str, Any]) -> dict[str, Any]:
-    """The demo's bar: SemiEvol beats SFT by more than two standard deviations of the
-    seed-to-seed spread, and SFT beats vanilla.
-
-    Both readings of "spread" are computed: the larger of the two methods' own standard
-    deviations over seeds (strict), and that of the per-seed paired gap (same seed =
-    same SFT model M1, so the gap's spread is what the method itself adds). Standard
-    deviations are `stats.mean_std`'s, as in the report's accuracy table; with one seed
-    there is none (0 here) and no criterion is met.
-    """
-    semi, sft, van = (summary[k]["per_seed"] for k in ("semievol", "sft", "vanilla"))
-    (semi_mean, semi_std), (sft_mean, sft_std) = mean_std(semi), mean_std(sft)
-    van_mean = mean_std(van)[0]
-    paired = [a - b for a, b in zip(semi, sft, strict=True)]
-    paired_mean, paired_std = mean_std(paired)
-    several = len(semi) > 1
-    gap = semi_mean - sft_mean
-    spread = max(semi_std or 0.0, sft_std or 0.0)
-    return {
-        "seeds": len(semi), "semievol_mean": semi_mean, "sft_mean": sft_mean,
-        "vanilla_mean": van_mean, "gap": gap, "spread_strict": spread,
-        "paired_gaps": paired, "paired_gap_std": paired_std or 0.0,
-        "met_strict": several and gap > 2 * spread,
-        "met_paired": several and paired_mean > 2 * (paired_std or 0.0),
-        "sft_beats_vanilla": sft_mean > van_mean,
-    }
-
-
-def headline_markdown(h: dict[str, Any]) -> str:
-    def yes(b: bool) -> str:
-        return "yes" if b else "**no**"
-
-    return (
-        "## Headline\n\n"
-        f"Over {h['seeds']} seed(s): SemiEvol {100 * h['semievol_mean']:.1f} vs SFT "
-        f"{100 * h['sft_mean']:.1f} (gap {100 * h['gap']:+.1f} points) vs vanilla "
-        f"{100 * h['vanilla_mean']:.1f}.\n\n"
-        "| criterion | value | met |\n|---|---|---|\n"
-        f"| gap > 2 x larger per-method std ({100 * h['spread_strict']:.1f}) | "
-        f"{100 * h['gap']:+.1f} | {yes(h['met_strict'])} |\n"
-        f"| mean paired gap > 2 x its std ({100 * h['paired_gap_std']:.1f}); per seed "
-        f"{', '.join(f'{100 * g:+.0f}' for g in h['paired_gaps'])} | "
-        f"{100 * h['gap']:+.1f} | {yes(h['met_paired'])} |\n"
-        f"| SFT > vanilla | {100 * h['sft_mean']:.1f} > {100 * h['vanilla_mean']:.1f} | "
-        f"{yes(h['sft_beats_vanilla'])} |\n"
-    )
+        out |= {name: ("sweep", v) for name, v in sweep_variants(cfg).items()}
+    return out
 
 
 def run_demo(out: Path, *, quick: bool = False, overrides: list[str] = (),
@@ -158,22 +50,10 @@ def run_demo(out: Path, *, quick: bool = False, overrides: list[str] = (),
     `parallel.default_workers()`; `semievol_jax.pipeline.parallel`): the digests depend on
     the kind of CPU only, not on its core count or on `workers`.
     """
-    start = time.perf_counter()
-    workers = parallel.default_workers() if workers is None else workers
     seeds = SEEDS[:1] if quick else SEEDS
-    base_cfg = load_config(RunConfig, "demo", list(overrides))
-    # The workers and malloc settings: what the wall time depends on besides the CPU
-    # (the digests depend on neither).
-    write_provenance(out, "demo", {"quick": quick, "overrides": list(overrides)},
-                     workers=workers,
-                     glibc_tunables=parallel.malloc_tunables(os.environ.get("GLIBC_TUNABLES")))
-    jobs = demo_jobs(base_cfg, out, seeds, sweep=not quick)
-    done = parallel.run_jobs(jobs, workers=workers)
-    per_seed: dict[int, dict[str, dict[str, Any]]] = {s: {} for s in seeds}
-    for job in jobs:
-        seed, _, name = job.name.partition("/")
-        if job.stop_after is None:
-            per_seed[int(seed.removeprefix("seed"))][name] = done[job.name]
-    summary = write_outputs(out, base_cfg, per_seed, time.perf_counter() - start)
-    print(format_summary(summary))
+    run_study(out, preset="demo", overrides=overrides, seeds=seeds,
+              extra_variants=lambda cfg: demo_variants(cfg, sweep=not quick
+                                                       and cfg.seed == seeds[0]),
+              workers=parallel.default_workers() if workers is None else workers,
+              title=TITLE, kind="demo", args={"quick": quick, "overrides": list(overrides)})
     return 0

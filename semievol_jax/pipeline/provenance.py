@@ -19,7 +19,7 @@ from semievol_jax.errors import UserError
 from semievol_jax.files import write_json_atomic
 
 PROVENANCE = "provenance.json"
-KINDS = ("run", "ablate", "demo")
+KINDS = ("run", "ablate", "demo", "study")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Provenance:
     """What made a results directory.
 
     Attributes:
-      kind: the command: "run", "ablate" or "demo".
+      kind: the command: "run", "ablate", "demo" or "study".
       args: its arguments, by name, as the command takes them (JSON values); what the
         results depend on.
       machine: where it ran (the CPU, as `environment.cpu_info` names it, and whatever

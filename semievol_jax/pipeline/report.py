@@ -68,6 +68,20 @@ def pseudo_label_stats(selection: Selection, score: PseudoLabelScore | None = No
     )
 
 
+# stage metric -> what the report calls it (pipeline/summary.py collects them).
+DIAGNOSTICS = {
+    "propose.answered_fraction": "proposals whose answer parses",
+    "propose.cut_at_budget_fraction": "proposals cut at the token budget",
+    "select.consistent_fraction": "questions whose collaborators all agree (consistency)",
+    "select.reflection_parse_rate": "reflections whose answer parses",
+    "eval.parse_vanilla": "test answers that parse: vanilla",
+    "eval.parse_sft": "test answers that parse: SFT",
+    "eval.parse_semievol": "test answers that parse: SemiEvol",
+    "eval.pseudo_label_accuracy": "selected pseudo-labels that are right",
+    "eval.demo_gold_match": "demonstrations whose gold answer equals the question's",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ReportInputs:
     """Everything a report shows.
@@ -83,6 +97,8 @@ class ReportInputs:
       versions: package -> version.
       device: device description (backend, kind, count, ...).
       stage_seconds: stage name -> wall time in seconds.
+      diagnostics: what each step of the method did (`DIAGNOSTICS` names them) -> its
+        per-seed values (fractions in [0, 1]).
       notes: free lines appended at the end (warnings, leakage summary, ...).
     """
 
@@ -97,6 +113,7 @@ class ReportInputs:
     versions: Mapping[str, str] = dataclasses.field(default_factory=dict)
     device: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     stage_seconds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    diagnostics: Mapping[str, Sequence[float]] = dataclasses.field(default_factory=dict)
     notes: Sequence[str] = ()
 
 
@@ -167,6 +184,12 @@ def render_markdown(inp: ReportInputs, plots: Sequence[Path] = ()) -> str:
                                 for t in thetas]
                     for r, p in sorted(inp.pseudo_labels.items())]
             lines += _md_table(["round", *[f"θ={t:g}" for t in thetas]], rows) + [""]
+    if inp.diagnostics:
+        rows = [[DIAGNOSTICS.get(k, k), format_accuracy(v)]
+                for k, v in inp.diagnostics.items() if v]
+        lines += ["## What each step did", "",
+                  "Rates (%) of the method's run, mean ± std over seeds.", "",
+                  *_md_table(["measure", "value"], rows), ""]
     if inp.accuracy_per_round:
         n = max(len(v) for v in inp.accuracy_per_round.values())
         rows = [[STRATEGY_LABELS.get(s, s)] + [_fmt(v[i]) if i < len(v) else "-"
@@ -220,6 +243,8 @@ def metrics_dict(inp: ReportInputs) -> dict[str, Any]:
                                for k, v in inp.accuracy_per_round.items()},
         "entropy_summary": {k: _summary(v) for k, v in inp.entropies.items()},
         "stage_seconds": dict(inp.stage_seconds),
+        "diagnostics": {k: {"values": [float(x) for x in v], "mean": mean_std(v)[0],
+                            "std": mean_std(v)[1]} for k, v in inp.diagnostics.items() if v},
         "versions": dict(inp.versions),
         "device": dict(inp.device),
     }

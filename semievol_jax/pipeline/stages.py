@@ -333,9 +333,11 @@ def run_propose(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
                           "logprobs": [float(x) for x in s.logprobs]})
     write_jsonl(ctx.out / "candidates.jsonl", cands)
     answered = sum(c["answer"] is not None for c in cands)
+    cut = sum(c["finish"] == "length" for c in cands)
     return {"n": len(specs), "questions": len(rows),
             "collaborators": ["+".join([w] + ["icp"] * i) for w, i in specs],
             "answered_fraction": answered / max(len(cands), 1),
+            "cut_at_budget_fraction": cut / max(len(cands), 1),
             "mean_tokens": float(np.mean([len(c["logprobs"]) for c in cands] or [0]))}
 
 
@@ -441,10 +443,11 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
                            None if mesh is None else dict(mesh.shape))
         outs = EVAL_ANSWERS.get(key, functools.partial(_decode_test, ref, base_cfg, task, test,
                                                        cfg, seed, mesh))
-        correct, entropies, parsed = [], [], 0
+        correct, entropies, parsed, cut = [], [], 0, 0
         for ex, (s,) in zip(test, outs, strict=True):
             pred = task.extract_answer(s.text, ex.options, rule=cfg.extract)
             parsed += pred is not None
+            cut += s.finish_reason == "length"
             ok = pred is not None and task.is_correct(pred, ex.answer)
             correct.append(ok)
             entropies.append(float(s.entropy))
@@ -452,6 +455,7 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
                           "correct": ok, "entropy": float(s.entropy), "response": s.text})
         results[name] = {"accuracy": float(np.mean(correct)) if correct else float("nan"),
                          "parse_rate": parsed / len(test) if test else float("nan"),
+                         "cut_at_budget": cut / len(test) if test else float("nan"),
                          "entropies": entropies}
     # The one place the unlabeled gold answers are read: scoring the pseudo-labels.
     gold = GoldAnswers(json.loads(

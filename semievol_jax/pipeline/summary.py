@@ -96,6 +96,23 @@ def accuracy_per_round(per_seed: PerSeed) -> dict[str, list[float]]:
     return {k: [mean_std(x)[0] for x in rows] for k, rows in per_round.items()}
 
 
+def diagnostics(per_seed: PerSeed) -> dict[str, list[float]]:
+    """report.DIAGNOSTICS -> per-seed values, from the method's (not the ablations') stage
+    records of round 1; a measure a seed did not record (no reflection, k=0) is left out."""
+    out: dict[str, list[float]] = {}
+    for name in report.DIAGNOSTICS:
+        stage, _, metric = name.partition(".")
+        values = []
+        for variants in per_seed.values():
+            rec = variants.get("semievol", {}).get(stage)
+            v = (rec or {}).get("metrics", {}).get(metric)
+            if isinstance(v, int | float) and v == v:  # not None, not NaN
+                values.append(float(v))
+        if values:
+            out[name] = values
+    return out
+
+
 def write_run_report(out: Path, main_run: Path, cfg: RunConfig, per_seed: PerSeed,
                      wall_s: float, *, title: str) -> dict[str, Any]:
     """report.md + metrics.json + plots in `out` from finished runs' records; returns
@@ -123,6 +140,7 @@ def write_run_report(out: Path, main_run: Path, cfg: RunConfig, per_seed: PerSee
         device={"backend": info["jax_backend"], "devices": info["devices"],
                 "cpu": environment.cpu_kind(info["cpu"])},
         stage_seconds=stage_seconds(per_seed),
+        diagnostics=diagnostics(per_seed),
         notes=[f"seeds: {sorted(per_seed)}; wall time of this invocation {wall_s:.0f}s "
                "(stages reused from an earlier invocation count their original time)"],
     ), out)
