@@ -121,7 +121,7 @@ def test_plan_batches_sorts_and_buckets():
     lengths = [40, 3, 17, 16, 200, 5]
     plan = plan_batches(lengths, 2)
     assert [idx for idx, _ in plan] == [[1, 5], [3, 2], [0, 4]]
-    assert [t for _, t in plan] == [16, 32, 256]
+    assert [t for _, t in plan] == [16, 24, 256]  # lengths 1.5x apart: 17 -> 24, 200 -> 256
 
 
 def test_long_and_empty_prompts_and_zero_new_tokens(tiny_model):
@@ -154,3 +154,14 @@ def test_render_prompt_uses_chat_template(tiny_model):
     ids = tokenize_prompts(tiny_model.tokenizer, [text])[0]
     bos = tiny_model.tokenizer.bos_token_id
     assert ids[0] == bos and ids[1] != bos  # one BOS, not two
+
+
+def test_bucket_lengths_are_powers_of_two_and_their_three_quarters():
+    from semievol_jax.generate.generator import bucket_length
+
+    assert [bucket_length(n) for n in (1, 16, 17, 25, 33, 49, 65, 97, 129, 193, 1000)] == [
+        16, 16, 24, 32, 48, 64, 96, 128, 192, 256, 1024]
+    for n in range(1, 2000):
+        b = bucket_length(n)
+        assert b >= n and b <= max(16, 1.5 * n) and b in {2**k for k in range(4, 12)} | {
+            3 * 2**k for k in range(3, 11)}

@@ -1,7 +1,7 @@
 """Text embeddings from the model's own hidden states (SemiEvol's in-context propagation).
 
 ``embed`` runs the model without a cache over left-padded, length-bucketed batches (the
-same bucketing as generation: one compiled program per power-of-two length), pools one
+same bucketing as generation: one compiled program per length bucket), pools one
 hidden layer over each text's tokens and L2-normalises, so cosine similarity is a dot
 product for the retrieval index. The LM head's logits are never used, so XLA drops that
 matmul from the compiled program.

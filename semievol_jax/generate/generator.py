@@ -1,9 +1,9 @@
 """Text-level generation: prompts in, M samples per prompt out, bucketed and in input order.
 
 Prompts are tokenised, sorted by length (less padding), cut into batches of one batch
-size per call and padded on the left to a power-of-two length (minimum 16), so a pass
-over any number of prompts compiles one program per length bucket: 1,000 prompts of 10
-to 1,000 tokens build at most 7. Each prompt's samples are keyed on its index in
+size per call and padded on the left to one of a few lengths (16, 24, 32, 48, ..., 1.5x
+apart), so a pass over any number of prompts compiles one program per length bucket:
+1,000 prompts of 10 to 1,000 tokens build at most 13. Each prompt's samples are keyed on its index in
 ``prompts`` (see :func:`decode.sample_keys`), so the output does not depend on the
 bucketing or on the other prompts of the call.
 
@@ -99,8 +99,12 @@ def tokenize_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 
 def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
-    """Smallest power of two >= max(n, minimum): the padded prompt length."""
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+    """The padded prompt length: the smallest of 16, 24, 32, 48, 64, 96, ... (powers of
+    two and 1.5x them) >= max(n, minimum). Steps of 1.5x waste at most a third of a
+    batch on padding, where powers of two waste up to half, for twice the programs."""
+    n = max(int(n), minimum)
+    p = 1 << max(0, n - 1).bit_length()  # smallest power of two >= n
+    return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
 
 
 def plan_batches(lengths: list[int], batch_size: int) -> list[tuple[list[int], int]]:

@@ -9,6 +9,7 @@ target sharding.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterator
@@ -202,13 +203,9 @@ def load_hf(
     cfg, weights = open_checkpoint(path_or_hub_id, allow_pickle=allow_pickle, revision=revision)
     param_dtype = param_dtype or dtype
 
-    def build() -> Llama:
-        return Llama(cfg, lora=lora, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
-
-    model = nnx.eval_shape(build)
-    # LoRA params and dropout RNG state get real initial values; under jit the base weights'
-    # random init is dead code and never materialises.
-    nnx.update(model, jax.jit(lambda: nnx.state(build(), _NOT_BASE))())
+    model = nnx.eval_shape(lambda: _build(cfg, lora, dtype, param_dtype, seed))
+    nnx.update(model, _initial_non_base(cfg, lora, jnp.dtype(dtype), jnp.dtype(param_dtype),
+                                        seed))
     for path, items in _by_variable(weight_names(cfg)).items():
         var = _resolve(model, path)
         if items[0][1] is None:  # one tensor, one variable
@@ -233,6 +230,19 @@ def load_hf(
 
 
 _NOT_BASE = nnx.Any(nnx.LoRAParam, nnx.Not(nnx.Param))
+
+
+def _build(cfg: LlamaConfig, lora, dtype, param_dtype, seed: int) -> Llama:
+    return Llama(cfg, lora=lora, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _initial_non_base(cfg: LlamaConfig, lora, dtype, param_dtype, seed: int):
+    """The initial LoRA params and RNG state of a freshly built model. Under jit the base
+    weights' random init is dead code and never materialises; one program per distinct
+    model (static arguments), so the stages of a run that load the same model compile it
+    once."""
+    return nnx.state(_build(cfg, lora, dtype, param_dtype, seed), _NOT_BASE)
 
 
 def _checked(weights: Any, name: str, model: Llama, path: tuple, layer: int | None

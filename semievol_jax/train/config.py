@@ -22,7 +22,9 @@ class TrainConfig:
     batch_size: int = 8  # effective (global) batch in sequences per optimizer step
     micro_batch_size: int | None = None  # sequences per forward pass; None = batch_size
     cutoff_len: int = 1024  # max tokens per example (prompt + response); longer are cut
-    length_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)  # padded lengths (few compiles)
+    # Padded lengths, 1.5x apart: at most a third of a batch is padding, for a few more
+    # compiled programs than powers of two.
+    length_buckets: tuple[int, ...] = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     adam_b1: float = 0.9  # AdamW beta1
     adam_b2: float = 0.999  # AdamW beta2

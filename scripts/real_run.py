@@ -1,0 +1,137 @@
+"""One real-model run end to end, measured: wall time, peak memory, compile time, stages.
+
+The SmolLM2-135M-Instruct preset on the official files cut to `--rows` rows per split
+(mmlu by default: four options), LoRA, 4 collaborators, one demonstration, run in this
+process from an empty run directory with a cold XLA cache. Measured:
+  wall_s            the run, from config to report
+  peak_rss_bytes    this process's peak resident set (ru_maxrss; no children)
+  compile_s         seconds XLA spent compiling (jax.monitoring's backend-compile
+                    events), and trace_s the tracing to StableHLO before it
+  stages            per stage: seconds, from the stage records
+Writes results/bench/real_run.json (key: --key, default `<task>-<rows>/<backend>`).
+`--random-weights` uses random weights of SmolLM2's shape written as an HF checkpoint
+(for machines the 98 MB file cannot reach, e.g. the GPU script).
+
+Usage:
+  python scripts/real_run.py --task mmlu --rows 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+            num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=2048)
+SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+               num_heads=9, num_kv_heads=3, head_dim=64, tie_word_embeddings=True,
+               rope_theta=100000.0, max_position_embeddings=8192)
+
+
+def _random_model(out: Path, shape: dict) -> Path:
+    """Random weights of `shape` with the tiny byte-level tokenizer."""
+    from semievol_jax.model import save_hf
+    from semievol_jax.model.tiny import config_for_tokenizer, random_llama, train_tokenizer
+
+    words = ("the answer is a b c d question option true false which of these is "
+             "correct answer: sentiment positive negative neutral").split()
+    tok = train_tokenizer([" ".join(words)] * 4, 384)
+    cfg = config_for_tokenizer(tok, **shape)
+    return save_hf(random_llama(cfg, seed=0), out, tok)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="mmlu")
+    ap.add_argument("--rows", type=int, default=60)
+    ap.add_argument("--data", default="../shared/data/semievol", help="official data root")
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--tiny", action="store_true",
+                    help="random weights of a 2-layer toy shape (a smoke test of the script)")
+    ap.add_argument("--run-dir", default=None, help="default: a temporary directory")
+    ap.add_argument("--key", default=None)
+    ap.add_argument("--out", default="results/bench/real_run.json")
+    ap.add_argument("overrides", nargs="*", help="more dotted overrides")
+    args = ap.parse_args()
+
+    from semievol_jax.environment import set_determinism_flags, set_quiet_imports
+
+    set_determinism_flags()
+    set_quiet_imports()
+    os.environ.setdefault("SEMIEVOL_XLA_CACHE", "off")  # cold: compile time is measured
+    import jax
+    from bench_common import load_average
+    from jax import monitoring
+
+    from semievol_jax.config import load_config
+    from semievol_jax.environment import enable_compilation_cache
+    from semievol_jax.pipeline import graph, summary
+    from semievol_jax.pipeline.config import RunConfig
+
+    enable_compilation_cache()
+    spent = {"/jax/core/compile/backend_compile_duration": 0.0,
+             "/jax/core/compile/jaxpr_trace_duration": 0.0}
+    counts = {k: 0 for k in spent}
+
+    def listen(event: str, seconds: float, **_: object) -> None:
+        if event in spent:
+            spent[event] += seconds
+            counts[event] += 1
+
+    monitoring.register_event_duration_secs_listener(listen)
+    root = Path(args.data) / args.task
+    tmp = tempfile.TemporaryDirectory()
+    overrides = [f"data.{s}={root / s}.csv" for s in ("labeled", "unlabeled", "test")]
+    overrides += [f"data.max_rows={args.rows}", *args.overrides]
+    if args.random_weights or args.tiny:
+        shape = TINY if args.tiny else SMOLLM2
+        overrides.append(f"base.model={_random_model(Path(tmp.name) / 'random', shape)}")
+    load_before = load_average()
+    start = time.perf_counter()
+    cfg = load_config(RunConfig, f"smollm2-{args.task}", overrides)
+    run_dir = Path(args.run_dir or Path(tmp.name) / "run")
+    records = graph.run_pipeline(cfg, run_dir)
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    stages = summary.stage_seconds({cfg.seed: {"semievol": records}})
+    result = {
+        "command": "python scripts/real_run.py " + " ".join(sys.argv[1:]),
+        "task": args.task, "rows_per_split": args.rows,
+        "weights": ("random (2-layer toy shape)" if args.tiny else "random (SmolLM2's shape)"
+                    if args.random_weights else "SmolLM2-135M-Instruct"),
+        "wall_s": round(wall, 1), "peak_rss_bytes": peak,
+        "compile_s": round(spent["/jax/core/compile/backend_compile_duration"], 1),
+        "programs_compiled": counts["/jax/core/compile/backend_compile_duration"],
+        "trace_s": round(spent["/jax/core/compile/jaxpr_trace_duration"], 1),
+        "compile_share_of_wall": round(
+            spent["/jax/core/compile/backend_compile_duration"] / wall, 3),
+        "stages": {k: round(v, 1) for k, v in stages.items()},
+        "accuracy": {k: v for k, v in graph.headline_metrics(records).items()
+                     if k.startswith("acc_")},
+        "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+        "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "load_average_before": load_before, "load_average_after": load_average(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    print(json.dumps(result, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = json.loads(out.read_text()) if out.is_file() else {}
+    doc[args.key or f"{args.task}-{args.rows}/{jax.default_backend()}"] = result
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
