@@ -72,22 +72,31 @@ def main() -> int:
                         "val_parse_rate_sft": ev["sft"]["parse_rate"],
                         "wall_s": round(time.perf_counter() - t0, 1)})
         print(json.dumps(results[-1]), flush=True)
-    best = max(results, key=lambda r: r["val_accuracy_sft"])
+        _record(Path(args.out), args, results)  # after each run: a long sweep may be cut
+    best = _record(Path(args.out), args, results)
     print(f"{'lr':>8} {'val acc (SFT)':>14} {'vanilla':>8}")
     for r in results:
         print(f"{r['learning_rate']:>8g} {r['val_accuracy_sft']:>14.3f} "
               f"{r['val_accuracy_vanilla']:>8.3f}")
-    out = Path(args.out)
+    print(f"best: {best['learning_rate']:g}; wrote {args.out}")
+    return 0
+
+
+def _record(out: Path, args: argparse.Namespace, results: list[dict]) -> dict:
+    """Merges this task's results into `out` (earlier learning rates kept); returns the best."""
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = json.loads(out.read_text()) if out.is_file() else {}
-    doc[args.task] = {"command": "python scripts/smollm2_sft_lr.py " + " ".join(sys.argv[1:]),
+    old = {r["learning_rate"]: r for r in doc.get(args.task, {}).get("results", [])}
+    merged = sorted({**old, **{r["learning_rate"]: r for r in results}}.values(),
+                    key=lambda r: r["learning_rate"])
+    best = max(merged, key=lambda r: r["val_accuracy_sft"])
+    doc[args.task] = {"command": "python scripts/smollm2_sft_lr.py --task TASK --lrs LR ...",
                       "train_rows": f"labeled.csv rows 1-{args.train}",
                       "val_rows": f"labeled.csv rows {args.train + 1}-{args.train + args.val}",
-                      "epochs": args.epochs, "results": results,
+                      "epochs": args.epochs, "results": merged,
                       "best_learning_rate": best["learning_rate"]}
     out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"best: {best['learning_rate']:g}; wrote {out}")
-    return 0
+    return best
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 Prompts are tokenised, sorted by length (less padding), cut into batches of one batch
 size per call and padded on the left to one of a few lengths (16, 24, 32, 48, ..., 1.5x
 apart), so a pass over any number of prompts compiles one program per length bucket:
-1,000 prompts of 10 to 1,000 tokens build at most 13. Each prompt's samples are keyed on its index in
-``prompts`` (see :func:`decode.sample_keys`), so the output does not depend on the
-bucketing or on the other prompts of the call.
+1,000 prompts of 10 to 1,000 tokens build at most 13. Each prompt's samples are keyed
+on its index in ``prompts`` (see :func:`decode.sample_keys`), so the output does not
+depend on the bucketing or on the other prompts of the call.
 
 Prompt length policy: a prompt that does not leave room for ``max_new_tokens`` inside
 the model's context (``max_position_embeddings``) raises :class:`PromptError` by
