@@ -52,7 +52,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from semievol_jax import commands
 
     return commands.study(args.config, args.overrides, out=args.out, seeds=args.seeds,
-                          ablation_seeds=args.ablation_seeds, workers=args.jobs)
+                          ablation_seeds=args.ablation_seeds, variants=args.variant,
+                          workers=args.jobs)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     sp.add_argument("--ablation-seeds", type=int, nargs="*", default=None,
                     help="seeds that also run the ablations (default: every seed)")
+    sp.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V[,KEY=V]",
+                    help="one more row, run for the first seed: its name and overrides, "
+                         "e.g. official_final_lr:final.train.learning_rate=1e-6")
     sp.add_argument("--jobs", type=_positive_int, default=None,
                     help="worker processes (default: one per core, at most 4)")
     sp.add_argument("overrides", nargs="*", help="dotted overrides of the preset")

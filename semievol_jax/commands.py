@@ -16,7 +16,7 @@ from semievol_jax.config import load_config
 from semievol_jax.demo import driver
 from semievol_jax.pipeline import graph, provenance, summary, variants, verify
 from semievol_jax.pipeline.config import RunConfig
-from semievol_jax.study import run_study
+from semievol_jax.study import parse_variants, run_study
 
 
 def _config_arg(config: str) -> str:
@@ -55,10 +55,13 @@ def demo(out: str | Path, *, quick: bool, overrides: list[str], workers: int | N
 
 
 def study(config: str, overrides: list[str], *, out: str | Path, seeds: list[int],
-          ablation_seeds: list[int] | None = None, workers: int | None = None) -> int:
-    """`semievol study`: `config` over `seeds` with its ablations (semievol_jax/study.py)."""
+          ablation_seeds: list[int] | None = None, variants: list[str] = (),
+          workers: int | None = None) -> int:
+    """`semievol study`: `config` over `seeds` with its ablations and the named
+    `variants` ("name:key=value,key=value", first seed only; semievol_jax/study.py)."""
     run_study(Path(out), preset=_config_arg(config), overrides=overrides, seeds=seeds,
-              ablation_seeds=ablation_seeds, workers=workers)
+              ablation_seeds=ablation_seeds, variants=parse_variants(variants),
+              workers=workers)
     return 0
 
 
@@ -68,7 +71,8 @@ def rerun(prov: provenance.Provenance, out: Path) -> None:
         demo(out, quick=prov.args["quick"], overrides=prov.args["overrides"])
     elif prov.kind == "study":
         study(prov.args["config"], prov.args["overrides"], out=out, seeds=prov.args["seeds"],
-              ablation_seeds=prov.args["ablation_seeds"])
+              ablation_seeds=prov.args["ablation_seeds"],
+              variants=[f"{k}:{','.join(v)}" for k, v in prov.args["variants"].items()])
     else:
         run(prov.args["config"], prov.args["overrides"], run_dir=str(out),
             ablate=prov.kind == "ablate")

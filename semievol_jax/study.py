@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from semievol_jax.config import load_config
+from semievol_jax.errors import UserError
 from semievol_jax.files import write_json_atomic
 from semievol_jax.pipeline import parallel
 from semievol_jax.pipeline.config import ABLATIONS, RunConfig, with_ablation
@@ -130,13 +131,31 @@ def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[
     return summary
 
 
+def parse_variants(specs: Sequence[str]) -> dict[str, list[str]]:
+    """"name:key=value,key=value" strings -> {name: [overrides]}.
+
+    Raises:
+      UserError: a spec without a name or an override without "=".
+    """
+    out = {}
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        overrides = [o for o in rest.split(",") if o]
+        if not name or not overrides or any("=" not in o for o in overrides):
+            raise UserError(f"--variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+        out[name] = overrides
+    return out
+
+
 def run_study(out: Path, *, preset: str, overrides: Sequence[str] = (),
               seeds: Sequence[int] = (0, 1, 2), ablation_seeds: Sequence[int] | None = None,
+              variants: dict[str, list[str]] | None = None,
               extra_variants: Callable[[RunConfig], Variants] | None = None,
               workers: int | None = None, title: str | None = None,
               kind: str = "study", args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run `preset` for every seed, its ablations for `ablation_seeds` (default: every
-    seed) and `extra_variants`, into `out`; finished stages of an earlier run are reused.
+    seed), the named `variants` (overrides on top, first seed only) and
+    `extra_variants`, into `out`; finished stages of an earlier run are reused.
 
     Returns:
       The per-strategy summary (see `pipeline.summary.summarise`).
@@ -146,15 +165,21 @@ def run_study(out: Path, *, preset: str, overrides: Sequence[str] = (),
     seeds = tuple(seeds)
     ablation_seeds = seeds if ablation_seeds is None else tuple(ablation_seeds)
     base_cfg = load_config(RunConfig, preset, list(overrides))
+    variants = dict(variants or {})
+    named = {name: load_config(RunConfig, preset, [*overrides, *more])
+             for name, more in variants.items()}
     # The workers and malloc settings: what the wall time depends on besides the CPU
     # (the digests depend on neither).
     write_provenance(out, kind, args if args is not None else {
         "config": preset, "overrides": list(overrides), "seeds": list(seeds),
-        "ablation_seeds": list(ablation_seeds)}, workers=workers,
+        "ablation_seeds": list(ablation_seeds), "variants": variants}, workers=workers,
         glibc_tunables=parallel.malloc_tunables(os.environ.get("GLIBC_TUNABLES")))
 
     def variants_of(cfg: RunConfig) -> Variants:
         out_v = ablation_variants(cfg) if cfg.seed in ablation_seeds else {}
+        if cfg.seed == seeds[0]:
+            out_v |= {name: ("variants", dataclasses.replace(v, seed=cfg.seed))
+                      for name, v in named.items()}
         return out_v | (extra_variants(cfg) if extra_variants else {})
 
     jobs = study_jobs(base_cfg, out, seeds, variants_of)
