@@ -164,3 +164,22 @@ def test_config_reads_legacy_rope_layout(tiny_model):
     cfg = LlamaConfig.from_hf(hf)
     assert cfg.rope_theta == 500000.0
     assert cfg.rope_scaling == RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)
+
+
+def test_remat_policies_give_the_same_loss_and_gradients(tiny_model):
+    from semievol_jax.model.llama import REMAT_POLICIES
+
+    graphdef, state = nnx.split(tiny_model.model)
+    tokens, positions, valid = _left_padded(tiny_model.cfg.vocab_size, [12, 9], 12, 0)
+
+    def loss(state, remat):
+        out = nnx.merge(graphdef, state)(tokens, positions, valid_BT=valid, remat=remat)
+        return jnp.mean(jax.nn.logsumexp(out.logits_BTV, -1))
+
+    ref_loss, ref_grads = jax.value_and_grad(loss)(state, "none")
+    for policy in REMAT_POLICIES:
+        value, grads = jax.jit(jax.value_and_grad(loss), static_argnums=1)(state, policy)
+        np.testing.assert_allclose(value, ref_loss, rtol=1e-6)
+        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(ref_grads))

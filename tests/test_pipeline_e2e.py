@@ -41,6 +41,8 @@ def tiny_overrides(ckpt: Path, data: Path) -> list[str]:
         "index.k=2", "propose.n=3", "propose.sample.max_new_tokens=6",
         "propose.sample.batch_size=8", "select.reflect_sample.max_new_tokens=6",
         "eval.sample.max_new_tokens=6", "eval.sample.batch_size=8",
+        # The tiny model rarely agrees with itself: keep M2 a trained model.
+        "final.data=labeled+selected",
     ]
 
 

@@ -22,7 +22,12 @@ from semievol_jax.model.lora import Dense, LoraConfig, param
 from semievol_jax.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 AXIS_NAMES = {"D": "embed", "N": "heads", "K": "kv_heads", "H": "head_dim", "F": "mlp"}
+# What each scanned block keeps for the backward pass ("none": everything). "projections"
+# keeps the weight matmuls' outputs and recomputes the attention scores and probabilities
+# ([B, N, T, S] per layer, the largest activations at long T); "full" keeps only each
+# block's input and recomputes the block (one more forward, least memory).
 REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_saveable,
+                  "projections": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
                   "full": jax.checkpoint_policies.nothing_saveable}
 
 
@@ -218,9 +223,8 @@ class Llama(nnx.Module):
             logits_at_BR: optional int positions into T, R per row: logits only there
                 (a loss over response tokens needs no [B, T, V] tensor; at a 128k vocab
                 that tensor is the largest activation of a training step).
-            remat: what each scanned block keeps for the backward pass: "none" (every
-                activation), "dots" (matmul outputs; the rest is recomputed) or "full"
-                (only the block input: least memory, one extra forward).
+            remat: what each scanned block keeps for the backward pass (REMAT_POLICIES):
+                "none", "dots", "projections" or "full".
             unroll: layers per scan iteration (True: the whole stack, one program copy
                 per layer as a Python loop would give).
 

@@ -201,11 +201,14 @@ def run_round_base(ctx: StageContext, *, mesh) -> dict[str, Any]:
         m.save_hf(model, ctx.out / MODEL_DIR, tokenizer=tokenizer, merge_lora=True)
         write_json_atomic(ctx.out / "base.json", {"model": MODEL_DIR, "local": True})
         return {"merged_adapter": True}
-    final = ctx.inputs["prev_final"]
-    if Path(ref.base).resolve() != (final / MODEL_DIR).resolve():
-        raise UserError(f"{final}: the previous round produced no model to continue from")
+    # A final stage that selected nothing left M2 = M1: continue from the SFT checkpoint.
+    owner = next((ctx.inputs[k] for k in ("prev_final", "prev_sft")
+                  if Path(ref.base).resolve() == (ctx.inputs[k] / MODEL_DIR).resolve()), None)
+    if owner is None:
+        raise UserError(f"{ctx.inputs['prev_final']}: the previous round tuned no model to "
+                        "continue from (sft and final both disabled)")
     prefix = MODEL_DIR + "/"
-    files = {k[len(prefix):]: v for k, v in read_record(final)["outputs"].items()
+    files = {k[len(prefix):]: v for k, v in read_record(owner)["outputs"].items()
              if k.startswith(prefix)}
     # ctx.out is a sibling of the final stage directory, so the relative path holds there.
     rel = os.path.relpath(Path(ref.base).resolve(), ctx.out.resolve())

@@ -31,7 +31,10 @@ class TrainConfig:
     adam_eps: float = 1e-8  # AdamW epsilon
     max_grad_norm: float = 1.0  # global-norm gradient clipping; 0 = off
     compute_dtype: str | None = "bfloat16"  # matmul dtype (None: the model's); masters stay f32
-    remat: bool = False  # jax.checkpoint the loss, keeping only matmul outputs (less memory)
+    # What each layer keeps for the backward pass (model/llama.py REMAT_POLICIES): none |
+    # dots | projections (recompute attention scores) | full (recompute each layer);
+    # false/true, as older configs say, read as none/dots
+    remat: str | bool = "none"
     shuffle: bool = True  # seeded permutation of the examples each epoch
     max_steps: int | None = None  # stop after this many optimizer steps (None = all epochs)
     checkpoint_every: int = 100  # optimizer steps between checkpoints (and one at the end)
@@ -51,6 +54,13 @@ class TrainConfig:
     def accum_steps(self) -> int:
         """Microbatches accumulated per optimizer step."""
         return self.batch_size // self.micro
+
+    @property
+    def remat_policy(self) -> str:
+        """`remat` as a REMAT_POLICIES name."""
+        if isinstance(self.remat, bool):
+            return "dots" if self.remat else "none"
+        return self.remat
 
     def validate(self) -> TrainConfig:
         """Raise TrainConfigError naming the first bad field; return self when fine."""
@@ -73,6 +83,9 @@ class TrainConfig:
             )
         if self.cutoff_len < 2:
             raise TrainConfigError(f"train.cutoff_len must be >= 2, got {self.cutoff_len}")
+        if self.remat_policy not in ("none", "dots", "projections", "full"):
+            raise TrainConfigError(f"train.remat must be none|dots|projections|full, got "
+                                   f"{self.remat!r}")
         if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
             raise TrainConfigError(f"train.compute_dtype must be float32|bfloat16|float16, got "
                                    f"{self.compute_dtype!r}")

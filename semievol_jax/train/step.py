@@ -223,13 +223,11 @@ def make_train_step(
             nnx.reseed(model, policy="match_shape",
                        **{n: rng.subkey(key, n) for n in streams})
         out = model(mb.tokens_ABT, mb.positions_ABT, valid_BT=mb.valid_ABT,
-                    logits_at_BR=mb.score_at_ABR)
+                    logits_at_BR=mb.score_at_ABR, remat=cfg.remat_policy)
         targets_BR = jnp.take_along_axis(mb.targets_ABT, mb.score_at_ABR, axis=1)
         loss_sum, count = masked_cross_entropy(out.logits_BTV, targets_BR, mb.score_mask_ABR)
         return loss_sum, count
 
-    if cfg.remat:
-        micro_loss = jax.checkpoint(micro_loss, policy=jax.checkpoint_policies.dots_saveable)
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
     def step(state: dict, rest: Any, batch: Batch, key: jax.Array):
