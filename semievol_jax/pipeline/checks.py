@@ -71,11 +71,18 @@ def each(rule: Rule) -> Rule:
     return check
 
 
+def run_name(v: str) -> str | None:
+    """`results/<name>/` must be a folder of its own, not `results/` or a path."""
+    ok = v not in ("", ".", "..") and "/" not in v and "\\" not in v
+    return None if ok else "must be a non-empty folder name (no '/'; use --run-dir for a path)"
+
+
 def mesh_ways(v: int) -> str | None:
     return None if v == -1 or v >= 1 else "must be -1 (all devices left) or at least 1"
 
 
 RULES: tuple[tuple[str, Rule], ...] = (
+    ("name", run_name),
     ("*seed", at_least(0)),
     ("rounds", at_least(1)),
     ("ablation", one_of("", *ABLATIONS)),
@@ -142,7 +149,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
 )
 # Settings no range or choice applies to: free text, names, paths (checked by
 # preflight), switches; listed so that a new setting without a rule is noticed.
-FREE = ("name", "mesh.coordinator", "data.task", "data.task_def", "data.labeled", "data.unlabeled",
+FREE = ("mesh.coordinator", "data.task", "data.task_def", "data.labeled", "data.unlabeled",
         "data.test", "data.synth.relations", "data.synth.labeled_relations", "base.model",
         "*.stop", "index.index.backend", "index.index.anisotropic_threshold",
         "index.index.soar_lambda", "sft.lora.targets")

@@ -16,8 +16,10 @@ from semievol_jax import rng, sharding
 from semievol_jax.config import to_yaml
 from semievol_jax.errors import UserError
 from semievol_jax.files import write_text_atomic
+from semievol_jax.pipeline import checks
 from semievol_jax.pipeline import stages as st
 from semievol_jax.pipeline.config import RunConfig
+from semievol_jax.pipeline.preflight import PreflightError
 from semievol_jax.pipeline.runner import ROUND_PREFIX, Runner, Stage
 
 ORDER = {name: i for i, name in enumerate(
@@ -106,6 +108,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, *, mesh=None,
     round 1 (as for a one-round run) and `round<r>/<stage>` -> record for each later
     round's own stages.
     """
+    if problems := checks.check_settings(cfg):  # library callers too, in milliseconds
+        raise PreflightError(problems)
     mesh = mesh if mesh is not None else make_mesh(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
