@@ -80,7 +80,10 @@ def load_config(schema: type[T], preset: str | None = None,
         )
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise ConfigError(str(e).splitlines()[0] + f" (key: {getattr(e, 'full_key', '?')})") from e
+        msg = str(e).splitlines()[0] + f" (key: {getattr(e, 'full_key', '?')})"
+        if msg.startswith("Incompatible value 'None'"):
+            msg += "; `key=` is null: write key='' for an empty text"
+        raise ConfigError(msg) from e
     except (ValueError, TypeError) as e:  # a sub-config's own check (__post_init__)
         where = "config" if merged is None else _failing_node(merged)
         raise ConfigError(f"{where}: {e}") from e

@@ -131,7 +131,7 @@ def test_a_broken_checkpoint_is_one_problem(ckpt, breaks, says):
     breaks(ckpt)
     look = look_at_checkpoint(str(ckpt))
     assert len(look.problems) == 1 and says in look.problems[0], look.problems
-    assert look.problems[0].startswith(f"base.model={ckpt}: ")
+    assert look.problems[0].startswith(f"base.model: {ckpt}")
 
 
 def test_pickle_weights_allowed_are_a_note(ckpt):
@@ -141,7 +141,7 @@ def test_pickle_weights_allowed_are_a_note(ckpt):
 
 
 def test_gguf_checked_by_its_header(tmp_path):
-    from tests.gguf_helpers import write_tiny_gguf
+    from gguf_helpers import write_tiny_gguf
 
     path, _ = write_tiny_gguf(tmp_path / "tiny.gguf")
     assert look_at_checkpoint(str(path)).problems == []

@@ -37,7 +37,10 @@ def look_at_checkpoint(model: str, *, allow_pickle: bool = False) -> Look:
     try:
         _look(model, allow_pickle, look)
     except CheckpointError as e:
-        look.problems.append(f"base.model={model}: {e}")
+        # The loaders' messages speak of keyword arguments; a run is set by settings.
+        text = str(e).replace("pass allow_pickle=True", "set base.allow_pickle=true")
+        named = text.startswith(str(Path(model).expanduser()))
+        look.problems.append(f"base.model: {text}" if named else f"base.model={model}: {text}")
     return look
 
 
@@ -85,7 +88,8 @@ def _look_hf_dir(path: Path, allow_pickle: bool, look: Look) -> None:
     cfg = LlamaConfig.from_hf(path)
     look.cfg = cfg
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        look.problems.append(f"base.model={path}: no tokenizer ({' / '.join(TOKENIZER_FILES)})")
+        look.problems.append(f"base.model: {path}: no tokenizer "
+                             f"({' / '.join(TOKENIZER_FILES)})")
     has_safetensors = (path / "model.safetensors.index.json").is_file() or any(
         path.glob("*.safetensors"))
     if not has_safetensors and allow_pickle and any(path.glob("*.bin")):

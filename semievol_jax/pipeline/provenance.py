@@ -65,7 +65,8 @@ def read_provenance(run_dir: Path) -> Provenance:
             d = json.loads(path.read_text())
             return Provenance(d["kind"], dict(d["args"]), d.get("machine", {}))
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{path}: unreadable provenance record ({e!r})") from e
+            raise UserError(f"{path}: unreadable provenance record "
+                            f"({type(e).__name__}: {e})") from e
     config = Path(run_dir) / "config.yaml"
     if config.exists():
         return Provenance("run", {"config": str(config), "overrides": []})

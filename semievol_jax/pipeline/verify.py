@@ -49,7 +49,8 @@ def stages_off_record(run_dir: Path) -> list[str]:
         if not isinstance(entries, dict):
             raise UserError(f"{mf}: not a run manifest (expected {{stage: entry}})")
         for name, entry in entries.items():
-            where = f"{mf.parent.relative_to(run_dir)}/{name}"
+            sub = mf.parent.relative_to(run_dir).as_posix()
+            where = name if sub == "." else f"{sub}/{name}"
             if not (isinstance(entry, dict) and {"dir", "output_digest"} <= set(entry)):
                 bad.append(f"{where}: its manifest entry is malformed ({mf})")
                 continue

@@ -38,8 +38,10 @@ def parse_options(value: Any, loc: str, found: Findings) -> tuple[str, ...] | No
         except json.JSONDecodeError as e:
             value = _python_list(text)
             if value is None:
+                quote = " (a quote left open in an earlier field?)" if '""' in text else ""
                 found.problem(loc, "options-not-json", f"options is not valid JSON ({e.msg} "
-                              f"at column {e.colno}) nor a Python list: {excerpt(text)}")
+                              f"at column {e.colno}) nor a Python list: {excerpt(text)}"
+                              f"{quote}")
                 return None
             found.note(loc, "options-python-literal", "options written as a Python list "
                        "(what pandas writes); read as that list")
