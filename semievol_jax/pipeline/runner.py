@@ -185,13 +185,15 @@ class Runner:
             keyed["sources"] = sources_key(sources)
         key = digest_json(keyed)
 
+        work = self.run_dir / ".work" / f"{stage.name}-{key[:12]}"
         if old is not None and old.get("key") == key and self._outputs_intact(final, old):
             self.log(f"[{stage.name}] up to date, skipped ({final.name})")
+            if self.is_writer:  # a run killed between the swap and this removal left it
+                shutil.rmtree(work, ignore_errors=True)
             self.records[stage.name], self.dirs[stage.name] = old, final
             return old
 
         self.log(f"[{stage.name}] running -> {final}")
-        work = self.run_dir / ".work" / f"{stage.name}-{key[:12]}"
         work.mkdir(parents=True, exist_ok=True)
         if self.is_writer:
             tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
