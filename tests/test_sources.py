@@ -75,11 +75,19 @@ def test_large_files_are_rehashed_only_when_their_stat_changes(tmp_path, monkeyp
     assert run(tmp_path, src) == ["read", "after"] and len(hashed) == 2
 
 
-def test_names_are_keyed_by_what_pins_them():
+def test_names_are_keyed_by_what_pins_them(monkeypatch):
+    monkeypatch.setattr(sources, "hub_revision", lambda name, kind: f"{kind}@abc")
     assert sources.digest_source("smollm2-135m-instruct")["pinned"].startswith("b179c952")
-    assert sources.digest_source("hf:org/data") == {"hub": "org/data"}
-    assert sources.digest_source("meta-llama/Llama-3.1-8B") == {"hub": "meta-llama/Llama-3.1-8B"}
+    assert sources.digest_source("hf:org/data") == {"hub": "org/data",
+                                                    "revision": "dataset@abc"}
+    assert sources.digest_source("meta-llama/Llama-3.1-8B") == {
+        "hub": "meta-llama/Llama-3.1-8B", "revision": "model@abc"}
     assert sources.digest_source("./no/such/file.csv") == {"missing": "./no/such/file.csv"}
+
+
+def test_a_hub_revision_offline_is_none(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert sources.hub_revision("org/data", "dataset") is None
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):

@@ -6,7 +6,7 @@ here, by content, so editing one in place reruns the stage and, through its chan
 output, everything downstream. Large files are re-hashed only when their size, mtime or
 inode changed since the record that last hashed them (an 8B checkpoint is 16 GB); small
 ones are hashed every time. A source that is not a local path is keyed by what pins it:
-a fetchable model by its pinned sha256, a hub id by its name (and revision, when given).
+a fetchable model by its pinned sha256, a hub repo by its name and current revision.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def digest_source(value: str, previous: Mapping[str, Any] | None = None) -> dict
     from semievol_jax.model.registry import MODELS  # no JAX: the registry is plain Python
 
     if value.startswith(HUB_PREFIX):
-        return {"hub": value[len(HUB_PREFIX):]}
+        name = value[len(HUB_PREFIX):]
+        return {"hub": name, "revision": hub_revision(name, "dataset")}
     if value in MODELS:
         return {"pinned": MODELS[value].sha256}
     path = Path(value).expanduser()
@@ -71,8 +72,21 @@ def digest_source(value: str, previous: Mapping[str, Any] | None = None) -> dict
             p.relative_to(path).as_posix())) for p in _visible_files(path)}
         return {"files": files}
     if value.count("/") == 1 and not value.startswith((".", "/", "~")):
-        return {"hub": value}
+        return {"hub": value, "revision": hub_revision(value, "model")}
     return {"missing": value}  # the stage itself reports it, naming the setting
+
+
+def hub_revision(name: str, kind: str) -> str | None:
+    """The commit a hub repo's main branch is at now; None offline (the name alone keys
+    it then, and the stage's own download fails or uses the local cache)."""
+    try:
+        from huggingface_hub import HfApi
+
+        info = (HfApi().dataset_info if kind == "dataset" else HfApi().model_info)(
+            name, timeout=10)
+    except Exception:  # noqa: BLE001 - offline, unknown repo, no client: not keyed by it
+        return None
+    return getattr(info, "sha", None)
 
 
 def content_key(entry: Mapping[str, Any]) -> Any:
