@@ -438,6 +438,10 @@ CASES = [
     Case("strict-refuses-repeats", split("labeled", rows(1, "L") + body(1, "L"),
                                          extra=("--strict",)),
          "duplicate of line 2 (--strict)"),
+    Case("strict-run-refuses-repeats", split("labeled", rows(1, "L") + body(1, "L"),
+                                             extra=("--strict", "--until", "data"),
+                                             command="run"),
+         "duplicate of line 2 (--strict)"),
     Case("strict-refuses-unusable-gold", split("unlabeled", rows(1, "U", answer="Z"),
                                                extra=("--strict",)),
          "unlabeled.csv:2: answer 'Z' is not a valid letter for 2 options (A-B)"),
@@ -539,6 +543,31 @@ def test_the_duplicate_note_prints_no_source_line(tmp_path, tiny_ckpt_dir, capsy
     line = next(ln for ln in err.splitlines() if "duplicate of line 2" in ln)
     assert line.startswith("[data] ") and line.endswith("labeled.csv:3: duplicate of line 2")
     assert "warn" not in err and ".py" not in err
+
+
+def test_validate_writes_nothing(tmp_path, tiny_ckpt_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = _make_env(tmp_path, tiny_ckpt_dir)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(env.args()) == 0
+    out = capsys.readouterr().out
+    assert "labeled         10 rows" in out and "ok: a run with these settings" in out
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_broken_base_is_refused_before_its_stage_is_recorded(tmp_path, tiny_ckpt_dir):
+    """Library callers skip preflight; the base stage itself looks before it is done."""
+    from semievol_jax.config import load_config
+    from semievol_jax.errors import UserError
+    from semievol_jax.pipeline.config import RunConfig
+    from semievol_jax.pipeline.graph import run_pipeline
+
+    env = _make_env(tmp_path, tiny_ckpt_dir)
+    (env.ckpt / "model.safetensors").rename(env.ckpt / "pytorch_model.bin")
+    cfg = load_config(RunConfig, str(env.preset))
+    with pytest.raises(UserError, match="only pickle weights"):
+        run_pipeline(cfg, env.run, stop_after="base")
+    assert not (env.run / "01_base").exists() and (env.run / "00_data").is_dir()
 
 
 def _doc_rows() -> dict[str, str]:

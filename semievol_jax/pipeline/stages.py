@@ -44,6 +44,7 @@ from semievol_jax.files import (
 from semievol_jax.generate import embed, generate, render_prompt
 from semievol_jax.model.hf_io import resolve_checkpoint  # not in the package's exports
 from semievol_jax.pipeline import checks, prompts, selection
+from semievol_jax.pipeline.checkpoint_look import look_at_checkpoint
 from semievol_jax.pipeline.config import (
     BaseConfig,
     DataConfig,
@@ -173,6 +174,10 @@ def run_base(ctx: StageContext, *, seed: int, task: Task) -> dict[str, Any]:
         return {"pretrained": True}
     if not cfg.model:
         raise UserError("base.model is empty: give an HF checkpoint directory or hub id")
+    # The cheap look (config, tensor index, format) before this stage is recorded done: a
+    # checkpoint that cannot load must not become a finished base that sft then refuses.
+    if problems := look_at_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle).problems:
+        raise UserError("\n".join(problems))
     resolved = str(Path(resolve_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle))
                    .resolve())
     # The base is referenced where it lies (an 8B checkpoint is not copied) and by the
