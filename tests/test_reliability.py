@@ -1,254 +1,53 @@
 """Every bad input of docs/reliability.md, written here and given to the CLI.
 
-Each case builds its files under a fresh directory, runs `semievol ...` in this process,
-and checks the exit code, that the output holds the message the table quotes, and that
-no traceback was printed. The table in docs/reliability.md and `CASES` must list the
-same cases with the same messages (`test_the_docs_table_is_this_table`).
+Each case builds its files under a fresh directory (reliability_helpers.py), runs
+`semievol ...` in this process, and checks the exit code, that the output holds the
+message the table quotes, and that no traceback was printed. The settings section of the
+table drives its own cases: each row's bad input is one override, its message the line
+the tool must print. The rest of the table and `CASES` list the same cases with the same
+messages and exit codes (`test_the_docs_table_is_this_table`).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from reliability_helpers import (
+    DOC,
+    TSV,
+    Env,
+    body,
+    ckpt,
+    convert_onto,
+    datasets_dir,
+    edited_then_rerun,
+    empty_dir_split,
+    gguf_garbage,
+    make_env,
+    official_usmle,
+    opts,
+    over,
+    plain_file,
+    preset_text,
+    rewrite_st_header,
+    rows,
+    run_dir,
+    run_dir_is_file,
+    run_dir_under_file,
+    run_dir_unwritable,
+    set_json,
+    shard_index,
+    split,
+    stale_tmp,
+    written,
+)
 
 from semievol_jax.cli import main
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
-OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "semievol"
-
-
-@dataclass
-class Env:
-    """Where a case writes: `tmp`, the good splits in `data/`, a good preset."""
-
-    tmp: Path
-    ckpt: Path  # a copy of the tiny checkpoint, the case may break it
-
-    @property
-    def data(self) -> Path:
-        return self.tmp / "data"
-
-    @property
-    def preset(self) -> Path:
-        return self.tmp / "good.yaml"
-
-    @property
-    def run(self) -> Path:
-        return self.tmp / "run"
-
-    def args(self, *overrides: str, command: str = "validate") -> list[str]:
-        return [command, "--config", str(self.preset), "--run-dir", str(self.run),
-                *overrides]
-
-    def split(self, name: str, text: str | bytes, suffix: str = ".csv",
-              command: str = "validate") -> list[str]:
-        """Writes split `name` as `text`; the arguments of `command` that read it."""
-        path = self.data / f"{name}{suffix}"
-        (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
-        return self.args(f"data.{name}={path}", command=command)
-
-
-def opts(*texts: str) -> str:
-    return '"' + json.dumps(list(texts)).replace('"', '""') + '"'
-
-
-HEADER = "question,options,answer\n"
-TSV = 'question\toptions\tanswer\nQ, with a comma?\t["a","b"]\tA\n'
-
-
-def body(n: int, prefix: str, answer: str = "A", options: str = opts("a", "b")) -> str:
-    """`n` CSV rows `<prefix><i>?` with two options and `answer`, no header."""
-    return "".join(f"{prefix}{i}?,{options},{answer}\n" for i in range(n))
-
-
-def rows(n: int, prefix: str, answer: str = "A") -> str:
-    """A CSV split file of `n` rows (`body` under the header)."""
-    return HEADER + body(n, prefix, answer)
-
-
-def _make_env(tmp: Path, tiny_ckpt_dir: Path) -> Env:
-    env = Env(tmp, tmp / "ckpt")
-    shutil.copytree(tiny_ckpt_dir, env.ckpt)
-    env.data.mkdir()
-    for split, prefix in (("labeled", "L"), ("unlabeled", "U"), ("test", "T")):
-        (env.data / f"{split}.csv").write_text(rows(10, prefix))
-    env.preset.write_text(
-        f"name: rel\ndata:\n  task: mmlu_pro\n  labeled: {env.data / 'labeled.csv'}\n"
-        f"  unlabeled: {env.data / 'unlabeled.csv'}\n  test: {env.data / 'test.csv'}\n"
-        f"base:\n  model: {env.ckpt}\n  dtype: float32\n")
-    return env
-
-
-# ------------------------------------------------------------------ case builders
-
-def over(*overrides: str, command: str = "validate") -> Callable[[Env], list[str]]:
-    return lambda env: env.args(*overrides, command=command)
-
-
-def preset_text(text: str) -> Callable[[Env], list[str]]:
-    def build(env):
-        path = env.tmp / "bad.yaml"
-        path.write_text(text)
-        return ["validate", "--config", str(path)]
-    return build
-
-
-def split(name: str, text: str | bytes, suffix: str = ".csv", extra: tuple[str, ...] = (),
-          command: str = "validate") -> Callable[[Env], list[str]]:
-    return lambda env: env.split(name, text, suffix, command) + list(extra)
-
-
-def written(path: Path, text: str, *argv: str) -> list[str]:
-    """Writes `text` to `path`; `argv`, or `argv path` when it names no path itself."""
-    path.write_text(text)
-    return [*argv] if len(argv) > 1 else [*argv, str(path)]
-
-
-def ckpt(breaks: Callable[[Path], None]) -> Callable[[Env], list[str]]:
-    def build(env):
-        breaks(env.ckpt)
-        return env.args()
-    return build
-
-
-def _rewrite_st_header(d: Path, edit) -> None:
-    f = d / "model.safetensors"
-    data = f.read_bytes()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    edit(header)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    f.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n:])
-
-
-def _set_json(d: Path, **changes) -> None:
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, **changes}))
-
-
-def _shard_index(d: Path) -> None:
-    (d / "model.safetensors").rename(d / "model-00001-of-00002.safetensors")
-    names = json.loads((d / "model-00001-of-00002.safetensors").read_bytes()[
-        8:8 + int.from_bytes((d / "model-00001-of-00002.safetensors").read_bytes()[:8],
-                             "little")])
-    weight_map = {k: "model-00001-of-00002.safetensors" for k in names if k != "__metadata__"}
-    weight_map["lm_head.weight"] = "model-00002-of-00002.safetensors"
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-
-
-def _finished_run(env: Env) -> Path:
-    """A small finished run directory (two toy stages) with its manifest."""
-    from semievol_jax.pipeline.runner import Runner, Stage
-
-    def a(ctx):
-        (ctx.out / "a.txt").write_text("a")
-
-    def b(ctx):
-        (ctx.out / "b.txt").write_text("b")
-
-    env.run.mkdir()
-    (env.run / "config.yaml").write_text("name: toy\n")
-    Runner(env.run, log=lambda *_: None).run([Stage("a", a, 1), Stage("b", b, 2, reads=("a",))])
-    return env.run
-
-
-def run_dir(edit: Callable[[Path], None], *command: str) -> Callable[[Env], list[str]]:
-    def build(env):
-        edit(_finished_run(env))
-        return [*command, str(env.run)]
-    return build
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def _stale_tmp(env: Env) -> list[str]:
-    stale = env.run / f".00_data.tmp-{_dead_pid()}"
-    stale.mkdir(parents=True)
-    (stale / "labeled.jsonl").write_text("half")
-    return env.args("--until", "data", command="run")
-
-
-def _edited_then_rerun(env: Env) -> list[str]:
-    assert main(env.args("--until", "data", command="run")) == 0
-    path = env.data / "labeled.csv"
-    path.write_text(path.read_text().replace("L3?,", "L3 edited?,"))
-    return env.args("--until", "data", command="run")
-
-
-def _datasets_dir(env: Env) -> list[str]:
-    datasets = pytest.importorskip("datasets")
-    d = env.data / "ds"
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(
-        {"question": ["Q?"], "options": [["a", "b"]], "answer": ["A"]})}).save_to_disk(str(d))
-    return env.args(f"data.labeled={d}")
-
-
-def _empty_dir_split(env: Env) -> list[str]:
-    (env.tmp / "empty").mkdir()
-    return env.args(f"data.labeled={env.tmp / 'empty'}")
-
-
-def _official_usmle(env: Env) -> list[str]:
-    if not (OFFICIAL / "usmle").is_dir():
-        pytest.skip("official usmle data absent")
-    return ["validate", "--config", "llama3.1-8b-usmle",
-            f"data.labeled={OFFICIAL / 'usmle' / 'labeled.csv'}",
-            f"data.test={OFFICIAL / 'usmle' / 'test.csv'}", f"base.model={env.ckpt}"]
-
-
-def _gguf_garbage(env: Env) -> list[str]:
-    path = env.tmp / "model.gguf"
-    path.write_bytes(b"GGUF" + b"\x00" * 64)
-    return env.args(f"base.model={path}")
-
-
-def _plain_file(env: Env) -> list[str]:
-    (env.tmp / "weights.txt").write_text("weights")
-    return env.args(f"base.model={env.tmp / 'weights.txt'}")
-
-
-def _run_dir_is_file(env: Env) -> list[str]:
-    env.run.write_text("not a directory")
-    return env.args()
-
-
-def _run_dir_under_file(env: Env) -> list[str]:
-    (env.tmp / "afile").write_text("x")
-    return [*env.args(), "--run-dir", str(env.tmp / "afile" / "run")]
-
-
-def _run_dir_unwritable(env: Env) -> list[str]:
-    if not Path("/proc").is_dir():
-        pytest.skip("no /proc to stand for a read-only place")
-    return [*env.args(), "--run-dir", "/proc/semievol-run"]
-
-
-def _convert_onto(kind: str) -> Callable[[Env], list[str]]:
-    def build(env):
-        target = env.tmp / "out"
-        if kind == "file":
-            target.write_text("x")
-        else:
-            target.mkdir()
-            (target / "keep.txt").write_text("x")
-        return ["convert", "tiny", str(target)]
-    return build
-
-
-# ------------------------------------------------------------------ the table
+SETTINGS_SECTION = "### Ranges, choices, dtypes, row limits"
 
 @dataclass(frozen=True)
 class Case:
@@ -272,64 +71,7 @@ CASES = [
     Case("override-unknown-key", over("select.thetta=0.3"), "Key 'thetta' not in 'SelectConfig'"),
     Case("override-wrong-type", over("propose.n=four"), "could not be converted to Integer "
                                                          "(key: propose.n)"),
-    # ranges, choices, dtypes, row limits
-    Case("theta-above-1", over("select.theta=2"), "select.theta=2.0: must be in [0, 1]"),
-    Case("theta-negative", over("select.theta=-0.1"), "select.theta=-0.1: must be in [0, 1]"),
-    Case("select-rule-unknown", over("select.rule=best"),
-         "select.rule=best: must be one of official | all | none"),
-    Case("sweep-theta-above-1", over("select.sweep_thetas=[0.3,1.5]"),
-         "select.sweep_thetas=[0.3, 1.5]: element 1 (1.5) must be in [0, 1]"),
-    Case("lr-negative", over("sft.train.learning_rate=-1"),
-         "sft.train.learning_rate=-1.0: must be greater than 0"),
-    Case("lr-nan", over("final.train.learning_rate=nan"),
-         "final.train.learning_rate=nan: must be a finite number"),
-    Case("epochs-zero", over("sft.train.epochs=0"), "sft.train.epochs=0: must be at least 1"),
-    Case("batch-zero", over("final.train.batch_size=0"),
-         "final.train.batch_size=0: must be at least 1"),
-    Case("micro-batch-not-dividing", over("sft.train.micro_batch_size=3"),
-         "sft.train.batch_size=8 must be a positive multiple of sft.train.micro_batch_size=3"),
-    Case("warmup-ratio-above-1", over("sft.train.warmup_ratio=1.5"),
-         "sft.train.warmup_ratio=1.5: must be in [0, 1)"),
-    Case("train-mode-unknown", over("sft.train.mode=half"),
-         "sft.train.mode=half: must be one of lora | full"),
-    Case("schedule-unknown", over("sft.train.schedule=step"),
-         "sft.train.schedule=step: must be one of cosine | linear | constant"),
-    Case("compute-dtype-float8", over("sft.train.compute_dtype=float8"),
-         "sft.train.compute_dtype=float8: must be one of null | float32 | bfloat16 | float16"),
-    Case("cutoff-too-short", over("sft.train.cutoff_len=1"),
-         "sft.train.cutoff_len=1: must be at least 2"),
-    Case("lora-rank-zero", over("sft.lora.rank=0"), "sft.lora: LoRA rank must be >= 1, got 0"),
-    Case("lora-target-unknown", over("sft.lora.targets=[qkv]"),
-         "sft.lora: unknown LoRA targets ['qkv']"),
-    Case("lora-dropout-above-1", over("sft.lora.dropout=1.5"),
-         "sft.lora.dropout=1.5: must be in [0, 1)"),
-    Case("base-dtype-float8", over("base.dtype=float8"),
-         "base.dtype=float8: must be one of float32 | bfloat16 | float16"),
-    Case("max-rows-negative", over("data.max_rows=-5"), "data.max_rows=-5: must be at least 0"),
-    Case("eval-max-rows-negative", over("eval.max_rows=-1"),
-         "eval.max_rows=-1: must be at least 0"),
-    Case("collaborators-zero", over("propose.n=0"), "propose.n=0: must be at least 1"),
-    Case("temperature-negative", over("propose.sample.temperature=-1"),
-         "propose.sample: SampleConfig.temperature must be >= 0"),
-    Case("top-p-zero", over("propose.sample.top_p=0"),
-         "propose.sample: SampleConfig.top_p must be in (0, 1]"),
-    Case("max-new-tokens-zero", over("eval.sample.max_new_tokens=0"),
-         "eval.sample.max_new_tokens=0: must be at least 1"),
-    Case("truncate-mode-unknown", over("propose.sample.truncate=right"),
-         "propose.sample: SampleConfig.truncate must be 'error' or 'left'"),
-    Case("index-k-negative", over("index.k=-1"), "index.k=-1: must be at least 0"),
-    Case("index-pooling-unknown", over("index.pooling=max"),
-         "index.pooling=max: must be one of mean | last"),
-    Case("index-layer-past-the-model", over("index.layer=5"),
-         "index.layer=5: must be in [-1, 2) for this 2-layer base"),
-    Case("index-backend-unknown", over("index.index.backend=faiss"),
-         "index.index: IndexConfig.backend='faiss'"),
-    Case("rounds-zero", over("rounds=0"), "rounds=0: must be at least 1"),
-    Case("ablation-unknown", over("ablation=no_xyz"),
-         "ablation=no_xyz: must be one of '' | no_iwp | no_icp | no_cl | no_as"),
-    Case("seed-negative", over("seed=-1"), "seed=-1: must be at least 0"),
-    Case("mesh-axis-zero", over("mesh.tensor=0"), "mesh.tensor=0: must be at least 1"),
-    Case("run-name-a-path", over("name=a/b"), "name=a/b: must be a non-empty folder name"),
+    # settings that need more than an override (the others: SETTINGS_SECTION)
     Case("pretrain-width-odd-heads", lambda env: [
         "validate", "--config", "demo", "--run-dir", str(env.run),
         "base.pretrain.hidden_size=100"],
@@ -338,6 +80,7 @@ CASES = [
          "select.theta=2.0: must be in [0, 1]"),
     Case("until-unknown-stage", over("--until", "bogus", command="run"),
          "--until bogus: not a stage"),
+
     # task and split sources
     Case("task-unknown", over("data.task=mmlu_prox"), "data.task=mmlu_prox: unknown task"),
     Case("split-not-set", over("data.unlabeled=''"), "data.unlabeled: not set"),
@@ -345,7 +88,7 @@ CASES = [
     Case("split-file-missing", lambda env: env.args(f"data.test={env.tmp / 'nope.csv'}"),
          "nope.csv: no such file or directory"),
     Case("split-unknown-format", split("test", "PAR1", ".parquet"), "unknown format '.parquet'"),
-    Case("official-usmle-no-unlabeled", _official_usmle,
+    Case("official-usmle-no-unlabeled", official_usmle,
          "holds no unlabeled file (the official usmle and mmlu_pro releases ship none)"),
     # the base checkpoint
     Case("base-model-not-set", over("base.model=''"), "base.model: not set"),
@@ -355,27 +98,27 @@ CASES = [
         d / "pytorch_model.bin")), "only pickle weights (pytorch_model.bin)"),
     Case("base-truncated", ckpt(lambda d: (d / "model.safetensors").write_bytes(
         (d / "model.safetensors").read_bytes()[:-1000])), "model.safetensors: truncated"),
-    Case("base-not-llama", ckpt(lambda d: _set_json(d, model_type="gpt2")),
+    Case("base-not-llama", ckpt(lambda d: set_json(d, model_type="gpt2")),
          "model_type 'gpt2' is not supported"),
     Case("base-config-not-json", ckpt(lambda d: (d / "config.json").write_text("{oops")),
          "config.json: not valid JSON"),
     Case("base-config-missing", ckpt(lambda d: (d / "config.json").unlink()),
          "config.json not found"),
-    Case("base-tensor-missing", ckpt(lambda d: _rewrite_st_header(
+    Case("base-tensor-missing", ckpt(lambda d: rewrite_st_header(
         d, lambda h: h.pop("model.norm.weight"))), "tensor(s) missing: model.norm.weight"),
-    Case("base-tensor-wrong-shape", ckpt(lambda d: _rewrite_st_header(
+    Case("base-tensor-wrong-shape", ckpt(lambda d: rewrite_st_header(
         d, lambda h: h["model.norm.weight"].update(shape=[32]))),
         "of the wrong shape for its config.json: model.norm.weight (32,) (expected (64,))"),
-    Case("base-shard-missing", ckpt(_shard_index),
+    Case("base-shard-missing", ckpt(shard_index),
          "shard model-00002-of-00002.safetensors is missing"),
     Case("base-no-tokenizer", ckpt(lambda d: [f.unlink() for f in d.glob("tokenizer*")]),
          "no tokenizer (tokenizer.json / tokenizer.model / vocab.json)"),
-    Case("base-plain-file", _plain_file, "a file, but not a .gguf checkpoint"),
-    Case("base-gguf-garbage", _gguf_garbage, "not a readable GGUF file"),
+    Case("base-plain-file", plain_file, "a file, but not a .gguf checkpoint"),
+    Case("base-gguf-garbage", gguf_garbage, "not a readable GGUF file"),
     # the run directory
-    Case("run-dir-is-a-file", _run_dir_is_file, "exists and is not a directory"),
-    Case("run-dir-under-a-file", _run_dir_under_file, "afile is a file, not a directory"),
-    Case("run-dir-not-writable", _run_dir_unwritable, "cannot write in /proc"),
+    Case("run-dir-is-a-file", run_dir_is_file, "exists and is not a directory"),
+    Case("run-dir-under-a-file", run_dir_under_file, "afile is a file, not a directory"),
+    Case("run-dir-not-writable", run_dir_unwritable, "cannot write in /proc"),
     # split files
     Case("column-missing", split("labeled", "question,answer\nQ?,A\n"),
          "missing required column(s) ['options']; found ['question', 'answer']"),
@@ -427,8 +170,8 @@ CASES = [
          "expected a JSON object, got list"),
     Case("json-array-of-numbers", split("labeled", "[1, 2]", ".json"),
          "expected a JSON object, got int"),
-    Case("datasets-dir-without-the-split", _datasets_dir, "no split 'labeled'; it has ['train']"),
-    Case("directory-not-a-dataset", lambda env: _empty_dir_split(env),
+    Case("datasets-dir-without-the-split", datasets_dir, "no split 'labeled'; it has ['train']"),
+    Case("directory-not-a-dataset", lambda env: empty_dir_split(env),
          "cannot load as a datasets dataset"),
     Case("leakage-labeled-is-test", split("labeled", rows(10, "T")),
          "leakage: 10 of 10 test rows (100.0%) also in another split"),
@@ -467,8 +210,8 @@ CASES = [
          "labeled.csv:3: duplicate of line 2", rc=0),
     Case("unusable-unlabeled-gold", split("unlabeled", rows(1, "U", answer="Z")),
          "the row is still pseudo-labelled and left out of pseudo-label scoring", rc=0),
-    Case("edited-split-reruns-data", _edited_then_rerun, "[data] running", rc=0),
-    Case("stale-stage-temporary", _stale_tmp, "left by a killed run", rc=0),
+    Case("edited-split-reruns-data", edited_then_rerun, "[data] running", rc=0),
+    Case("stale-stage-temporary", stale_tmp, "left by a killed run", rc=0),
     # status, verify, convert, fetch
     Case("status-missing-path", lambda env: ["status", str(env.tmp / "nope")],
          "nope: no such run directory"),
@@ -500,9 +243,9 @@ CASES = [
          "b: no readable record", rc=1),
     Case("verify-provenance-corrupt", run_dir(lambda d: (d / "provenance.json").write_text("{"),
                                               "verify"), "unreadable provenance record"),
-    Case("convert-tiny-onto-a-directory", _convert_onto("dir"),
+    Case("convert-tiny-onto-a-directory", convert_onto("dir"),
          "already exists and is not an empty directory"),
-    Case("convert-tiny-onto-a-file", _convert_onto("file"),
+    Case("convert-tiny-onto-a-file", convert_onto("file"),
          "already exists and is not an empty directory"),
     Case("convert-merge-no-adapter", lambda env: [
         "convert", "merge", "--base", str(env.ckpt), "--adapter", str(env.tmp / "nope"),
@@ -519,7 +262,7 @@ CASES = [
 def test_bad_input_is_one_clear_message(case, tmp_path, tiny_ckpt_dir, capsys, monkeypatch):
     monkeypatch.setenv("SEMIEVOL_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    env = _make_env(tmp_path, tiny_ckpt_dir)
+    env = make_env(tmp_path, tiny_ckpt_dir)
     argv = case.build(env)
     capsys.readouterr()
     rc = main(argv)
@@ -536,7 +279,7 @@ def test_bad_input_is_one_clear_message(case, tmp_path, tiny_ckpt_dir, capsys, m
 
 def test_the_duplicate_note_prints_no_source_line(tmp_path, tiny_ckpt_dir, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    env = _make_env(tmp_path, tiny_ckpt_dir)
+    env = make_env(tmp_path, tiny_ckpt_dir)
     argv = env.split("labeled", rows(1, "L") + body(1, "L"), command="run")
     assert main([*argv, "--until", "data"]) == 0
     err = capsys.readouterr().err
@@ -547,7 +290,7 @@ def test_the_duplicate_note_prints_no_source_line(tmp_path, tiny_ckpt_dir, capsy
 
 def test_validate_writes_nothing(tmp_path, tiny_ckpt_dir, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    env = _make_env(tmp_path, tiny_ckpt_dir)
+    env = make_env(tmp_path, tiny_ckpt_dir)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert main(env.args()) == 0
     out = capsys.readouterr().out
@@ -562,7 +305,7 @@ def test_a_broken_base_is_refused_before_its_stage_is_recorded(tmp_path, tiny_ck
     from semievol_jax.pipeline.config import RunConfig
     from semievol_jax.pipeline.graph import run_pipeline
 
-    env = _make_env(tmp_path, tiny_ckpt_dir)
+    env = make_env(tmp_path, tiny_ckpt_dir)
     (env.ckpt / "model.safetensors").rename(env.ckpt / "pytorch_model.bin")
     cfg = load_config(RunConfig, str(env.preset))
     with pytest.raises(UserError, match="only pickle weights"):
@@ -570,19 +313,46 @@ def test_a_broken_base_is_refused_before_its_stage_is_recorded(tmp_path, tiny_ck
     assert not (env.run / "01_base").exists() and (env.run / "00_data").is_dir()
 
 
-def _doc_rows() -> dict[str, str]:
-    rows_ = {}
+def doc_rows() -> dict[str, tuple[str, str, str, int]]:
+    """Case id -> (section, bad input, message, exit code) of docs/reliability.md."""
+    out, section = {}, ""
     for line in DOC.read_text().splitlines():
-        m = re.match(r"^\|\s*\d+\s*\|\s*`([a-z0-9-]+)`\s*\|(.*)\|\s*$", line)
+        if line.startswith("### "):
+            section = line
+        m = re.match(r"^\|\s*\d+\s*\|\s*`([a-z0-9-]+)`\s*\|(.*)\|\s*(\d)\s*\|\s*$", line)
         if m:
-            rows_[m.group(1)] = m.group(2).replace("\\|", "|")
-    return rows_
+            what, says = (c.strip() for c in re.split(r"(?<!\\)\|", m.group(2)))
+            out[m.group(1)] = (section, what, says.strip("`").strip().replace("\\|", "|"),
+                               int(m.group(3)))
+    return out
+
+
+def setting_rows() -> list[tuple[str, str, str, int]]:
+    """(id, override, message, exit code) of the settings rows no `Case` builds."""
+    built = {c.id for c in CASES}
+    return [(cid, re.search(r"`([^`]+)`", what).group(1), says, rc)
+            for cid, (section, what, says, rc) in doc_rows().items()
+            if section == SETTINGS_SECTION and cid not in built]
+
+
+@pytest.mark.parametrize(("cid", "override", "says", "rc"), setting_rows(),
+                         ids=[r[0] for r in setting_rows()])
+def test_a_bad_setting_is_the_line_the_table_quotes(cid, override, says, rc, tmp_path,
+                                                      tiny_ckpt_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = make_env(tmp_path, tiny_ckpt_dir)
+    assert main(env.args(override)) == rc
+    err = capsys.readouterr().err
+    assert says in err.splitlines() and "Traceback" not in err, err
 
 
 def test_the_docs_table_is_this_table():
-    doc = _doc_rows()
-    assert sorted(doc) == sorted(c.id for c in CASES)
+    doc = doc_rows()
+    settings = setting_rows()
+    assert sorted(doc) == sorted([c.id for c in CASES] + [r[0] for r in settings])
     for c in CASES:
-        assert c.says in doc[c.id], f"docs/reliability.md row {c.id} does not quote {c.says!r}"
-        assert doc[c.id].rstrip().endswith(f"| {c.rc}"), f"row {c.id}: exit code {c.rc}"
-    assert len(CASES) >= 66
+        _, _, says, rc = doc[c.id]
+        assert c.says in says, f"docs/reliability.md row {c.id} does not quote {c.says!r}"
+        assert rc == c.rc, f"row {c.id}: exit code {c.rc}"
+    assert all(re.fullmatch(r"[\w.]+=\S*", override) for _, override, _, _ in settings)
+    assert len(settings) >= 30 and len(doc) >= 66

@@ -1,11 +1,11 @@
 """Settings checked before any stage runs: one table of rules keyed by dotted name.
 
-Every field of the resolved `RunConfig` is visited once. A rule's pattern is a dotted
-name (`select.theta`) or a glob over names (`*.learning_rate` covers `sft.train.` and
-`final.train.`); every rule whose pattern matches a field is applied to its value. Two
+Every field of the resolved `RunConfig` is visited once. A rule's patterns are dotted
+names (`select.theta`) or globs over names (`*.learning_rate` covers `sft.train.` and
+`final.train.`); every rule with a pattern matching a field is applied to its value. Two
 generic rules need no entry: a float must be finite, and a sub-config with a
-`validate()` method (TrainConfig) must pass it. A new setting is one row of `RULES`
-(`tests/test_checks.py` lists the numeric and text fields no row covers).
+`validate()` method (TrainConfig) must pass it. A new setting is one more pattern in a
+row of `RULES` (`tests/test_checks.py` lists the numeric and text fields none covers).
 
 A problem is one line naming the setting: `select.theta=2.0: must be in [0, 1]`.
 """
@@ -81,71 +81,39 @@ def mesh_ways(v: int) -> str | None:
     return None if v == -1 or v >= 1 else "must be -1 (all devices left) or at least 1"
 
 
+# (patterns, rule): a pattern is a dotted name or a glob; several, space-separated, share
+# the rule. Grouped by what they ask: counts, positive sizes, shares, choices.
 RULES: tuple[tuple[str, Rule], ...] = (
     ("name", run_name),
-    ("*seed", at_least(0)),
-    ("rounds", at_least(1)),
-    ("ablation", one_of("", *ABLATIONS)),
     ("mesh.data", mesh_ways),
-    ("mesh.fsdp", at_least(1)),
-    ("mesh.tensor", at_least(1)),
-    ("mesh.num_processes", optional(at_least(1))),
+    ("*seed data.max_rows eval.max_rows index.k index.token_budget index.index.* "
+     "data.synth.num_* data.synth.icl_* data.synth.bios_per_person data.synth.labeled_people "
+     "data.synth.quizzes_per_practice_person base.pretrain.warmup_steps "
+     "base.pretrain.grad_clip *.weight_decay *.train.max_grad_norm *.temperature *.top_k",
+     at_least(0)),
+    ("rounds propose.n mesh.fsdp mesh.tensor *.epochs *.batch_size *.max_new_tokens "
+     "base.pretrain.*_size base.pretrain.num_* base.pretrain.steps sft.lora.rank "
+     "*.train.checkpoint_every *.train.keep_checkpoints *.train.log_every", at_least(1)),
+    ("data.synth.num_options data.synth.num_values base.pretrain.seq_len "
+     "*.train.cutoff_len", at_least(2)),
+    ("index.layer", at_least(-1)),
+    ("*.learning_rate *.train.adam_eps sft.lora.alpha base.pretrain.rope_theta", above(0)),
+    ("mesh.num_processes *.micro_batch_size *.train.max_steps", optional(at_least(1))),
     ("mesh.process_id", optional(at_least(0))),
-    ("data.max_rows", at_least(0)),
-    ("data.max_leakage", in_range(0, 1)),
-    ("data.synth.num_*", at_least(0)),
-    ("data.synth.num_options", at_least(2)),
-    ("data.synth.num_values", at_least(2)),
-    ("data.synth.bios_per_person", at_least(0)),
-    ("data.synth.labeled_people", at_least(0)),
-    ("data.synth.icl_*", at_least(0)),
-    ("data.synth.icl_match", in_range(0, 1)),
-    ("data.synth.quizzes_per_practice_person", at_least(0)),
+    ("*.train.length_buckets", each(at_least(1))),
+    ("select.theta data.max_leakage data.synth.icl_match", in_range(0, 1)),
+    ("select.sweep_thetas", each(in_range(0, 1))),
+    ("*.train.warmup_ratio *.train.adam_b1 *.train.adam_b2 sft.lora.dropout",
+     in_range(0, 1, high_open=True)),
+    ("*.top_p", in_range(0, 1, low_open=True)),
+    ("ablation", one_of("", *ABLATIONS)),
     ("base.dtype", one_of(*PARAM_DTYPES)),
-    ("base.pretrain.*_size", at_least(1)),
-    ("base.pretrain.num_*", at_least(1)),
-    ("base.pretrain.seq_len", at_least(2)),
-    ("base.pretrain.steps", at_least(1)),
-    ("base.pretrain.warmup_steps", at_least(0)),
-    ("base.pretrain.grad_clip", at_least(0)),
-    ("base.pretrain.rope_theta", above(0)),
-    ("*.learning_rate", above(0)),
-    ("*.weight_decay", at_least(0)),
-    ("*.epochs", at_least(1)),
-    ("*.batch_size", at_least(1)),
-    ("*.micro_batch_size", optional(at_least(1))),
+    ("*.train.compute_dtype", one_of(None, *PARAM_DTYPES)),
     ("*.train.mode", one_of(*TRAIN_MODES)),
     ("*.train.schedule", one_of(*SCHEDULES)),
-    ("*.train.warmup_ratio", in_range(0, 1, high_open=True)),
-    ("*.train.cutoff_len", at_least(2)),
-    ("*.train.length_buckets", each(at_least(1))),
-    ("*.train.adam_b1", in_range(0, 1, high_open=True)),
-    ("*.train.adam_b2", in_range(0, 1, high_open=True)),
-    ("*.train.adam_eps", above(0)),
-    ("*.train.max_grad_norm", at_least(0)),
-    ("*.train.compute_dtype", one_of(None, *PARAM_DTYPES)),
-    ("*.train.max_steps", optional(at_least(1))),
-    ("*.train.checkpoint_every", at_least(1)),
-    ("*.train.keep_checkpoints", at_least(1)),
-    ("*.train.log_every", at_least(1)),
-    ("sft.lora.rank", at_least(1)),
-    ("sft.lora.alpha", above(0)),
-    ("sft.lora.dropout", in_range(0, 1, high_open=True)),
-    ("index.k", at_least(0)),
-    ("index.layer", at_least(-1)),
-    ("index.pooling", one_of(*POOLINGS)),
-    ("index.token_budget", at_least(0)),
-    ("index.index.*", at_least(0)),
-    ("propose.n", at_least(1)),
-    ("*.temperature", at_least(0)),
-    ("*.top_k", at_least(0)),
-    ("*.top_p", in_range(0, 1, low_open=True)),
-    ("*.max_new_tokens", at_least(1)),
     ("*.truncate", one_of(*TRUNCATE_MODES)),
-    ("select.theta", in_range(0, 1)),
+    ("index.pooling", one_of(*POOLINGS)),
     ("select.rule", one_of(*SELECTION_RULES)),
-    ("select.sweep_thetas", each(in_range(0, 1))),
-    ("eval.max_rows", at_least(0)),
 )
 # Settings no range or choice applies to: free text, names, paths (checked by
 # preflight), switches; listed so that a new setting without a rule is noticed.
@@ -176,8 +144,9 @@ def _sub_configs(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def rules_for(name: str) -> list[Rule]:
-    """The rules of `RULES` whose pattern matches the dotted `name`."""
-    return [rule for pattern, rule in RULES if fnmatch.fnmatchcase(name, pattern)]
+    """The rules of `RULES` one of whose patterns matches the dotted `name`."""
+    return [rule for patterns, rule in RULES
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns.split())]
 
 
 def _shown(v: Any) -> str:
