@@ -38,7 +38,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from semievol_jax import commands
 
     return commands.run(args.config, args.overrides, run_dir=args.run_dir,
-                        ablate=args.command == "ablate")
+                        ablate=args.command == "ablate", until=getattr(args, "until", None),
+                        strict=args.strict)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from semievol_jax import commands
+
+    return commands.validate(args.config, args.overrides, run_dir=args.run_dir,
+                             strict=args.strict)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -61,7 +69,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     rows = status(Path(args.run_dir))
     if not rows:
-        print(f"{args.run_dir}: no stages found", file=sys.stderr)
+        print(f"{args.run_dir}: no stages found (not a run directory, or nothing ran yet)",
+              file=sys.stderr)
         return 1
     for r in rows:
         wall = f"{r['wall_s']:.1f}s" if r["wall_s"] is not None else ""
@@ -109,15 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--run-dir", default=None,
                         help="run directory (default: results/<run.name>)")
         sp.add_argument("overrides", nargs="*",
-                        help="dotted overrides, e.g. sft.learning_rate=1e-4")
+                        help="dotted overrides, e.g. sft.train.learning_rate=1e-4")
+        sp.add_argument("--strict", action="store_true",
+                        help="refuse repeated rows and unusable unlabeled gold answers "
+                             "(otherwise kept, with a note)")
 
     sp = sub.add_parser("run", help="run the SemiEvol pipeline (skips finished stages)")
     with_config(sp)
+    sp.add_argument("--until", default=None, metavar="STAGE",
+                    help="stop after this stage of round 1 (data, base, sft, index, propose, "
+                         "select, final or eval)")
     sp.set_defaults(fn=_cmd_run)
 
     sp = sub.add_parser("ablate", help="run the pipeline and its ablations into one table")
     with_config(sp)
     sp.set_defaults(fn=_cmd_run)
+
+    sp = sub.add_parser("validate", help="check settings, checkpoint and the three splits "
+                                         "as a run would; writes nothing")
+    with_config(sp)
+    sp.set_defaults(fn=_cmd_validate)
 
     sp = sub.add_parser("demo", help="the embedded demo: synthetic task, tiny model, 3 seeds")
     sp.add_argument("--out", default="results/demo", help="output directory")

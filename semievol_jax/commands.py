@@ -8,13 +8,15 @@ command (`rerun`), so a results directory of any kind is checked the same way.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from semievol_jax import sharding
 from semievol_jax.config import load_config
 from semievol_jax.demo import driver
-from semievol_jax.pipeline import graph, provenance, summary, variants, verify
+from semievol_jax.errors import UserError
+from semievol_jax.pipeline import graph, preflight, provenance, summary, variants, verify
 from semievol_jax.pipeline.config import RunConfig
 from semievol_jax.study import parse_variants, run_study
 
@@ -27,16 +29,33 @@ def _config_arg(config: str) -> str:
 
 
 def run(config: str, overrides: list[str], *, run_dir: str | None = None,
-        ablate: bool = False) -> int:
+        ablate: bool = False, until: str | None = None, strict: bool = False) -> int:
     """`semievol run` (`ablate=True`: `semievol ablate`): the pipeline, and with `ablate`
-    its "without X" rows, into `run_dir` (default results/<name>); then the report."""
+    its "without X" rows, into `run_dir` (default results/<name>); then the report.
+
+    Settings, sources, checkpoint and run directory are checked first (preflight.py);
+    `strict` also loads the splits up front, refusing what is otherwise a note. `until`
+    stops after that stage of round 1 (no report).
+    """
+    if until is not None and until not in graph.ORDER:
+        raise UserError(f"--until {until}: not a stage; one of {', '.join(graph.ORDER)}")
     cfg = load_config(RunConfig, config, overrides)
     out = Path(run_dir or Path("results") / cfg.name)
+    pre = preflight.check_run(cfg, out)
+    pre.raise_problems()
+    for line in pre.notes:
+        print(f"note: {line}", file=sys.stderr)
+    if strict and (problems := preflight.check_splits(cfg, strict=True)[2]):
+        raise preflight.PreflightError(problems)
     start = time.perf_counter()
     mesh = graph.make_mesh(cfg)
     if sharding.is_main_process():  # one writer, as for the stages' records
         provenance.write_provenance(out, "ablate" if ablate else "run",
                                     {"config": _config_arg(config), "overrides": list(overrides)})
+    if until is not None:
+        records = graph.run_pipeline(cfg, out, mesh=mesh, stop_after=until)
+        print(f"stopped after {until}: {', '.join(records)} done in {out}")
+        return 0
     if ablate:
         records = variants.run_ablations(cfg, out, mesh=mesh)
     else:
@@ -45,6 +64,39 @@ def run(config: str, overrides: list[str], *, run_dir: str | None = None,
                              title=cfg.name)
     print(summary.accuracy_table(records))
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def validate(config: str, overrides: list[str], *, run_dir: str | None = None,
+             strict: bool = False) -> int:
+    """`semievol validate`: what `run` checks first, plus the splits loaded as the data
+    stage loads them; prints row counts, notes and problems, writes nothing. Returns 0
+    (a run would start) or 2."""
+    cfg = load_config(RunConfig, config, overrides)
+    out = Path(run_dir or Path("results") / cfg.name)
+    pre = preflight.check_run(cfg, out)
+    splits, rows, problems = None, {}, list(pre.problems)
+    if not any(p.startswith("data.task") for p in problems):
+        splits, rows, data_problems = preflight.check_splits(cfg, strict=strict)
+        # A source found wanting already (not set, not there) is not reported twice.
+        said = [f"data.{k}" for k in ("labeled", "unlabeled", "test")
+                if any(p.startswith(f"data.{k}") for p in problems)]
+        said += [getattr(cfg.data, k[5:]) + ":" for k in said if getattr(cfg.data, k[5:])]
+        problems += [p for p in data_problems if not p.startswith(tuple(said))]
+    print(f"{cfg.name}: task {cfg.data.task}, base "
+          f"{cfg.base.model or 'pretrained here'}, run directory {out}")
+    for split, n in rows.items():
+        print(f"  {split:<10} {n:>7} rows")
+    for line in pre.notes + (splits.notes if splits else []):
+        print(f"note: {line}")
+    if splits is not None:
+        print(splits.leakage.test_line())
+    for line in problems:
+        print(f"semievol: error: {line}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s): a run would stop", file=sys.stderr)
+        return 2
+    print("ok: a run with these settings would start")
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from semievol_jax.errors import UserError
@@ -28,7 +28,12 @@ def preset_names() -> list[str]:
 def _read_preset(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the config file ({e})") from e
+    elif path.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"{path}: no such config file")
     else:
         res = resources.files("semievol_jax.presets") / f"{name_or_path}.yaml"
         if not res.is_file():
@@ -37,9 +42,16 @@ def _read_preset(name_or_path: str) -> dict[str, Any]:
                 f"{', '.join(preset_names())}"
             )
         text = res.read_text()
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{name_or_path}:{mark.line + 1}" if mark is not None else name_or_path
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({what})") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"preset {name_or_path!r} must be a YAML mapping")
+        raise ConfigError(f"preset {name_or_path!r} must be a YAML mapping, got "
+                          f"{type(data).__name__}")
     return data
 
 
@@ -71,15 +83,37 @@ def load_config(schema: type[T], preset: str | None = None,
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key.sub=value; got {bad}")
+    values = _with_parents(preset) if preset else {}
+    merged = None
     try:
         merged = OmegaConf.merge(
             OmegaConf.structured(schema),
-            _with_parents(preset) if preset else {},
+            values,
             OmegaConf.from_dotlist(list(overrides)),
         )
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise ConfigError(str(e).splitlines()[0] + f" (key: {getattr(e, 'full_key', '?')})") from e
+        msg = str(e).splitlines()[0] + f" (key: {getattr(e, 'full_key', '?')})"
+        if msg.startswith("Incompatible value 'None'"):
+            msg += "; `key=` is null: write key='' for an empty text"
+        raise ConfigError(msg) from e
+    except (ValueError, TypeError) as e:  # a sub-config's own check (__post_init__)
+        where = "config" if merged is None else _failing_node(merged)
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _failing_node(node: DictConfig, path: str = "") -> str:
+    """The dotted path of the deepest sub-config that cannot be built (its own check
+    refused a value), for a message that names the setting."""
+    for key in node:
+        child = node.get(key)
+        if isinstance(child, DictConfig):
+            where = f"{path}.{key}" if path else str(key)
+            try:
+                OmegaConf.to_object(child)
+            except (ValueError, TypeError, OmegaConfBaseException):
+                return _failing_node(child, where)
+    return path or "config"
 
 
 def to_yaml(cfg: Any) -> str:

@@ -94,7 +94,7 @@ def test_bad_options_every_row_reported():
     p = str(BROKEN / "bad_options.csv")
     assert [x.split(": ", 1)[0] for x in e.problems] == [f"{p}:{n}" for n in (3, 4, 5, 6)]
     assert "not valid JSON" in e.problems[0]
-    assert "must be a JSON list of strings, got dict" in e.problems[1]
+    assert "must be a list of strings, got dict" in e.problems[1]
     assert "empty list" in e.problems[2]
     assert "option B is int 3" in e.problems[3]
 
@@ -105,9 +105,13 @@ def test_answer_letter_out_of_range():
     assert ":2: answer 'C' is not a valid letter for 2 options (A-B)" in e.problems[0]
     assert ":3: answer 'AB'" in e.problems[1]
     assert e.problems[2].endswith(":4: answer is empty")
-    # The same file as unlabeled: a missing answer is fine there, a wrong one is not.
+    # The same file as unlabeled: a missing answer is fine there, and a wrong one only
+    # leaves the row out of pseudo-label scoring (a note); --strict refuses it.
+    with pytest.warns(DataWarning, match=r":2: gold answer 'C' .* left out of pseudo-label"):
+        questions, gold = load_unlabeled(BROKEN / "answer_out_of_range.csv", "mmlu_pro")
+    assert len(questions) == 3 and len(gold) == 0
     with pytest.raises(DataError) as e2:
-        load_unlabeled(BROKEN / "answer_out_of_range.csv", "mmlu_pro")
+        load_unlabeled(BROKEN / "answer_out_of_range.csv", "mmlu_pro", strict=True)
     assert len(e2.value.problems) == 2
 
 

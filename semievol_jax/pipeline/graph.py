@@ -16,8 +16,10 @@ from semievol_jax import rng, sharding
 from semievol_jax.config import to_yaml
 from semievol_jax.errors import UserError
 from semievol_jax.files import write_text_atomic
+from semievol_jax.pipeline import checks
 from semievol_jax.pipeline import stages as st
 from semievol_jax.pipeline.config import RunConfig
+from semievol_jax.pipeline.preflight import PreflightError
 from semievol_jax.pipeline.runner import ROUND_PREFIX, Runner, Stage
 
 ORDER = {name: i for i, name in enumerate(
@@ -32,11 +34,13 @@ def stage_dir(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / f"{ORDER[name]:02d}_{name}"
 
 
-def _stage(name: str, fn, config, reads: tuple[str, ...] = (), **kw: Any) -> Stage:
-    """A stage whose extra arguments (all but the mesh) are hashed with its config."""
+def _stage(name: str, fn, config, reads: tuple[str, ...] = (), *,
+           sources: dict[str, str] | None = None, **kw: Any) -> Stage:
+    """A stage whose extra arguments (all but the mesh) are hashed with its config, and
+    whose `sources` (files read from outside the run) are keyed by content."""
     salt = {k: v for k, v in kw.items() if k != "mesh"} or None
     return Stage(name, functools.partial(fn, **kw) if kw else fn, config, reads=reads,
-                 order=ORDER[name], salt=salt)
+                 order=ORDER[name], salt=salt, sources=sources or None)
 
 
 def round_dir(run_dir: Path, round_index: int) -> Path:
@@ -66,9 +70,9 @@ def build_stages(cfg: RunConfig, mesh, round_index: int = 1) -> list[Stage]:
     common = {"base_cfg": cfg.base, "task": st.task_of(cfg.data), "mesh": mesh}
     seeded = {**common, "seed": round_seed(cfg.seed, round_index)}
     if round_index == 1:
-        head = [_stage("data", st.run_data, cfg.data),
+        head = [_stage("data", st.run_data, cfg.data, sources=st.data_sources(cfg.data)),
                 _stage("base", st.run_base, cfg.base, ("data",), seed=cfg.base_seed,
-                       task=common["task"])]
+                       task=common["task"], sources=st.base_sources(cfg.base))]
     else:
         head = [_stage("base", st.run_round_base, cfg.base, tuple(PREVIOUS), mesh=mesh)]
     vanilla = ("vanilla",) if round_index > 1 else ()
@@ -104,6 +108,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, *, mesh=None,
     round 1 (as for a one-round run) and `round<r>/<stage>` -> record for each later
     round's own stages.
     """
+    if problems := checks.check_settings(cfg):  # library callers too, in milliseconds
+        raise PreflightError(problems)
     mesh = mesh if mesh is not None else make_mesh(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

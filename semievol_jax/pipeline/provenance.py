@@ -61,8 +61,12 @@ def read_provenance(run_dir: Path) -> Provenance:
     """
     path = Path(run_dir) / PROVENANCE
     if path.exists():
-        d = json.loads(path.read_text())
-        return Provenance(d["kind"], d["args"], d.get("machine", {}))
+        try:
+            d = json.loads(path.read_text())
+            return Provenance(d["kind"], dict(d["args"]), d.get("machine", {}))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path}: unreadable provenance record "
+                            f"({type(e).__name__}: {e})") from e
     config = Path(run_dir) / "config.yaml"
     if config.exists():
         return Provenance("run", {"config": str(config), "overrides": []})
@@ -72,11 +76,19 @@ def read_provenance(run_dir: Path) -> Provenance:
 
 def recorded_cpu(run_dir: Path) -> str | None:
     """The CPU kind a run directory says it was made on (its provenance record, else
-    the report's metrics.json), or None when it records none."""
-    path = Path(run_dir) / PROVENANCE
-    if path.exists() and (cpu := json.loads(path.read_text()).get("machine", {}).get("cpu")):
+    the report's metrics.json), or None when it records none (or is unreadable)."""
+    d = _json_or_empty(Path(run_dir) / PROVENANCE)
+    if cpu := (d.get("machine") or {}).get("cpu"):
         return environment.cpu_kind(cpu)
-    path = Path(run_dir) / "metrics.json"
-    if path.exists() and (cpu := json.loads(path.read_text()).get("device", {}).get("cpu")):
+    d = _json_or_empty(Path(run_dir) / "metrics.json")
+    if cpu := (d.get("device") or {}).get("cpu"):
         return environment.cpu_kind(cpu) if isinstance(cpu, dict) else str(cpu)
     return None
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}

@@ -5,9 +5,12 @@ A run directory holds one sub-directory per stage, `NN_name/`, each written atom
 config digest, the output digests of the stages it reads, and the digest of every file
 it wrote. A stage whose record matches the current config and inputs is skipped; any
 mismatch reruns it and, through the changed output digest, everything downstream.
-Long stages keep resumable state (training checkpoints) in `.work/`, keyed by the
-stage's input key, so a killed run resumes where it stopped and a changed config never
-resumes stale state.
+A stage's `sources` (files it reads from outside the run: a split's CSV, a checkpoint)
+are digested by content into its key and its record (sources.py), so an edited input
+reruns it too. Long stages keep resumable state (training checkpoints) in `.work/`,
+keyed by the stage's input key, so a killed run resumes where it stopped and a changed
+config never resumes stale state; the temporary folders a killed run left are removed
+when the next run starts.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from semievol_jax.errors import UserError
 from semievol_jax.files import file_digest, to_jsonable, write_json_atomic
+from semievol_jax.pipeline.sources import digest_sources, sources_key
 
 RECORD = "record.json"
 MANIFEST = "manifest.json"
@@ -45,6 +49,8 @@ class StageContext:
     work: Path  # persistent scratch for resumable state (checkpoints); survives kills
     inputs: dict[str, Path]  # upstream stage name -> its finished directory
     config: Any  # the stage's own sub-config
+    # name -> digested source (sources.py) of the files the stage reads from outside
+    sources: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,8 @@ class Stage:
     reads: tuple[str, ...] = ()  # upstream stages whose outputs this stage reads
     order: int | None = None  # the NN of its directory; None = position in the run
     salt: Any = None  # anything else the result depends on (seed, task): hashed with config
+    # name -> path or id of what it reads from outside the run dir: keyed by content
+    sources: Mapping[str, str] | None = None
 
 
 def digest_json(obj: Any) -> str:
@@ -77,10 +85,43 @@ def digest_dir(root: Path) -> dict[str, str]:
 
 
 def read_record(stage_dir: Path) -> dict[str, Any] | None:
+    """A stage's record; None when it is missing or unreadable (the stage reruns)."""
     try:
-        return json.loads((stage_dir / RECORD).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        rec = json.loads((stage_dir / RECORD).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return rec if isinstance(rec, dict) else None
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """A JSON file the user may have damaged, or one UserError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable {what} ({e})") from e
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Removes the `.NN_stage.tmp-PID` / `.old-PID` folders of processes that are gone
+    (a killed run's half-written stages); returns what was removed."""
+    removed = []
+    for p in Path(run_dir).glob(".[0-9][0-9]_*.*-*"):
+        kind, _, pid = p.name.rpartition(".")[2].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and p.is_dir() and (
+                int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 class Runner:
@@ -113,6 +154,9 @@ class Runner:
     def run(self, stages: Sequence[Stage]) -> dict[str, dict[str, Any]]:
         """Run `stages` in order; returns name -> record."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_writer:
+            for p in remove_stale_temporaries(self.run_dir):
+                self.log(f"removed {p.name}, left by a killed run")
         for i, stage in enumerate(stages):
             self.run_stage(i if stage.order is None else stage.order, stage)
         if self.is_writer:
@@ -131,22 +175,27 @@ class Runner:
         if missing:
             raise RuntimeError(f"stage {stage.name!r} reads {missing}, which have not run")
         final = self.stage_dir(index, stage.name)
+        old = read_record(final)
         config_digest = digest_json({"config": stage.config, "salt": stage.salt})
         input_digests = {r: self.records[r]["output_digest"] for r in stage.reads}
-        key = digest_json({"config": config_digest, "inputs": input_digests})
+        keyed: dict[str, Any] = {"config": config_digest, "inputs": input_digests}
+        sources = {}
+        if stage.sources:
+            sources = digest_sources(stage.sources, (old or {}).get("sources"))
+            keyed["sources"] = sources_key(sources)
+        key = digest_json(keyed)
 
-        old = read_record(final)
+        work = self.run_dir / ".work" / f"{stage.name}-{key[:12]}"
         if old is not None and old.get("key") == key and self._outputs_intact(final, old):
             self.log(f"[{stage.name}] up to date, skipped ({final.name})")
+            if self.is_writer:  # a run killed between the swap and this removal left it
+                shutil.rmtree(work, ignore_errors=True)
             self.records[stage.name], self.dirs[stage.name] = old, final
             return old
 
         self.log(f"[{stage.name}] running -> {final}")
-        work = self.run_dir / ".work" / f"{stage.name}-{key[:12]}"
         work.mkdir(parents=True, exist_ok=True)
         if self.is_writer:
-            for stale in self.run_dir.glob(f".{final.name}.*-*"):  # left by a killed run
-                shutil.rmtree(stale, ignore_errors=True)
             tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
             tmp.mkdir(parents=True)
         else:
@@ -158,6 +207,7 @@ class Runner:
             work=work,
             inputs={r: self.dirs[r] for r in stage.reads},
             config=stage.config,
+            sources=sources,
         )
         start = time.perf_counter()
         try:
@@ -173,6 +223,7 @@ class Runner:
             "salt": to_jsonable(stage.salt),
             "config_digest": config_digest,
             "input_digests": input_digests,
+            **({"sources": sources} if sources else {}),
             "outputs": outputs,
             "output_digest": digest_json(outputs),
             "metrics": to_jsonable(metrics),
@@ -256,6 +307,11 @@ def status(run_dir: Path) -> list[dict[str, Any]]:
     """One row per stage directory found in `run_dir` and its later rounds (for
     `semievol status`); a later round's rows are named `round<r>/NN_stage`."""
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: no such run directory")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a directory (a run directory holds NN_stage/ "
+                        "folders)")
     rows = []
     for sub in (run_dir, *round_dirs(run_dir)):
         prefix = "" if sub == run_dir else f"{sub.name}/"
@@ -284,10 +340,25 @@ def digest_table(root: Path) -> dict[str, dict[str, str]]:
       UserError: neither manifests nor a digests.json under `root`.
     """
     root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such run directory")
     if manifests := run_manifests(root):
-        return {str(mf.parent.relative_to(root)): {
-            k: v["output_digest"] for k, v in json.loads(mf.read_text()).items()}
-            for mf in manifests}
+        return {str(mf.parent.relative_to(root)): read_manifest(mf) for mf in manifests}
     if (root / DIGESTS).exists():
-        return json.loads((root / DIGESTS).read_text())
+        table = read_json_file(root / DIGESTS, "digest table")
+        if not (isinstance(table, dict) and all(
+                isinstance(v, dict) and all(isinstance(d, str) for d in v.values())
+                for v in table.values())):
+            raise UserError(f"{root / DIGESTS}: not a digest table "
+                            "({sub-run: {stage: digest}})")
+        return table
     raise UserError(f"{root}: no {MANIFEST} and no {DIGESTS} found")
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """{stage: output digest} of a run's manifest.json, or one UserError naming it."""
+    entries = read_json_file(path, "manifest")
+    try:
+        return {k: v["output_digest"] for k, v in entries.items()}
+    except (AttributeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a run manifest (no output_digest in an entry)") from e

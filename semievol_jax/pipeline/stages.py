@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 
 from semievol_jax import model as m
 from semievol_jax import rng
-from semievol_jax.errors import DataError, UserError
+from semievol_jax.errors import UserError
 from semievol_jax.files import (
     file_digest,
     read_jsonl,
@@ -42,7 +43,8 @@ from semievol_jax.files import (
 )
 from semievol_jax.generate import embed, generate, render_prompt
 from semievol_jax.model.hf_io import resolve_checkpoint  # not in the package's exports
-from semievol_jax.pipeline import prompts, selection
+from semievol_jax.pipeline import checks, prompts, selection
+from semievol_jax.pipeline.checkpoint_look import look_at_checkpoint
 from semievol_jax.pipeline.config import (
     FINAL_DATA,
     BaseConfig,
@@ -55,9 +57,8 @@ from semievol_jax.pipeline.config import (
     SftConfig,
 )
 from semievol_jax.pipeline.data.examples import Example, GoldAnswers, UnlabeledQuestion
-from semievol_jax.pipeline.data.leakage import find_leakage
+from semievol_jax.pipeline.data.splits import load_splits
 from semievol_jax.pipeline.data.synth import write_world
-from semievol_jax.pipeline.data.validation import load_split, load_unlabeled
 from semievol_jax.pipeline.models import (
     EVAL_ANSWERS,
     MODEL_DIR,
@@ -70,6 +71,7 @@ from semievol_jax.pipeline.models import (
     tuned_ref,
 )
 from semievol_jax.pipeline.runner import StageContext, read_record
+from semievol_jax.pipeline.sources import file_digests
 from semievol_jax.pipeline.tasks import Task, resolve_task
 from semievol_jax.retrieval import build_demo_prompts, build_index
 from semievol_jax.train import SFTExample, train
@@ -115,43 +117,44 @@ def user_prompts(tokenizer, task, items) -> list[str]:
 
 # ----------------------------------------------------------------------------- stages
 
+def data_sources(cfg: DataConfig) -> dict[str, str]:
+    """Split name -> the file, directory or hub id it is read from (none for a generated
+    source: its files are made by the stage, from the config)."""
+    if cfg.synth is not None:
+        return {}
+    return {k: v for k, v in {"labeled": cfg.labeled, "unlabeled": cfg.unlabeled,
+                              "test": cfg.test}.items() if v}
+
+
 def run_data(ctx: StageContext) -> dict[str, Any]:
-    """Load and validate the three splits (all problems reported at once)."""
+    """Load and validate the three splits (all problems reported at once); notes and the
+    leakage line on stderr and in the record's metrics."""
     cfg: DataConfig = ctx.config
     task = task_of(cfg)
     sources = {"labeled": cfg.labeled, "unlabeled": cfg.unlabeled, "test": cfg.test}
     if cfg.synth is not None:  # a generated source: its split files and corpus under raw/
         paths = write_world(ctx.out / "raw", cfg.synth)
         sources = {k: str(paths[k]) for k in SPLITS}
-    missing = [k for k, v in sources.items() if not v]
-    if missing:
-        raise UserError(f"data: no source given for {missing} (set data.<split>=PATH)")
-    errors, loaded = [], {}
-    for split, src in sources.items():
-        try:
-            if split == "unlabeled":
-                loaded[split] = load_unlabeled(src, task)
-            else:
-                loaded[split] = load_split(src, task, split_name=split)
-        except DataError as e:  # keep going: report every file's problems at once
-            errors.append(e)
-    if errors:
-        raise DataError.combine(errors)
-    labeled, test = loaded["labeled"], loaded["test"]
-    unlabeled, gold = loaded["unlabeled"]
-    if cfg.max_rows:
-        labeled, unlabeled, test = (x[:cfg.max_rows] for x in (labeled, unlabeled, test))
-    write_jsonl(ctx.out / "labeled.jsonl", [_example_row(e) for e in labeled])
-    write_jsonl(ctx.out / "unlabeled.jsonl", [_example_row(q) for q in unlabeled])
-    write_jsonl(ctx.out / "test.jsonl", [_example_row(e) for e in test])
+    splits = load_splits(sources, task, max_rows=cfg.max_rows,
+                         max_leakage=checks.max_leakage(cfg))
+    for line in [*splits.notes, splits.leakage.test_line()]:
+        print(f"[data] {line}", file=sys.stderr)
+    write_jsonl(ctx.out / "labeled.jsonl", [_example_row(e) for e in splits.labeled])
+    write_jsonl(ctx.out / "unlabeled.jsonl", [_example_row(q) for q in splits.unlabeled])
+    write_jsonl(ctx.out / "test.jsonl", [_example_row(e) for e in splits.test])
     (ctx.out / "held").mkdir()
-    kept = {q.id for q in unlabeled}
     write_json_atomic(ctx.out / "held" / "unlabeled_gold.json",
-                      {qid: gold[qid] for qid in gold.ids() if qid in kept})
-    leakage = find_leakage({"labeled": labeled, "unlabeled": unlabeled, "test": test})
-    write_json_atomic(ctx.out / "leakage.json", leakage.to_dict())
-    return {"labeled": len(labeled), "unlabeled": len(unlabeled), "test": len(test),
-            "leakage": leakage.summary()}
+                      {qid: splits.gold[qid] for qid in splits.gold.ids()})
+    write_json_atomic(ctx.out / "leakage.json", splits.leakage.to_dict())
+    return {**splits.counts(), "leakage": splits.leakage.summary(),
+            "leakage_test_rows_shared": splits.leakage.test_rows_shared,
+            "leakage_line": splits.leakage.test_line(), "notes": splits.notes}
+
+
+def base_sources(cfg: BaseConfig) -> dict[str, str]:
+    """What the base stage reads from outside the run: the checkpoint (a directory, a
+    .gguf file, a fetchable model, a hub id); nothing when it pretrains one here."""
+    return {"model": cfg.model} if cfg.pretrain is None and cfg.model else {}
 
 
 def run_base(ctx: StageContext, *, seed: int, task: Task) -> dict[str, Any]:
@@ -172,14 +175,21 @@ def run_base(ctx: StageContext, *, seed: int, task: Task) -> dict[str, Any]:
         return {"pretrained": True}
     if not cfg.model:
         raise UserError("base.model is empty: give an HF checkpoint directory or hub id")
+    # The cheap look (config, tensor index, format) before this stage is recorded done: a
+    # checkpoint that cannot load must not become a finished base that sft then refuses.
+    if problems := look_at_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle).problems:
+        raise UserError("\n".join(problems))
     resolved = str(Path(resolve_checkpoint(cfg.model, allow_pickle=cfg.allow_pickle))
                    .resolve())
     # The base is referenced where it lies (an 8B checkpoint is not copied) and by the
     # name the user gave (machine-independent digests); its files' digests go into this
-    # stage's output, so a changed checkpoint reruns everything downstream.
+    # stage's output, so a changed checkpoint reruns everything downstream. A local
+    # directory was digested already, for the stage's key (ctx.sources).
     root = Path(resolved)
-    files = {p.relative_to(root).as_posix(): file_digest(p)
-             for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    files = file_digests(ctx.sources.get("model", {}))
+    if not files:
+        files = {p.relative_to(root).as_posix(): file_digest(p) for p in sorted(root.rglob("*"))
+                 if p.is_file() and not p.name.startswith(".")}
     write_json_atomic(ctx.out / "base.json", {"model": cfg.model, "local": False,
                                               "files": files})
     return {"resolved": resolved}

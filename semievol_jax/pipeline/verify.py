@@ -8,7 +8,6 @@ this module knows nothing of what a demo or an ablation is.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -16,8 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from semievol_jax import environment
+from semievol_jax.errors import UserError
 from semievol_jax.pipeline.provenance import Provenance, read_provenance, recorded_cpu
-from semievol_jax.pipeline.runner import digest_dir, digest_table, read_record, run_manifests
+from semievol_jax.pipeline.runner import (
+    digest_dir,
+    digest_table,
+    read_json_file,
+    read_record,
+    run_manifests,
+)
 
 Rerun = Callable[[Provenance, Path], Any]
 
@@ -35,15 +41,28 @@ def compare_manifests(expected: dict[str, Any], got: dict[str, Any]) -> list[str
 
 
 def stages_off_record(run_dir: Path) -> list[str]:
-    """The stages on disk whose files, or manifest entry, differ from their record."""
+    """The stages on disk whose files, or manifest entry, differ from their record; each
+    line says which of the two it is."""
     bad = []
     for mf in run_manifests(run_dir):
-        for name, entry in json.loads(mf.read_text()).items():
+        entries = read_json_file(mf, "manifest")
+        if not isinstance(entries, dict):
+            raise UserError(f"{mf}: not a run manifest (expected {{stage: entry}})")
+        for name, entry in entries.items():
+            sub = mf.parent.relative_to(run_dir).as_posix()
+            where = name if sub == "." else f"{sub}/{name}"
+            if not (isinstance(entry, dict) and {"dir", "output_digest"} <= set(entry)):
+                bad.append(f"{where}: its manifest entry is malformed ({mf})")
+                continue
             d = (mf.parent / entry["dir"]).resolve()
             rec = read_record(d)
-            if rec is None or digest_dir(d) != rec["outputs"] or \
-                    rec["output_digest"] != entry["output_digest"]:
-                bad.append(f"{mf.parent.relative_to(run_dir)}/{name}: files differ from record")
+            if rec is None:
+                bad.append(f"{where}: no readable record in {d}")
+            elif digest_dir(d) != rec.get("outputs"):
+                bad.append(f"{where}: files differ from record")
+            elif rec.get("output_digest") != entry["output_digest"]:
+                bad.append(f"{where}: the manifest's digest differs from the stage's record "
+                           f"(the files match the record; {mf.name} was changed)")
     return bad
 
 

@@ -1,12 +1,12 @@
 """Reading a split's rows as they are, before validation: CSV, JSONL, `datasets`.
 
 Formats: the official SemiEvol CSV (`question`, `options` as a JSON list of strings,
-`answer` letter, extra columns kept), JSONL with the same fields, a `datasets` directory
-written by `save_to_disk`, or a hub id written `hf:owner/name` (needs network;
-`datasets.load_dataset`). Each row keeps its location as an editor shows it
-(`file:line`: the CSV header is line 1; a record spanning several lines is named by its
-first line), and what cannot be read becomes one problem line each, not an exception,
-so validation can report a file's every problem at once.
+`answer` letter, extra columns kept), the same tab-separated (`.tsv`), JSONL with the
+same fields, a `datasets` directory written by `save_to_disk`, or a hub id written
+`hf:owner/name` (needs network; `datasets.load_dataset`). Each row keeps its location as
+an editor shows it (`file:line`: the CSV header is line 1; a record spanning several
+lines is named by its first line), and what cannot be read becomes one problem each,
+not an exception, so validation can report a file's every problem at once.
 """
 
 from __future__ import annotations
@@ -20,9 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from semievol_jax.errors import DataError
+from semievol_jax.pipeline.data.problems import Finding
 
 _SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes under surrogateescape
-
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t", "": ","}  # by the file's suffix
+_OTHER_DELIMITERS = {"\t": ("tab", "name the file *.tsv"),
+                     ",": ("comma", "name the file *.csv"),
+                     ";": ("semicolon", "re-save it comma-separated")}
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 @dataclasses.dataclass
@@ -31,15 +36,15 @@ class RawRows:
 
     columns: list[str] | None  # header (CSV); None where rows carry their own keys
     rows: list[tuple[str, dict[str, Any]]]
-    problems: list[str]
+    problems: list[Finding]
     is_text_file: bool = True
 
 
-def _decode(path: Path, data: bytes, problems: list[str]) -> str:
+def _decode(path: Path, data: bytes, problems: list[Finding]) -> str:
     """UTF-8 text of `data`; each line with undecodable bytes becomes one problem."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        problems.append(f"{path}:1: the file is UTF-16 (byte-order mark {data[:2]!r}); "
-                        "re-save it as UTF-8")
+        problems.append(Finding(f"{path}:1", "encoding", "the file is UTF-16 (byte-order "
+                                f"mark {data[:2]!r}); re-save it as UTF-8"))
         return ""
     bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # Excel writes a UTF-8 BOM
     text = data[bom:].decode("utf-8", errors="surrogateescape")
@@ -50,31 +55,36 @@ def _decode(path: Path, data: bytes, problems: list[str]) -> str:
         line = text.count("\n", 0, m.start()) + 1
         if line != last_line:
             bad = ord(m.group()) - 0xDC00
-            problems.append(
-                f"{path}:{line}: not valid UTF-8 (byte 0x{bad:02X} at byte offset "
-                f"{byte_off}); re-save the file as UTF-8 (it looks like Latin-1/cp1252)")
+            problems.append(Finding(
+                f"{path}:{line}", "encoding", f"not valid UTF-8 (byte 0x{bad:02X} at byte "
+                f"offset {byte_off}); re-save the file as UTF-8 (it looks like "
+                "Latin-1/cp1252)"))
             last_line = line
     return _SURROGATE.sub("\ufffd", text) if last_line > 0 else text
 
 
-def _text(path: Path, problems: list[str], empty: str) -> str | None:
+def _text(path: Path, problems: list[Finding], empty: str) -> str | None:
     """The file's text (`_decode`); None, with the problem `empty`, when it holds
     nothing but white space."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError([f"{path}: cannot read ({e.strerror or e})"]) from e
     if not data.strip():
-        problems.append(f"{path}:1: {empty}")
+        problems.append(Finding(f"{path}:1", "empty", empty))
         return None
     return _decode(path, data, problems)
 
 
 def _read_csv(path: Path) -> RawRows:
-    problems: list[str] = []
+    problems: list[Finding] = []
     if (text := _text(path, problems, "file is empty (expected a header line)")) is None:
         return RawRows(None, [], problems)
+    delimiter = DELIMITERS.get(path.suffix.lower(), ",")
     old_limit = csv.field_size_limit()
     csv.field_size_limit(2**31 - 1)  # long questions are reported below, not by csv
     try:
-        reader = csv.reader(io.StringIO(text, newline=""))
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
         rows: list[tuple[str, dict[str, Any]]] = []
         header: list[str] | None = None
         start = 1
@@ -82,23 +92,42 @@ def _read_csv(path: Path) -> RawRows:
             for record in reader:
                 if header is None:
                     header = [c.strip() or f"Unnamed: {i}" for i, c in enumerate(record)]
+                    if (hint := _delimiter_hint(header, delimiter, path)) is not None:
+                        problems.append(Finding(f"{path}:1", "delimiter", hint))
+                        return RawRows(header, [], problems)
                 elif record and any(c.strip() for c in record):
                     loc = f"{path}:{start}"
                     if len(record) != len(header):
-                        problems.append(f"{loc}: {len(record)} fields, the header has "
-                                        f"{len(header)} (unbalanced quotes or commas?)")
+                        span = (f"; the record runs to line {reader.line_num}"
+                                if reader.line_num > start else "")
+                        problems.append(Finding(loc, "fields", f"{len(record)} fields, the "
+                                                f"header has {len(header)} (unbalanced "
+                                                f"quotes or delimiters?{span})"))
                     else:
                         rows.append((loc, dict(zip(header, record, strict=True))))
                 start = reader.line_num + 1
         except csv.Error as e:
-            problems.append(f"{path}:{start}: CSV syntax error: {e}")
+            problems.append(Finding(f"{path}:{start}", "fields", f"CSV syntax error: {e}"))
     finally:
         csv.field_size_limit(old_limit)
     return RawRows(header, rows, problems)
 
 
+def _delimiter_hint(header: list[str], delimiter: str, path: Path) -> str | None:
+    """Why a one-column header that holds another delimiter cannot be read, or None."""
+    if len(header) != 1:
+        return None
+    for other, (name, fix) in _OTHER_DELIMITERS.items():
+        if other != delimiter and other in header[0]:
+            shown = header[0].replace("\t", "\\t")
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            return (f"the header is one column holding {name}s ({shown}): {fix} (the "
+                    "delimiter follows the suffix: .csv comma, .tsv tab)")
+    return None
+
+
 def _read_jsonl(path: Path) -> RawRows:
-    problems: list[str] = []
+    problems: list[Finding] = []
     if (text := _text(path, problems, "file is empty")) is None:
         return RawRows(None, [], problems)
     rows: list[tuple[str, dict[str, Any]]] = []
@@ -106,7 +135,11 @@ def _read_jsonl(path: Path) -> RawRows:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:
-            return RawRows(None, [], [*problems, f"{path}:{e.lineno}: invalid JSON: {e.msg}"])
+            return RawRows(None, [], [*problems, Finding(f"{path}:{e.lineno}", "json",
+                                                         f"invalid JSON: {e.msg}")])
+        if not isinstance(items, list):
+            return RawRows(None, [], [*problems, Finding(f"{path}:1", "json",
+                                                         "expected a JSON array of objects")])
         for i, item in enumerate(items):
             _add_json_row(f"{path}[{i}]", item, rows, problems)
         return RawRows(None, rows, problems)
@@ -116,17 +149,19 @@ def _read_jsonl(path: Path) -> RawRows:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as e:
-            problems.append(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})")
+            problems.append(Finding(f"{path}:{lineno}", "json",
+                                    f"invalid JSON: {e.msg} (column {e.colno})"))
             continue
         _add_json_row(f"{path}:{lineno}", item, rows, problems)
     return RawRows(None, rows, problems)
 
 
-def _add_json_row(loc: str, item: Any, rows: list, problems: list[str]) -> None:
+def _add_json_row(loc: str, item: Any, rows: list, problems: list[Finding]) -> None:
     if isinstance(item, dict):
         rows.append((loc, item))
     else:
-        problems.append(f"{loc}: expected a JSON object, got {type(item).__name__}")
+        problems.append(Finding(loc, "json", f"expected a JSON object, got "
+                                             f"{type(item).__name__}"))
 
 
 def _read_datasets(source: str, split_name: str) -> RawRows:
@@ -148,6 +183,7 @@ def _read_datasets(source: str, split_name: str) -> RawRows:
 
 
 def read_rows(source: str | Path, split_name: str) -> RawRows:
+    """The rows of one split's source (a file by its suffix, a directory, `hf:` id)."""
     s = str(source)
     if s.startswith("hf:"):
         return _read_datasets(s, split_name)
@@ -157,10 +193,10 @@ def read_rows(source: str | Path, split_name: str) -> RawRows:
                          "dataset is written hf:owner/name)"])
     if path.is_dir():
         return _read_datasets(str(path), split_name)
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+    if path.suffix.lower() in JSON_SUFFIXES:
         return _read_jsonl(path)
-    if path.suffix.lower() in (".csv", ".tsv", ""):
+    if path.suffix.lower() in DELIMITERS:
         return _read_csv(path)
-    raise DataError([f"{path}: unknown format {path.suffix!r}; use .csv, .jsonl or a "
+    raise DataError([f"{path}: unknown format {path.suffix!r}; use .csv, .tsv, .jsonl or a "
                      "datasets directory"])
 

@@ -1,22 +1,21 @@
 """Validating the labeled / unlabeled / test splits, before any compute.
 
 Every problem in a file is collected and raised at once in one `DataError`, one line
-each, `file:line: what is wrong` (locations from `readers`). Problems that the official
-release itself has are warnings (`DataWarning`), not errors: repeated items (two in
-fpb/unlabeled.csv, a few in every MMLU file) and JSON `NaN` options (pandas wrote the
-MMLU option "None" as NaN; it is restored as "None").
+each, `file:line: what is wrong` (locations from `readers`; a kind that fails most rows
+in one line, `problems`). Oddities that the official release itself has are notes, not
+errors: repeated items (two in fpb/unlabeled.csv, a few in every MMLU file) and JSON
+`NaN` options; so are the other formats users hold (`fields`: Python-literal option
+lists, numeric answer keys).
 
 The unlabeled split's gold answers exist only to score pseudo-labels: `load_unlabeled`
 returns questions without an answer field and a separate `GoldAnswers`, so selection
-code cannot see them.
+code cannot see them. A row whose gold answer is unusable is kept (the method never
+reads it), left out of scoring, with a note; `strict` refuses it, and repeated rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,12 @@ from semievol_jax.pipeline.data.examples import (
     Example,
     GoldAnswers,
     UnlabeledQuestion,
-    excerpt,
     same_item_key,
 )
-from semievol_jax.pipeline.data.readers import read_rows
-from semievol_jax.pipeline.tasks import LETTERS, Task, canonical_number, resolve_task
+from semievol_jax.pipeline.data.fields import index_base, index_note, parse_answer, parse_options
+from semievol_jax.pipeline.data.problems import Findings
+from semievol_jax.pipeline.data.readers import RawRows, read_rows
+from semievol_jax.pipeline.tasks import Task, resolve_task
 
 MAX_QUESTION_CHARS = 100_000
 ID_COLUMNS = ("id", "question_id")  # first present, unique one names the examples
@@ -41,79 +41,12 @@ class DataWarning(UserWarning):
     """A data oddity that the official release has too: reported, not fatal."""
 
 
-def _parse_options(value: Any, loc: str, problems: list[str],
-                   notes: list[str]) -> tuple[str, ...] | None:
-    """Options as a tuple of strings; None (and a problem) when unusable."""
-    if isinstance(value, str):
-        if not value.strip():
-            problems.append(f"{loc}: options is empty (expected a JSON list of strings)")
-            return None
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            problems.append(f"{loc}: options is not valid JSON ({e.msg} at column "
-                            f"{e.colno}): {excerpt(value)}")
-            return None
-    if not isinstance(value, list | tuple):
-        problems.append(f"{loc}: options must be a JSON list of strings, got "
-                        f"{type(value).__name__}: {excerpt(repr(value))}")
-        return None
-    if not value:
-        problems.append(f"{loc}: options is an empty list")
-        return None
-    if len(value) > len(LETTERS):
-        problems.append(f"{loc}: {len(value)} options; at most {len(LETTERS)} (A-Z)")
-        return None
-    out = []
-    for i, v in enumerate(value):
-        if isinstance(v, str):
-            out.append(v)
-        elif isinstance(v, float) and math.isnan(v):
-            # pandas reads an option "None" as NaN and json.dumps writes it back as NaN.
-            notes.append(f"{loc}: option {LETTERS[i]} is NaN; read as the text 'None'")
-            out.append("None")
-        else:
-            problems.append(f"{loc}: option {LETTERS[i]} is {type(v).__name__} "
-                            f"{excerpt(repr(v))}, expected a string")
-            return None
-    return tuple(out)
+@dataclasses.dataclass(frozen=True)
+class Validated:
+    """One split's examples, and the notes about it (one line each)."""
 
-
-def _parse_answer(value: Any, task: Task, options: tuple[str, ...] | None, loc: str,
-                  require: bool, problems: list[str]) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        value = ""
-    if not isinstance(value, str):
-        if task.kind == "choice":
-            problems.append(f"{loc}: answer must be a letter, got {type(value).__name__} "
-                            f"{value!r}")
-            return None
-        value = str(value)
-    value = value.strip()
-    if not value:
-        if require:
-            problems.append(f"{loc}: answer is empty")
-        return None
-    if task.kind == "choice":
-        letter = value.upper()
-        n = len(options) if options else None
-        if len(letter) != 1 or letter not in LETTERS or (n is not None and
-                                                         LETTERS.index(letter) >= n):
-            valid = f"A-{LETTERS[n - 1]}" if n else "A-Z"
-            problems.append(f"{loc}: answer {excerpt(value)!r} is not a valid letter for "
-                            f"{n or 'its'} options ({valid})")
-            return None
-        return letter
-    if task.kind == "value" and canonical_number(value) is None:
-        problems.append(f"{loc}: answer {excerpt(value)!r} is not a number")
-        return None
-    return value
-
-
-def _line_of(problem: str) -> int:
-    """Sort key: the line (or row) a problem names; file-level problems first."""
-    m = re.search(r"(?::|\[|#)(\d+)(?:\]|:)", problem)
-    return int(m.group(1)) if m else 0
+    examples: list[Example]
+    notes: list[str]
 
 
 def _short(loc: str) -> str:
@@ -122,28 +55,32 @@ def _short(loc: str) -> str:
     return f"line {tail}" if tail.isdigit() else loc
 
 
-def load_split(source: str | Path, task: Task | str, *, split_name: str | None = None,
-               require_answer: bool | None = None,
-               max_question_chars: int = MAX_QUESTION_CHARS,
-               duplicates: str = "warn") -> list[Example]:
+def validate_split(source: str | Path, task: Task | str, *, split_name: str | None = None,
+                   require_answer: bool | None = None,
+                   max_question_chars: int = MAX_QUESTION_CHARS,
+                   duplicates: str = "warn", strict: bool = False) -> Validated:
     """Loads and validates one split; raises on any problem, listing all of them.
 
     Args:
-      source: a .csv / .jsonl / .json file, a `save_to_disk` directory, or `hf:<hub id>`.
+      source: a .csv / .tsv / .jsonl / .json file, a `save_to_disk` directory, or
+        `hf:<hub id>`.
       task: the task (or its registered name); decides which columns are needed and
         what a valid answer is.
       split_name: "labeled" | "unlabeled" | "test" | ...; names ids (`test-17`), picks
         the split of a DatasetDict/hub dataset. Default: the file's stem.
       require_answer: whether every row needs an answer. Default: all splits but
-        "unlabeled" (whose answers, when present, are gold for scoring only).
+        "unlabeled" (whose answers, when present, are gold for scoring only; an unusable
+        one is dropped with a note).
       max_question_chars: longer questions are errors (a broken quote can swallow a
         whole file into one field).
       duplicates: rows repeating an earlier row's question, options and answer:
         "warn" (keep, as the official code does), "error", or "drop" (keep the first).
         A repeat with a *different* answer is always an error.
+      strict: refuse what is otherwise kept with a note: repeated rows, unusable gold
+        answers of the unlabeled split.
 
     Returns:
-      The examples in file order.
+      The examples in file order (an unusable unlabeled gold answer is None), and notes.
 
     Raises:
       DataError: every problem found, one `file:line: what` line each.
@@ -155,63 +92,56 @@ def load_split(source: str | Path, task: Task | str, *, split_name: str | None =
         split_name = Path(str(source)).stem if not str(source).startswith("hf:") else "train"
     if require_answer is None:
         require_answer = split_name != "unlabeled"
+    if strict and duplicates == "warn":
+        duplicates = "error"
     raw = read_rows(source, split_name)
-    problems, notes = list(raw.problems), []
+    found = Findings(str(source))
+    found.problems += raw.problems
     required = ["question"] + (["options"] if task.kind == "choice" else []) + (
         ["answer"] if require_answer else [])
-    absent: list[str] = []  # required columns the header lacks: reported once, here
-    if raw.columns is not None:
-        absent = [c for c in required if c not in raw.columns]
-        if absent:
-            where = f"{source}:1" if raw.is_text_file else str(source)
-            problems.append(f"{where}: missing required column(s) {absent}; found "
-                            f"{raw.columns}")
-    if not raw.rows and not problems:
-        where = f"{source}:2" if raw.is_text_file else str(source)
-        problems.append(f"{where}: no data rows (only a header, or nothing but blanks)")
+    absent = _absent_columns(raw, required, source, found)
+    base = None
+    if task.kind == "choice" and not absent:
+        base = index_base([row.get("answer") for _, row in raw.rows])
+        if base is not None:
+            found.note(str(source), "answer-index", index_note(base, len(raw.rows)))
 
     examples: list[Example] = []
     seen: dict[tuple, tuple[str, str | None]] = {}
     for i, (loc, row) in enumerate(raw.rows):
-        n_before = len(problems)
+        n_before = found.count()
         missing = [c for c in required if c not in row and c not in absent]
         if missing:
-            problems.append(f"{loc}: missing field(s) {missing}")
+            found.problem(loc, "missing-field", f"missing field(s) {missing}")
             continue
         if absent:  # still check the columns that are there, so one run lists all
             if "options" not in absent and task.kind == "choice":
-                _parse_options(row.get("options"), loc, problems, notes)
+                parse_options(row.get("options"), loc, found)
             continue
-        question = row["question"]
-        if not isinstance(question, str) or not question.strip():
-            problems.append(f"{loc}: question is empty" if isinstance(question, str)
-                            else f"{loc}: question is {type(question).__name__}, not text")
-        elif len(question) > max_question_chars:
-            problems.append(f"{loc}: question is {len(question):,} characters (limit "
-                            f"{max_question_chars:,}); a stray quote can merge rows")
+        question = _question(row["question"], loc, found, max_question_chars)
         options: tuple[str, ...] | None = ()
         if task.kind == "choice" or row.get("options") not in (None, "", "[]", []):
-            options = _parse_options(row.get("options"), loc, problems, notes)
+            options = parse_options(row.get("options"), loc, found)
         if options is not None and task.num_options and len(options) != task.num_options:
-            problems.append(f"{loc}: {len(options)} options; task {task.name!r} has "
-                            f"{task.num_options}")
-        answer = _parse_answer(row.get("answer"), task, options, loc, require_answer,
-                               problems)
-        if len(problems) > n_before:
+            found.problem(loc, "option-count", f"{len(options)} options; task {task.name!r} "
+                                               f"has {task.num_options}")
+        answer = _answer(row.get("answer"), task, options, loc, found, require=require_answer,
+                         base=base, strict=strict)
+        if found.count() > n_before:
             continue
         key = same_item_key(question, options)
         if key in seen:
             first_loc, first_answer = seen[key]
             if first_answer != answer and None not in (first_answer, answer):
-                problems.append(f"{loc}: repeats the question and options of "
-                                f"{_short(first_loc)} with a different answer ({answer} vs "
-                                f"{first_answer})")
+                found.problem(loc, "conflict", f"repeats the question and options of "
+                              f"{_short(first_loc)} with a different answer ({answer} vs "
+                              f"{first_answer})")
                 continue
-            msg = f"{loc}: duplicate of {_short(first_loc)}"
+            msg = f"duplicate of {_short(first_loc)}"
             if duplicates == "error":
-                problems.append(msg)
+                found.problem(loc, "duplicate", msg + (" (--strict)" if strict else ""))
                 continue
-            notes.append(msg + (" (dropped)" if duplicates == "drop" else ""))
+            found.note(loc, "duplicate", msg + (" (dropped)" if duplicates == "drop" else ""))
             if duplicates == "drop":
                 continue
         else:
@@ -219,12 +149,50 @@ def load_split(source: str | Path, task: Task | str, *, split_name: str | None =
         meta = {k: v for k, v in row.items() if k not in ("question", "options", "answer")}
         examples.append(Example(f"{split_name}-{i}", question, options, answer, meta))
 
-    if problems:
-        raise DataError(sorted(problems, key=_line_of), source=str(source))
-    if notes:
-        warnings.warn(DataWarning(f"{source}: {len(notes)} note(s):\n" + "\n".join(notes)),
-                      stacklevel=2)
-    return _assign_ids(examples)
+    if found.problems:
+        raise DataError(found.problem_lines(len(raw.rows)), source=str(source))
+    return Validated(_assign_ids(examples), found.note_lines())
+
+
+def _absent_columns(raw: RawRows, required: list[str], source: str | Path,
+                    found: Findings) -> list[str]:
+    """Required columns the header lacks (reported once, here); no-rows problems."""
+    absent: list[str] = []
+    if raw.columns is not None and not any(f.kind == "delimiter" for f in raw.problems):
+        absent = [c for c in required if c not in raw.columns]
+        if absent:
+            where = f"{source}:1" if raw.is_text_file else str(source)
+            found.problem(where, "columns", f"missing required column(s) {absent}; found "
+                                            f"{raw.columns}")
+    if not raw.rows and not found.problems:
+        where = f"{source}:2" if raw.is_text_file else str(source)
+        found.problem(where, "no-rows", "no data rows (only a header, or nothing but "
+                                        "blanks)")
+    return absent
+
+
+def _question(question: Any, loc: str, found: Findings, max_chars: int) -> Any:
+    if not isinstance(question, str) or not question.strip():
+        found.problem(loc, "question-empty", "question is empty" if isinstance(question, str)
+                      else f"question is {type(question).__name__}, not text")
+    elif len(question) > max_chars:
+        found.problem(loc, "question-long", f"question is {len(question):,} characters "
+                      f"(limit {max_chars:,}); a stray quote can merge rows")
+    return question
+
+
+def _answer(value: Any, task: Task, options: tuple[str, ...] | None, loc: str,
+            found: Findings, *, require: bool, base: int | None, strict: bool) -> str | None:
+    """The row's answer; for the unlabeled split (not `require`) an unusable gold answer
+    is None with a note, unless `strict`."""
+    if require or strict:
+        return parse_answer(value, task, options, loc, found, require=require, base=base)
+    scratch = Findings(found.source)
+    answer = parse_answer(value, task, options, loc, scratch, require=False, base=base)
+    for f in scratch.problems:
+        found.note(f.loc, "gold-unusable", f"gold {f.text}; the row is still pseudo-labelled "
+                   "and left out of pseudo-label scoring (--strict refuses it)")
+    return answer
 
 
 def _assign_ids(examples: list[Example]) -> list[Example]:
@@ -237,20 +205,37 @@ def _assign_ids(examples: list[Example]) -> list[Example]:
     return examples
 
 
+def load_split(source: str | Path, task: Task | str, **kwargs: Any) -> list[Example]:
+    """`validate_split`'s examples; its notes as one `DataWarning` (for library use: the
+    pipeline prints notes itself)."""
+    result = validate_split(source, task, **kwargs)
+    if result.notes:
+        warnings.warn(DataWarning(f"{source}: {len(result.notes)} note(s):\n"
+                                  + "\n".join(result.notes)), stacklevel=2)
+    return result.examples
+
+
+def split_unlabeled(examples: list[Example]) -> tuple[list[UnlabeledQuestion], GoldAnswers]:
+    """The unlabeled split's questions without answers, and their gold apart."""
+    questions = [UnlabeledQuestion(e.id, e.question, e.options, e.meta) for e in examples]
+    gold = GoldAnswers({e.id: e.answer for e in examples if e.answer is not None})
+    return questions, gold
+
+
 def load_unlabeled(source: str | Path, task: Task | str, *, split_name: str = "unlabeled",
                    **kwargs: Any) -> tuple[list[UnlabeledQuestion], GoldAnswers]:
     """Loads the unlabeled split with its gold answers split off.
 
     Args:
-      source, task, kwargs: as `load_split` (answers are optional here).
+      source, task, kwargs: as `validate_split` (answers are optional here).
       split_name: the split's name (ids are `<split_name>-<index>` without an id column).
 
     Returns:
-      (questions without answers, gold answers of the rows that have one).
+      (questions without answers, gold answers of the rows that have a usable one).
     """
     kwargs.setdefault("require_answer", False)
-    examples = load_split(source, task, split_name=split_name, **kwargs)
-    questions = [UnlabeledQuestion(e.id, e.question, e.options, e.meta) for e in examples]
-    gold = GoldAnswers({e.id: e.answer for e in examples if e.answer is not None})
-    return questions, gold
-
+    result = validate_split(source, task, split_name=split_name, **kwargs)
+    if result.notes:
+        warnings.warn(DataWarning(f"{source}: {len(result.notes)} note(s):\n"
+                                  + "\n".join(result.notes)), stacklevel=2)
+    return split_unlabeled(result.examples)
