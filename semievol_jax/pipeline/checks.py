@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from semievol_jax.generate.embed import POOLINGS
-from semievol_jax.pipeline.config import ABLATIONS, RunConfig
+from semievol_jax.pipeline.config import ABLATIONS, COLLABORATOR_WEIGHTS, FINAL_DATA, RunConfig
 from semievol_jax.pipeline.selection import RULES as SELECTION_RULES
+from semievol_jax.pipeline.tasks import EXTRACTION_RULES
 
 Rule = Callable[[Any], "str | None"]  # what is wrong with a value, or None
 
@@ -29,6 +30,8 @@ PARAM_DTYPES = ("float32", "bfloat16", "float16")  # what the model loads weight
 SCHEDULES = ("cosine", "linear", "constant")
 TRAIN_MODES = ("lora", "full")
 TRUNCATE_MODES = ("error", "left")
+REMAT_POLICIES = ("none", "dots", "projections", "full")
+COLLABORATORS = tuple(w + x for w in COLLABORATOR_WEIGHTS for x in ("", "+icp"))
 DEFAULT_MAX_LEAKAGE = 0.05  # share of the test split also in labeled/unlabeled, refused above
 
 
@@ -114,6 +117,11 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("*.truncate", one_of(*TRUNCATE_MODES)),
     ("index.pooling", one_of(*POOLINGS)),
     ("select.rule", one_of(*SELECTION_RULES)),
+    ("*.train.remat", lambda v: None if isinstance(v, bool)  # older configs: none/dots
+     else one_of(*REMAT_POLICIES)(v)),
+    ("propose.collaborators", each(one_of(*COLLABORATORS))),
+    ("propose.extract select.extract eval.extract", one_of(*EXTRACTION_RULES)),
+    ("final.data", one_of(*FINAL_DATA)),
 )
 # Settings no range or choice applies to: free text, names, paths (checked by
 # preflight), switches; listed so that a new setting without a rule is noticed.
