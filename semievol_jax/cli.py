@@ -84,6 +84,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return commands.check(args.run_dir, rerun_it=not args.no_rerun, fresh=args.fresh)
 
 
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    from semievol_jax import selftest
+
+    return selftest.main(as_json=args.json,
+                         records_dir=Path(args.records) if args.records else selftest.RECORDS)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     return convert.main(args)
 
@@ -175,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fresh", default=None,
                     help="compare against this already-made fresh run instead of rerunning")
     sp.set_defaults(fn=_cmd_verify)
+
+    sp = sub.add_parser("selftest", help="~30 s: small fixed programs against the digests "
+                                         "committed per CPU kind (results/repro)")
+    sp.add_argument("--json", action="store_true", help="the run and verdict as JSON")
+    sp.add_argument("--records", default=None, help="committed records (default: the "
+                                                      "repository's results/repro)")
+    sp.set_defaults(fn=_cmd_selftest)
 
     sp = sub.add_parser("convert", help="checkpoint tools: tiny checkpoints, LoRA merge, export")
     convert.add_arguments(sp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -10,21 +11,104 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from semievol_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
 # Flags the project sets itself (before any JAX backend starts) so that runs are
-# reproducible without the user remembering them. GPU only: CPU and TPU are
-# deterministic for our ops already.
+# reproducible without the user remembering them. GPU: deterministic reductions and
+# scatters. CPU: see CPU_MODES.
 DETERMINISM_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true",)
 
+# How XLA computes on a CPU. Its defaults make the bits depend on the kind of CPU
+# (results/repro/README.md): "platform dependent" math takes rsqrt from the hardware's
+# approximation (implementation-defined bits) and lets YNNPACK pick matmul kernels per
+# instruction set; and XLA's own code uses the widest vectors the host has, so a
+# reduction of the LoRA step sums in another order on AVX-512 than on AVX2. The
+# reproducible mode turns the first off and caps the second at AVX2, which every x86-64
+# CPU of the last decade has: an AVX-512 Zen 4 then gives an AVX2 Zen 3's digests
+# (`semievol selftest`). Thread count and turning YNNPACK off changed nothing more.
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+CPU_MODES: dict[str, tuple[str, ...]] = {
+    "reproducible": ("--xla_cpu_enable_platform_dependent_math=false",
+                     *(("--xla_cpu_max_isa=AVX2",) if _X86 else ())),
+    "native": (),  # XLA's defaults: the host's fastest paths, digests per CPU kind
+}
+DEFAULT_CPU_MODE = "reproducible"
+CPU_MODE_ENV = "SEMIEVOL_CPU_MODE"  # the opt-out: SEMIEVOL_CPU_MODE=native
+CPU_MODE_KEY = "cpu_mode"  # where records (digests.json, provenance, reports) keep it
 
-def set_determinism_flags() -> None:
-    """Append the project's determinism flags to XLA_FLAGS (idempotent).
 
-    Must run before JAX initialises a backend; the CLI calls it first thing.
+def _flag_values(flags: str) -> dict[str, str]:
+    """--name=value pairs of an XLA_FLAGS string; the last occurrence wins, as in XLA."""
+    out = {}
+    for tok in flags.split():
+        name, _, value = tok.partition("=")
+        out[name] = value
+    return out
+
+
+def requested_cpu_mode(mode: str | None = None) -> str:
+    """`mode`, else $SEMIEVOL_CPU_MODE, else the default.
+
+    Raises:
+      UserError: a name not in CPU_MODES.
     """
+    mode = mode or os.environ.get(CPU_MODE_ENV) or DEFAULT_CPU_MODE
+    if mode not in CPU_MODES:
+        raise UserError(f"{CPU_MODE_ENV} must be one of {sorted(CPU_MODES)}, got {mode!r}")
+    return mode
+
+
+def set_determinism_flags(cpu_mode: str | None = None) -> str:
+    """Add the project's determinism flags and the CPU mode's flags to XLA_FLAGS, where
+    XLA_FLAGS does not set those flags itself; returns the CPU mode now in effect.
+
+    The one place the flags are set: the CLI calls it first thing, the demo's workers
+    and `sharding.initialize_runtime` again (idempotent). The mode is `cpu_mode`, else
+    $SEMIEVOL_CPU_MODE, else "reproducible"; it is written back to $SEMIEVOL_CPU_MODE so
+    that worker processes and reruns inherit it. XLA reads XLA_FLAGS once, when the
+    first backend starts: after that nothing is changed (logged), so that
+    XLA_FLAGS and `cpu_mode_in_effect()` keep telling what the backend was started with.
+    """
+    mode = requested_cpu_mode(cpu_mode)
     flags = os.environ.get("XLA_FLAGS", "")
-    missing = [f for f in DETERMINISM_XLA_FLAGS if f.split("=")[0] not in flags]
+    given = _flag_values(flags)
+    missing = [f for f in (*DETERMINISM_XLA_FLAGS, *CPU_MODES[mode])
+               if f.split("=")[0] not in given]
+    if _backend_started():
+        if missing or mode != cpu_mode_in_effect():
+            log.info("JAX backend already started: XLA_FLAGS %s not applied; CPU mode "
+                     "stays %r", missing, cpu_mode_in_effect())
+        return cpu_mode_in_effect()
+    os.environ[CPU_MODE_ENV] = mode
     if missing:
         os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+    return cpu_mode_in_effect()
+
+
+def _backend_started() -> bool:
+    if "jax" not in sys.modules:  # nothing can have started one
+        return False
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
+
+
+def cpu_mode_in_effect(flags: str | None = None) -> str:
+    """The CPU mode that XLA_FLAGS (or `flags`) amounts to: "reproducible" when it sets
+    every flag of that mode to the mode's value, else "native"."""
+    given = _flag_values(os.environ.get("XLA_FLAGS", "") if flags is None else flags)
+    for mode, mode_flags in CPU_MODES.items():
+        if mode_flags and all(given.get(f.split("=")[0]) == f.partition("=")[2]
+                              for f in mode_flags):
+            return mode
+    return "native"
+
+
+def cpu_mode_record() -> dict[str, str]:
+    """What a record keeps of the mode: its name and the XLA_FLAGS it ran with."""
+    return {"mode": cpu_mode_in_effect(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 # transformers' one advisory warning, on import without PyTorch ("PyTorch was not found.
@@ -125,6 +209,7 @@ def describe() -> dict[str, Any]:
         "cpu": cpu_info(),
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
+        "cpu_mode": cpu_mode_in_effect(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", ""),
     }
@@ -137,6 +222,7 @@ def format_env(info: dict[str, Any]) -> str:
              f"{', '.join(info['devices'])}",
              f"processes     {info['process_index']} of {info['process_count']}",
              f"cpu           {cpu_kind(info['cpu'])}, {info['cpu']['cores']} cores",
+             f"cpu mode      {info['cpu_mode']} ({CPU_MODE_ENV}=native|reproducible)",
              f"XLA_FLAGS     {info['XLA_FLAGS'] or '(none)'}",
              f"JAX_PLATFORMS {info['JAX_PLATFORMS'] or '(unset)'}", "packages:"]
     lines += [f"  {k:<24} {v}" for k, v in info["packages"].items()]

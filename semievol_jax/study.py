@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from semievol_jax import environment
 from semievol_jax.config import load_config
 from semievol_jax.errors import UserError
 from semievol_jax.files import write_json_atomic
@@ -122,7 +123,10 @@ def write_outputs(out: Path, cfg: RunConfig, per_seed: dict[int, dict[str, dict[
     """report.md, metrics.json (with the headline), plots and digests.json."""
     first = min(per_seed)
     summary = write_run_report(out, out / f"seed{first}", cfg, per_seed, wall_s, title=title)
-    write_json_atomic(out / DIGESTS, digest_table(out))
+    # The CPU mode beside the digests: `verify` tells "same mode, other bits" from
+    # "another mode" by it.
+    write_json_atomic(out / DIGESTS, {**digest_table(out),
+                                      environment.CPU_MODE_KEY: environment.cpu_mode_record()})
     head = headline(summary)
     metrics = json.loads((out / "metrics.json").read_text())
     write_json_atomic(out / "metrics.json", {**metrics, "headline": head})

@@ -12,6 +12,13 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from semievol_jax import environment
+
+# The CLI's CPU mode (and XLA flags) for the test process and the processes it starts,
+# before any test starts a JAX backend: runs made here, in a demo worker and by a CLI
+# subprocess then compute alike.
+environment.set_determinism_flags()
+
 
 class TinyModel(NamedTuple):
     model: Any  # semievol_jax.model.Llama, float32, no LoRA

@@ -85,7 +85,8 @@ def test_same_cpu_kind_adds_no_note(tmp_path, capsys):
     assert "fresh run reproduces every digest" in capsys.readouterr().out
 
 
-def test_hardware_note_without_a_second_run_is_about_this_machine(tmp_path):
+def test_hardware_note_without_a_second_run_is_about_this_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")  # this process in the native mode, as the record
     here = environment.cpu_kind(environment.cpu_info())
     a = _summary(tmp_path / "a", "aa" * 32, EPYC_AVX512)
     note = verify.hardware_note(a)

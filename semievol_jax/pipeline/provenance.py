@@ -30,7 +30,8 @@ class Provenance:
       kind: the command: "run", "ablate", "demo" or "study".
       args: its arguments, by name, as the command takes them (JSON values); what the
         results depend on.
-      machine: where it ran (the CPU, as `environment.cpu_info` names it, and whatever
+      machine: where it ran (the CPU, as `environment.cpu_info` names it, its mode as
+        `environment.cpu_mode_record` says, and whatever
         else the command records: worker count, malloc settings); what the wall time
         depends on, and on which kind of CPU the digests reproduce.
     """
@@ -47,7 +48,9 @@ class Provenance:
 def write_provenance(out: Path, kind: str, args: dict[str, Any], **machine: Any) -> Provenance:
     """Record in `out` that `kind` made it with `args`, on this machine's CPU (plus
     `machine`); returns the record."""
-    prov = Provenance(kind, dict(args), {"cpu": environment.cpu_info(), **machine})
+    prov = Provenance(kind, dict(args), {"cpu": environment.cpu_info(),
+                                         environment.CPU_MODE_KEY: environment.cpu_mode_record(),
+                                         **machine})
     Path(out).mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(out) / PROVENANCE, dataclasses.asdict(prov))
     return prov

@@ -138,7 +138,8 @@ def write_run_report(out: Path, main_run: Path, cfg: RunConfig, per_seed: PerSee
         config=json.loads(json.dumps(dataclasses.asdict(cfg))),
         versions=info["packages"],
         device={"backend": info["jax_backend"], "devices": info["devices"],
-                "cpu": environment.cpu_kind(info["cpu"])},
+                "cpu": environment.cpu_kind(info["cpu"]),
+                environment.CPU_MODE_KEY: info["cpu_mode"], "xla_flags": info["XLA_FLAGS"]},
         stage_seconds=stage_seconds(per_seed),
         diagnostics=diagnostics(per_seed),
         notes=[f"seeds: {sorted(per_seed)}; wall time of this invocation {wall_s:.0f}s "
