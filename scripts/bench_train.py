@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         "preset": args.preset, "shape": shape, "device": kind, "platform": platform_name,
         "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": rows,
+        "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],  # other jobs skew torch most
         "flops_note": "full: 6N + 12*L*T*D per token; LoRA: 4N (frozen base: forward + "
                       "activation grads only) + 6*N_lora + 12*L*T*D",
     }
