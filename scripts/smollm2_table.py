@@ -14,12 +14,50 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from semievol_jax.pipeline.report import DIAGNOSTICS, accuracy_table  # noqa: E402
 from semievol_jax.stats import mean_std  # noqa: E402
+
+
+def _counts(path: Path, key: str, model: str | None = None) -> Counter:
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return Counter(r.get(key) for r in rows if model is None or r.get("model") == model)
+
+
+def _shares(c: Counter) -> str:
+    n = sum(c.values())
+    return " ".join(f"{k if k is not None else '-'} {100 * v / n:.0f}"
+                    for k, v in sorted(c.items(), key=lambda kv: str(kv[0]))) if n else "-"
+
+
+def answer_classes(root: Path, tasks: list[str]) -> list[str]:
+    """Answer shares (%) of the labeled gold, the selected pseudo-labels and each model's
+    test predictions, from the first seed's stage directories (where they are present):
+    a selection that keeps one class only shows here before it shows in the accuracy."""
+    lines = ["", "## Answer classes (% of rows, first seed; '-' = no parsed answer)", "",
+             "| task | run | labeled gold | selected pseudo-labels | vanilla | SFT | SemiEvol |",
+             "|---|---|---|---|---|---|---|"]
+    for t in tasks:
+        seeds = sorted((root / t).glob("seed*"))
+        if not seeds:
+            continue
+        first = seeds[0]
+        runs = [("method", first)] + [
+            (f"{sub.name}/{d.name}", d) for sub in (first / "ablations", first / "variants")
+            if sub.is_dir() for d in sorted(sub.iterdir())]
+        gold = _shares(_counts(first / "00_data" / "labeled.jsonl", "answer"))
+        for name, d in runs:
+            pseudo, preds = d / "05_select" / "pseudo.jsonl", d / "07_eval" / "predictions.jsonl"
+            if not preds.exists():
+                continue
+            cells = [_shares(_counts(pseudo, "answer")) if pseudo.exists() else "-"]
+            cells += [_shares(_counts(preds, "pred", m)) for m in ("vanilla", "sft", "semievol")]
+            lines.append(f"| {t} | {name} | {gold} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> int:
@@ -55,6 +93,7 @@ def main() -> int:
             cells.append("-" if not d else f"{100 * d['mean']:.1f}")
         if any(c != "-" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += answer_classes(args.root, tasks)
     lines += ["", "## Wall time (s, all seeds and variants of the method's stages)", "",
               "| task | " + " | ".join(["data", "base", "sft", "index", "propose", "select",
                                         "final", "eval", "total"]) + " |",
