@@ -128,10 +128,6 @@ def finished(run_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "train/loop.py: a stage resumed from the checkpoint of its last step runs no step, so "
-    "TrainResult.final_loss is NaN and train.json (digested) differs from an uninterrupted "
-    "run's; keeping the last loss in the checkpoint meta fixes it (then drop this marker)"))
 def test_killed_at_every_stage_resumes_to_the_same_digests(tmp_path, tiny_ckpt_dir,
                                                            tiny_task):
     over = overrides(tiny_ckpt_dir, tiny_task)

@@ -81,3 +81,11 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_identical(uninterrupted, tm
     np.testing.assert_array_equal(params, uninterrupted[1])
     logged = [json.loads(x)["step"] for x in _lines(tmp_path)]
     assert logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_resumed_at_the_last_step_keeps_the_final_loss(uninterrupted, tmp_path):
+    first, checksum = _run(tmp_path)
+    again, checksum2 = _run(tmp_path)  # every step is in the checkpoint: no step runs
+    assert again.resumed_from == again.total_steps and again.losses == []
+    assert again.final_loss == first.final_loss == uninterrupted[0].final_loss
+    np.testing.assert_array_equal(checksum2, checksum)

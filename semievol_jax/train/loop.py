@@ -192,13 +192,16 @@ def train(
     rows = sharding.process_slice(cfg.micro) if jax.process_count() > 1 else None
     logger = _Logger(work_dir, cfg, total, start)
     losses: list[float] = []
+    # A run resumed from its last step trains no step: its final loss is the checkpoint's.
+    resumed_loss = None if meta is None else meta.get("last_loss")
     last_saved = resumed_from
     tok_count, tok_time = 0.0, 0.0
 
     def save(at: int) -> None:
         nonlocal last_saved
         meta = {"position": batcher.position(at), "data_digest": data.digest, "mode": cfg.mode,
-                "total_steps": total, "params": sorted(split.params), "config": cfg_digest}
+                "total_steps": total, "params": sorted(split.params), "config": cfg_digest,
+                "last_loss": losses[-1] if losses else resumed_loss}
         ckpt.save(manager, at, state, key, meta)
         last_saved = at
 
@@ -237,7 +240,9 @@ def train(
     _write_back(model, split, state["params"], cfg.mode)
     return TrainResult(
         model=model, steps=int(jax.device_get(state["step"])), total_steps=total, losses=losses,
-        final_loss=losses[-1] if losses else float("nan"), resumed_from=resumed_from,
+        final_loss=losses[-1] if losses else
+        (float("nan") if resumed_loss is None else float(resumed_loss)),
+        resumed_from=resumed_from,
         num_examples=len(data), num_truncated=data.num_truncated, num_dropped=data.num_dropped,
         tokens_per_sec=tok_count / tok_time if tok_time > 0 else 0.0,
         checkpoint_dir=Path(manager.directory), metrics_path=work_dir / "metrics.jsonl",
