@@ -175,8 +175,10 @@ def test_run_directory_problems(tmp_path):
 def test_check_run_finds_every_problem_at_once(tmp_path):
     cfg = load_config(RunConfig, "llama3.1-8b-usmle", [
         "select.theta=2", f"base.model={tmp_path / 'nope'}", "index.layer=-3",
-        f"data.test={tmp_path / 'test.parquet'}"])
+        f"data.test={tmp_path / 'test.parquet'}", f"data.labeled={tmp_path / 'labeled.csv'}"])
     (tmp_path / "test.parquet").write_bytes(b"PAR1")
+    # a good labeled split wherever the official release is (or is not) checked out
+    (tmp_path / "labeled.csv").write_text('question,options,answer\nQ?,"[""a"", ""b""]",A\n')
     found = check_run(cfg, tmp_path / "run")
     assert [p.split(":")[0].split("=")[0] for p in found.problems] == [
         "index.layer", "select.theta", "data.unlabeled", "data.test", "base.model"]
