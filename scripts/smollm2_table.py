@@ -39,8 +39,8 @@ def answer_classes(root: Path, tasks: list[str]) -> list[str]:
     test predictions, from the first seed's stage directories (where they are present):
     a selection that keeps one class only shows here before it shows in the accuracy."""
     lines = ["", "## Answer classes (% of rows, first seed; '-' = no parsed answer)", "",
-             "| task | run | labeled gold | selected pseudo-labels | vanilla | SFT | SemiEvol |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | run | labeled gold | test gold | selected pseudo-labels | vanilla | SFT | "
+             "SemiEvol |", "|---|---|---|---|---|---|---|---|"]
     for t in tasks:
         seeds = sorted((root / t).glob("seed*"))
         if not seeds:
@@ -49,9 +49,12 @@ def answer_classes(root: Path, tasks: list[str]) -> list[str]:
         runs = [("method", first)] + [
             (f"{sub.name}/{d.name}", d) for sub in (first / "ablations", first / "variants")
             if sub.is_dir() for d in sorted(sub.iterdir())]
-        gold = _shares(_counts(first / "00_data" / "labeled.jsonl", "answer"))
+        gold = " | ".join(_shares(_counts(first / "00_data" / f"{split}.jsonl", "answer"))
+                          for split in ("labeled", "test"))
         for name, d in runs:
             pseudo, preds = d / "05_select" / "pseudo.jsonl", d / "07_eval" / "predictions.jsonl"
+            if not pseudo.exists():  # a variant that adopted the method's selection
+                pseudo = first / "05_select" / "pseudo.jsonl"
             if not preds.exists():
                 continue
             cells = [_shares(_counts(pseudo, "answer")) if pseudo.exists() else "-"]
