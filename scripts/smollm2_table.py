@@ -85,7 +85,8 @@ def main() -> int:
         h = m["headline"]
         gaps = ", ".join(f"{100 * g:+.1f}" for g in h["paired_gaps"])
         mean = mean_std(h["paired_gaps"])[0]
-        lines.append(f"| {t} | {gaps} | {100 * mean:+.1f} | {100 * h['paired_gap_std']:.1f} | "
+        spread = f"{100 * h['paired_gap_std']:.1f}" if len(h["paired_gaps"]) > 1 else "-"
+        lines.append(f"| {t} | {gaps} | {100 * mean:+.1f} | {spread} | "
                      f"{'yes' if h['sft_beats_vanilla'] else 'no'} |")
     lines += ["", "## What each step did (%, mean over seeds)", "",
               "| measure | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
