@@ -95,20 +95,24 @@ def _tokens() -> np.ndarray:
         np.int32)
 
 
-def program_forward() -> str:
+def _jitted(lora: bool, body) -> str:
+    """Digest of `body(model, tokens, positions)` jitted over the small model's state."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    model = _model(lora=True)
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(_model(lora=lora))
 
     @jax.jit
-    def fwd(state, tokens):
-        m = nnx.merge(graphdef, state)
-        return m(tokens, jnp.broadcast_to(jnp.arange(_T), tokens.shape)).logits_BTV
+    def run(state, tokens):
+        positions = jnp.broadcast_to(jnp.arange(_T), tokens.shape)
+        return body(nnx.merge(graphdef, state), tokens, positions)
 
-    return _digest(fwd(state, _tokens()))
+    return _digest(run(state, _tokens()))
+
+
+def program_forward() -> str:
+    return _jitted(True, lambda m, tokens, positions: m(tokens, positions).logits_BTV)
 
 
 def _train_step(mode: str, compute_dtype: str | None) -> str:
@@ -183,21 +187,13 @@ def program_sample() -> str:
 
 
 def program_embed() -> str:
-    import jax
     import jax.numpy as jnp
-    from flax import nnx
 
-    model = _model(lora=False)
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def emb(state, tokens):
-        m = nnx.merge(graphdef, state)
-        h = m(tokens, jnp.broadcast_to(jnp.arange(_T), tokens.shape), hidden_layer=-1)
-        x = h.hidden_BTD.mean(axis=1)
+    def body(m, tokens, positions):
+        x = m(tokens, positions, hidden_layer=-1).hidden_BTD.mean(axis=1)
         return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
-    return _digest(emb(state, _tokens()))
+    return _jitted(False, body)
 
 
 def program_scann() -> str:
