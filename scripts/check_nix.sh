@@ -237,7 +237,7 @@ EOF
 # flake.lock is written into the working tree and untracked files don't matter.
 src="$tmp/src"
 mkdir -p "$src"
-cp -r flake.nix nix pyproject.toml uv.lock README.md scripts tests semievol_jax "$src/"  # tests import scripts/
+cp -r flake.nix nix pyproject.toml uv.lock README.md docs scripts tests semievol_jax "$src/"  # tests import scripts/, read docs/
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
 
 overrides=()
