@@ -289,7 +289,7 @@ def main() -> int:
             small = make_tiny_checkpoint(Path(tmp) / "small", seed=0,
                                          max_position_embeddings=2048)
             result["compilations"] = compilations(args, small)
-        result["accelerator_8b"] = "not run: no accelerator in this session"
+        result["accelerator_8b"] = "not run: no accelerator on the machine that wrote this file"
         result["device"]["load_avg_at_end"] = os.getloadavg()
     _print_table(result)
     if not args.no_json:

@@ -14,12 +14,9 @@ rows and the rest. Queries are fresh draws, not database rows.
 
 Timing. Every index is built first; then `--repeats` rounds each time every setting
 once (exact, every ScaNN and FAISS setting), the order rotated per round, and a
-setting's q/s is its best round. The machine is shared and its load moves q/s
-several-fold within minutes (exact search: 34.5 q/s in this script's earlier,
-sequential run, c360bd6; 101.9 q/s in the interleaved one, 27dd32f), so timing methods
-one after the other compared the load, not the methods (that run put FAISS fast-scan
-1.8x ahead of ScaNN; interleaved, 1.2x); interleaving puts every method in
-the same minutes. The process CPU time of the best round is recorded as well (q/s per
+setting's q/s is its best round. On a shared machine the load moves q/s several-fold
+within minutes, so timing methods one after the other would compare the load, not the
+methods; interleaving puts every method in the same minutes. The process CPU time of the best round is recorded as well (q/s per
 CPU second, less load-sensitive).
 
 Usage:

@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = json.loads(out.read_text()) if out.exists() else {}
     if not any(k.startswith("llama8b/") for k in doc.get("runs", {})) and args.preset != "llama8b":
-        doc["llama8b"] = ("not run: no GPU/TPU in the session that wrote this file; command: "
+        doc["llama8b"] = ("not run: no GPU/TPU on the machine that wrote this file; command: "
                           "python scripts/bench_train.py --preset llama8b --mode lora --no-torch "
                           "(and --mode full; full FT of 8B needs ~128 GB for fp32 masters + "
                           "Adam, i.e. several devices with --mesh 1,-1,1)")
