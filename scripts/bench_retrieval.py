@@ -16,8 +16,8 @@ Timing. Every index is built first; then `--repeats` rounds each time every sett
 once (exact, every ScaNN and FAISS setting), the order rotated per round, and a
 setting's q/s is its best round. On a shared machine the load moves q/s several-fold
 within minutes, so timing methods one after the other would compare the load, not the
-methods; interleaving puts every method in the same minutes. The process CPU time of the best round is recorded as well (q/s per
-CPU second, less load-sensitive).
+methods; interleaving puts every method in the same minutes. The process CPU time of
+the best round is recorded as well (q/s per CPU second, less load-sensitive).
 
 Usage:
     python scripts/bench_retrieval.py                       # the full run (~25 min)
