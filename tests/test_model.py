@@ -168,6 +168,9 @@ def test_config_reads_legacy_rope_layout(tiny_model):
 
 def test_remat_policies_give_the_same_loss_and_gradients(tiny_model):
     from semievol_jax.model.llama import REMAT_POLICIES
+    from semievol_jax.train.config import REMAT_NAMES
+
+    assert tuple(REMAT_POLICIES) == REMAT_NAMES  # the settings check reads the names there
 
     graphdef, state = nnx.split(tiny_model.model)
     tokens, positions, valid = _left_padded(tiny_model.cfg.vocab_size, [12, 9], 12, 0)

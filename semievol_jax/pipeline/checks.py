@@ -23,6 +23,7 @@ from semievol_jax.generate.embed import POOLINGS
 from semievol_jax.pipeline.config import ABLATIONS, COLLABORATOR_WEIGHTS, FINAL_DATA, RunConfig
 from semievol_jax.pipeline.selection import RULES as SELECTION_RULES
 from semievol_jax.pipeline.tasks import EXTRACTION_RULES
+from semievol_jax.train.config import REMAT_NAMES
 
 Rule = Callable[[Any], "str | None"]  # what is wrong with a value, or None
 
@@ -30,7 +31,6 @@ PARAM_DTYPES = ("float32", "bfloat16", "float16")  # what the model loads weight
 SCHEDULES = ("cosine", "linear", "constant")
 TRAIN_MODES = ("lora", "full")
 TRUNCATE_MODES = ("error", "left")
-REMAT_POLICIES = ("none", "dots", "projections", "full")
 COLLABORATORS = tuple(w + x for w in COLLABORATOR_WEIGHTS for x in ("", "+icp"))
 DEFAULT_MAX_LEAKAGE = 0.05  # share of the test split also in labeled/unlabeled, refused above
 
@@ -118,7 +118,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("index.pooling", one_of(*POOLINGS)),
     ("select.rule", one_of(*SELECTION_RULES)),
     ("*.train.remat", lambda v: None if isinstance(v, bool)  # older configs: none/dots
-     else one_of(*REMAT_POLICIES)(v)),
+     else one_of(*REMAT_NAMES)(v)),
     ("propose.collaborators", each(one_of(*COLLABORATORS))),
     ("propose.extract select.extract eval.extract", one_of(*EXTRACTION_RULES)),
     ("final.data", one_of(*FINAL_DATA)),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+# model/llama.py REMAT_POLICIES by name (this module stays free of jax imports)
+REMAT_NAMES = ("none", "dots", "projections", "full")
+
 
 class TrainConfigError(ValueError):
     """A training config value that cannot work (names the field and the value)."""
@@ -83,7 +86,7 @@ class TrainConfig:
             )
         if self.cutoff_len < 2:
             raise TrainConfigError(f"train.cutoff_len must be >= 2, got {self.cutoff_len}")
-        if self.remat_policy not in ("none", "dots", "projections", "full"):
+        if self.remat_policy not in REMAT_NAMES:
             raise TrainConfigError(f"train.remat must be none|dots|projections|full, got "
                                    f"{self.remat!r}")
         if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
