@@ -83,7 +83,7 @@ def program_train(cfg, dtype):
     i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
     bl = lambda *s: jax.ShapeDtypeStruct(s, jnp.bool_)  # noqa: E731
     batch = Batch(i32(1, b, t), i32(1, b, t), bl(1, b, t), bl(1, b, t), i32(1, b, t),
-                  i32(1, b, r), bl(1, b, r))
+                  i32(1, b, r), bl(1, b, r), i32(1, b, t))
     key = rng.key_for(0, "train")
     return _timed(fn, state, _abstract(split.rest), batch, key)
 

@@ -130,7 +130,8 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
     tok = r.integers(0, cfg.vocab_size, (1, b, t + 1)).astype(np.int32)
     ones = np.ones((1, b, t), bool)
     pos = np.broadcast_to(np.arange(t, dtype=np.int32), (1, b, t)).copy()
-    batch = jax.device_put(Batch(tok[..., :-1], tok[..., 1:], ones, ones, pos, pos, ones),
+    batch = jax.device_put(Batch(tok[..., :-1], tok[..., 1:], ones, ones, pos, pos, ones,
+                                 ones.astype(np.int32)),
                            step_lib.batch_shardings(mesh))
     key = rng.key_for(0, "train")
     holder = {"state": step_lib.init_train_state(split, tx, state_sh)}

@@ -142,7 +142,7 @@ def _train_step(mode: str, compute_dtype: str | None) -> str:
     ones = np.ones_like(inputs, bool)
     pos = np.broadcast_to(np.arange(_T - 1, dtype=np.int32), inputs.shape).copy()
     batch = Batch(inputs[None], targets[None], loss_mask[None], ones[None], pos[None],
-                  at[None], mask[None])
+                  at[None], mask[None], ones[None].astype(np.int32))
     batch = sharding.put(batch, step_lib.batch_shardings(mesh))
     state = step_lib.init_train_state(split, tx, state_sh)
     key = rng.key_for(0, "selftest")

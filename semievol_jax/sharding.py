@@ -238,6 +238,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def batch_ways(mesh: Mesh | None) -> int:
+    """How many ways the mesh splits a batch's rows (its ``batch`` axes)."""
+    if mesh is None:
+        return 1
+    return math.prod(mesh.shape[a] for a in LOGICAL_RULES["batch"])
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Sharding of a ``[B, T, ...]`` input: batch over ``data x fsdp``, the rest replicated."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), mesh))

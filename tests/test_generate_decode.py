@@ -140,3 +140,27 @@ def test_eos_and_stop_tokens_end_rows(model):
         want = (stopping.FINISH_LENGTH if not ends else
                 stopping.FINISH_EOS if gen[ends[0]] == eos_tok else stopping.FINISH_STOP)
         assert int(out.finish_BM[b, 0]) == want
+
+
+def test_compaction_moves_live_slots_to_a_smaller_batch_without_changing_any_sample(
+        model, monkeypatch):
+    """Rows that end early (an eighth of the vocabulary is EOS) leave a few live slots,
+    which go on in a batch a quarter the size; every sample equals the uncompacted one."""
+    rng = np.random.RandomState(1)
+    tokens = jnp.asarray(rng.randint(2, V, (8, 6)), jnp.int32)
+    valid = jnp.ones((8, 6), bool)
+    keys = decode_lib.sample_keys(jax.random.key(7), jnp.arange(8), 2)
+    tables = _tables(eos=list(range(2, V, 8)))
+    cfg = SampleConfig(temperature=1.0, max_new_tokens=24)
+    before = dict(decode_lib.LOOP_TRACES)
+    small = _run(model, tokens, valid, keys, cfg, tables)
+    slots = {k[0] for k in decode_lib.LOOP_TRACES if decode_lib.LOOP_TRACES[k] > before.get(k, 0)}
+    assert slots >= {16, 4}  # the loop ran on 16 slots, then on a quarter of them
+    lengths = np.asarray(small.length_BM)
+    assert lengths.min() < 4 and lengths.max() > 8  # rows ended at very different steps
+    monkeypatch.setattr(decode_lib, "SHRINK", 10**6)  # never compact
+    full = _run(model, tokens, valid, keys, cfg, tables)
+    for field in ("tokens_BMN", "length_BM", "finish_BM"):
+        np.testing.assert_array_equal(getattr(small, field), getattr(full, field))
+    for field in ("logprobs_BMN", "sample_logprobs_BMN"):
+        np.testing.assert_allclose(getattr(small, field), getattr(full, field), atol=1e-6)

@@ -83,7 +83,7 @@ def test_batch_layout_shift_mask_and_padding_rows():
     row, n = tok.reshape(8, -1)[0], int(flat_v[0].sum())
     np.testing.assert_array_equal(tgt.reshape(8, -1)[0][: n - 1], row[1:n])
     # Process slices pick rows of every microbatch.
-    part = bt.batch_at(1, rows=slice(0, 2))
+    part = bt.batch_at(1, process=(0, 2))
     assert part.tokens_ABT.shape[:2] == (2, 2)
 
 

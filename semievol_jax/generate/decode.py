@@ -1,20 +1,23 @@
 """The compiled generator: prefill a left-padded batch once, then sample M continuations.
 
-One jit-compiled program per (batch size, prompt length, M, max_new_tokens, sampling
-rule): the prompt is prefilled into the KV cache once, the cache is repeated for the M
-samples, and a ``jax.lax.while_loop`` decodes until every row has ended (EOS, stop
-string) or ``max_new_tokens`` is reached, with no Python per token. The sampling rule
-and the stop checks are ``jax.vmap``-ed over the M axis of the per-sample PRNG keys;
-the model step sees the M x B rows as one batch (see ``_decode_jit``). So the M
-collaborators of one prompt run as one program; different prompt variants of one
-question (other demonstrations, other instructions) are simply other rows of B.
+Three compiled pieces: a prefill per (batch size, prompt length, M, max_new_tokens,
+sampling rule) writes each prompt into the KV cache once and repeats it for the M
+samples, which become M x B *slots* of one batch (slot m * B + b); a
+``jax.lax.while_loop`` decodes all slots a token at a time, with the sampling rule
+``jax.vmap``-ed over the slots, each on its own key stream, until every slot has ended
+(EOS, stop string) or ``max_new_tokens`` is reached, with no Python per token. When at
+most a quarter of the slots are still live, the loop exits and the live ones are
+gathered into a batch a quarter the size (``SHRINK``), so a few long samples do not
+keep the whole batch's matmuls running. So the M collaborators of one prompt run as
+one program; different prompt variants of one question (other demonstrations, other
+instructions) are simply other rows of B.
 
 Left padding: position of a real token = number of real tokens before it, so a prompt's
 positions do not depend on the bucket it was padded to. The last column must be a real
 token in every row (the generator's filler rows are one-token prompts).
 
-Axis letters: ``B`` prompts, ``M`` samples per prompt, ``T`` prompt length, ``S`` cache
-length, ``N`` generated steps, ``V`` vocab.
+Axis letters: ``B`` prompts, ``M`` samples per prompt, ``R`` = M x B output rows,
+``T`` prompt length, ``S`` cache length, ``N`` generated steps, ``V`` vocab.
 """
 
 from __future__ import annotations
@@ -25,33 +28,40 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from semievol_jax.generate import stopping
 from semievol_jax.generate.sampling import SampleConfig, sample
 from semievol_jax.model.kv_cache import CACHE_KV_AXES, CACHE_VALID_AXES, init_cache
 
-# Traces of the decode program by (B, T, M, max_new_tokens): a trace is a compilation,
-# so tests and the benchmark read how many programs a pass over many prompts built.
+# Traces of the prefill program by (B, T, M, max_new_tokens) and of the decode loop by
+# (slots, cache length, max_new_tokens): a trace is a compilation, so tests and the
+# benchmark read how many programs a pass over many prompts built.
 TRACES: collections.Counter = collections.Counter()
+LOOP_TRACES: collections.Counter = collections.Counter()
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DecodeState:
-    """The while-loop carry; every per-row field is [M, B, ...]."""
+    """The while-loop carry. The model decodes R' *slots*; slot i produces output row
+    ``row_ids[i]`` of the R = M * B rows (row m * B + b). Compaction moves the live
+    slots into a smaller R', so per-slot fields shrink while the outputs stay [R, ...].
+    """
 
     step: jax.Array  # int32 scalar: tokens generated so far
-    token_MB: jax.Array  # int32: last token, fed at the next step
-    position_MB: jax.Array  # int32: its position
-    cache: object  # KVCache over M * B rows (row m * B + b)
-    keys_MB: jax.Array  # typed PRNG keys, one stream per sample
-    tokens_MBN: jax.Array  # int32 generated tokens (0 after the end)
-    logprobs_MBN: jax.Array  # float32 log p under the unmodified model distribution
-    sample_logprobs_MBN: jax.Array  # float32 log q under the distribution sampled from
-    done_MB: jax.Array  # bool: row has ended
-    length_MB: jax.Array  # int32: tokens generated, including the one that ended it
-    finish_MB: jax.Array  # int32: 0 running, else stopping.FINISH_*
+    row_ids: jax.Array  # int32 [R']: output row of each slot (R = filler, writes dropped)
+    token: jax.Array  # int32 [R']: last token, fed at the next step
+    position: jax.Array  # int32 [R']: its position
+    cache: object  # KVCache over the R' slots
+    keys: jax.Array  # typed PRNG keys [R'], one stream per sample
+    done: jax.Array  # bool [R']: slot has ended (fillers are done)
+    tokens_RN: jax.Array  # int32 generated tokens (0 after the end)
+    logprobs_RN: jax.Array  # float32 log p under the unmodified model distribution
+    sample_logprobs_RN: jax.Array  # float32 log q under the distribution sampled from
+    length_R: jax.Array  # int32: tokens generated, including the one that ended it
+    finish_R: jax.Array  # int32: 0 running, else stopping.FINISH_*
 
 
 @jax.tree_util.register_dataclass
@@ -64,6 +74,12 @@ class DecodeOutput:
     sample_logprobs_BMN: jax.Array  # float32; 0 past length
     length_BM: jax.Array  # int32 number of generated tokens (EOS / stop token included)
     finish_BM: jax.Array  # int32 stopping.FINISH_EOS | FINISH_STOP | FINISH_LENGTH
+
+
+# Compaction: when at most 1/SHRINK of the slots are live, they move to a batch SHRINK
+# times smaller. Rows end at very different steps (a terse answer next to a sample that
+# wanders to the token budget), and every step costs the whole batch's matmuls.
+SHRINK = 4
 
 
 def sample_keys(key: jax.Array, index_B: jax.Array, num_samples: int) -> jax.Array:
@@ -103,7 +119,14 @@ def split_model(model: nnx.Module, mesh=None) -> tuple[nnx.GraphDef, nnx.State]:
 def decode(graphdef: nnx.GraphDef, state: nnx.State, tokens_BT: jax.Array,
            valid_BT: jax.Array, keys_BM: jax.Array, tables: stopping.StopTables,
            cfg: SampleConfig, *, mesh=None) -> DecodeOutput:
-    """Samples M continuations of each left-padded prompt in one compiled program.
+    """Samples M continuations of each left-padded prompt.
+
+    One compiled prefill per (B, T, M, N) shares each prompt's cache among its M
+    samples; a compiled loop then decodes until every row has ended or N tokens are
+    out. When at most a quarter of the slots are live, the loop exits, the live slots
+    are gathered into a batch a quarter the size, and the loop goes on there. Each
+    slot keeps its own key stream, cache and position, so a sample's tokens do not
+    depend on when the others end.
 
     Args:
       graphdef, state: from :func:`split_model`.
@@ -112,7 +135,7 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, tokens_BT: jax.Array,
       keys_BM: [B, M] typed PRNG keys (see :func:`sample_keys`).
       tables: stop lookups from :func:`stopping.stop_tables`.
       cfg: sampling rule and ``max_new_tokens`` (>= 1); ``stop`` is read via ``tables``.
-      mesh: optional mesh; the cache is then constrained batch-sharded.
+      mesh: optional mesh; slots are then batch-sharded.
 
     Returns:
       :class:`DecodeOutput` with N = ``cfg.max_new_tokens``.
@@ -123,19 +146,42 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, tokens_BT: jax.Array,
     # and truncation policy are host-side and must not trigger recompiles.
     rule = SampleConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                         max_new_tokens=cfg.max_new_tokens, stop=())
-    return _decode_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, tables, rule=rule,
-                       mesh=mesh)
+    from semievol_jax.sharding import batch_ways, replicate_rows
+
+    ways = batch_ways(mesh)
+    s = _prefill_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, rule=rule, mesh=mesh)
+    while True:
+        slots = s.done.shape[0]
+        smaller = _compact_size(slots, ways)
+        s = _loop_jit(graphdef, state, s, tables, rule=rule, mesh=mesh,
+                      exit_at=slots // SHRINK if smaller < slots else -1)
+        if smaller == slots:
+            break
+        done = np.asarray(jax.device_get(replicate_rows(s.done, mesh)))
+        step = int(jax.device_get(s.step))
+        if done.all() or step >= rule.max_new_tokens:
+            break
+        live = np.flatnonzero(~done)
+        pick = np.concatenate([live, np.full(smaller - len(live), -1)]).astype(np.int32)
+        s = _compact_jit(s, jnp.asarray(pick), mesh=mesh)
+    return _output_jit(s, m=keys_BM.shape[1])
+
+
+def _compact_size(slots: int, ways: int) -> int:
+    """The slot count after one compaction: a quarter, a multiple of the mesh's batch
+    ways (the slot count itself when it cannot shrink)."""
+    smaller = -(-(slots // SHRINK) // ways) * ways
+    return smaller if 0 < smaller < slots else slots
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("rule", "mesh"))
-def _decode_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, tables, *, rule, mesh):
+def _prefill_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, *, rule, mesh):
     B, T = tokens_BT.shape
     M = keys_BM.shape[1]
     N = rule.max_new_tokens
     TRACES[(B, T, M, N)] += 1
     model = nnx.merge(graphdef, state)
     positions_BT = jnp.maximum(jnp.cumsum(valid_BT.astype(jnp.int32), axis=1) - 1, 0)
-
     # Prefill all but the last prompt token: the loop's first step feeds that one and
     # gets the first next-token logits, so the prefill's [B, T, V] logits are dead
     # code that XLA drops (at 128k vocab they would be the largest tensor here).
@@ -144,73 +190,103 @@ def _decode_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, tables, *, rule, 
         cache = model(tokens_BT[:, :-1], positions_BT[:, :-1], valid_BT=valid_BT[:, :-1],
                       cache=cache).cache
     # Share the prefill: one cache per prompt, repeated for its M samples. The M copies
-    # are flattened into the model's batch axis (row m * B + b) rather than vmapped:
+    # are flattened into the model's batch axis (slot m * B + b) rather than vmapped:
     # under vmap the cache write becomes a scatter that rewrites the whole cache every
     # step, while a plain batch keeps it an in-place dynamic_update_slice.
     cache = _constrain(_repeat_batch(cache, M), mesh)
+    R = M * B
+    zeros_R = jnp.zeros((R,), jnp.int32)
+    return DecodeState(
+        step=jnp.int32(0),
+        row_ids=jnp.arange(R, dtype=jnp.int32),
+        token=jnp.tile(tokens_BT[:, -1], M).astype(jnp.int32),
+        position=jnp.tile(positions_BT[:, -1], M).astype(jnp.int32),
+        cache=cache,
+        keys=keys_BM.T.reshape(R),
+        done=jnp.zeros((R,), bool),
+        tokens_RN=jnp.zeros((R, N), jnp.int32),
+        logprobs_RN=jnp.zeros((R, N), jnp.float32),
+        sample_logprobs_RN=jnp.zeros((R, N), jnp.float32),
+        length_R=zeros_R,
+        finish_R=zeros_R,
+    )
 
-    def step_all(token_MB, position_MB, cache):
-        out = model(token_MB.reshape(M * B, 1), position_MB.reshape(M * B, 1),
-                    valid_BT=jnp.ones((M * B, 1), bool), cache=cache)
-        return out.logits_BTV.reshape(M, B, -1), out.cache
 
-    sample_all = jax.vmap(lambda logits_BV, keys_B: sample(logits_BV, keys_B, rule))
-    check_all = jax.vmap(lambda prev_B, tok_B, has_prev: stopping.check_stop(
-        prev_B, tok_B, has_prev, tables), in_axes=(0, 0, None))
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("rule", "mesh", "exit_at"),
+                   donate_argnums=(2,))
+def _loop_jit(graphdef, state, s: DecodeState, tables, *, rule, mesh, exit_at):
+    """Decodes until every slot has ended, N tokens are out, or (exit_at >= 0) at most
+    ``exit_at`` slots are live."""
+    LOOP_TRACES[(s.done.shape[0], s.cache.max_len, rule.max_new_tokens)] += 1
+    model = nnx.merge(graphdef, state)
+    N = rule.max_new_tokens
+    R = s.tokens_RN.shape[0]
+
+    def sample_one(logits_V, key):  # the rule for one sample, vmapped over the slots
+        return tuple(x[0] for x in sample(logits_V[None], key[None], rule))
 
     def body(s: DecodeState) -> DecodeState:
-        logits_MBV, cache = step_all(s.token_MB, s.position_MB, s.cache)
-        step_keys_MB = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, s.step)))(s.keys_MB)
-        token_MB, logp_MB, sample_logp_MB = sample_all(logits_MBV, step_keys_MB)
-        live_MB = ~s.done_MB
-        token_MB = jnp.where(live_MB, token_MB, 0)
-        logp_MB = jnp.where(live_MB, logp_MB, 0.0)
-        sample_logp_MB = jnp.where(live_MB, sample_logp_MB, 0.0)
-        eos_MB, stop_MB = check_all(s.token_MB, token_MB, s.step > 0)
+        out = model(s.token[:, None], s.position[:, None],
+                    valid_BT=jnp.ones((s.token.shape[0], 1), bool), cache=s.cache)
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, s.step))(s.keys)
+        token, logp, sample_logp = jax.vmap(sample_one)(out.logits_BTV[:, 0], step_keys)
+        live = ~s.done
+        token = jnp.where(live, token, 0)
+        eos, stop = stopping.check_stop(s.token, token, s.step > 0, tables)
         at_cap = s.step + 1 >= N
-        finish_MB = jnp.where(eos_MB, stopping.FINISH_EOS,
-                              jnp.where(stop_MB, stopping.FINISH_STOP,
-                                        jnp.where(at_cap, stopping.FINISH_LENGTH, 0)))
-        finish_MB = jnp.where(live_MB, finish_MB, s.finish_MB)
+        finish = jnp.where(eos, stopping.FINISH_EOS,
+                           jnp.where(stop, stopping.FINISH_STOP,
+                                     jnp.where(at_cap, stopping.FINISH_LENGTH, 0)))
+        # Writes of ended slots and fillers go nowhere (out of range, dropped).
+        rows = jnp.where(live, s.row_ids, R)
+        put = lambda a, v: a.at[rows, s.step].set(v, mode="drop")  # noqa: E731
         return DecodeState(
             step=s.step + 1,
-            token_MB=token_MB,
-            position_MB=s.position_MB + 1,
-            cache=cache,
-            keys_MB=s.keys_MB,
-            tokens_MBN=s.tokens_MBN.at[:, :, s.step].set(token_MB),
-            logprobs_MBN=s.logprobs_MBN.at[:, :, s.step].set(logp_MB),
-            sample_logprobs_MBN=s.sample_logprobs_MBN.at[:, :, s.step].set(sample_logp_MB),
-            done_MB=s.done_MB | (finish_MB != 0),
-            length_MB=jnp.where(live_MB, s.step + 1, s.length_MB),
-            finish_MB=finish_MB.astype(jnp.int32),
+            row_ids=s.row_ids,
+            token=token,
+            position=s.position + 1,
+            cache=out.cache,
+            keys=s.keys,
+            done=s.done | (finish != 0),
+            tokens_RN=put(s.tokens_RN, token),
+            logprobs_RN=put(s.logprobs_RN, logp),
+            sample_logprobs_RN=put(s.sample_logprobs_RN, sample_logp),
+            length_R=s.length_R.at[rows].set(s.step + 1, mode="drop"),
+            finish_R=s.finish_R.at[rows].set(finish.astype(jnp.int32), mode="drop"),
         )
 
     def cond(s: DecodeState) -> jax.Array:
-        return (s.step < N) & ~jnp.all(s.done_MB)
+        live = jnp.sum(~s.done)
+        return (s.step < N) & (live > max(exit_at, 0))
 
-    zeros_MB = jnp.zeros((M, B), jnp.int32)
-    init = DecodeState(
-        step=jnp.int32(0),
-        token_MB=jnp.broadcast_to(tokens_BT[:, -1], (M, B)).astype(jnp.int32),
-        position_MB=jnp.broadcast_to(positions_BT[:, -1], (M, B)).astype(jnp.int32),
-        cache=cache,
-        keys_MB=keys_BM.T,
-        tokens_MBN=jnp.zeros((M, B, N), jnp.int32),
-        logprobs_MBN=jnp.zeros((M, B, N), jnp.float32),
-        sample_logprobs_MBN=jnp.zeros((M, B, N), jnp.float32),
-        done_MB=jnp.zeros((M, B), bool),
-        length_MB=zeros_MB,
-        finish_MB=zeros_MB,
-    )
-    s = jax.lax.while_loop(cond, body, init)
-    return DecodeOutput(
-        tokens_BMN=s.tokens_MBN.transpose(1, 0, 2),
-        logprobs_BMN=s.logprobs_MBN.transpose(1, 0, 2),
-        sample_logprobs_BMN=s.sample_logprobs_MBN.transpose(1, 0, 2),
-        length_BM=s.length_MB.T,
-        finish_BM=s.finish_MB.T,
-    )
+    return jax.lax.while_loop(cond, body, s)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnums=(0,))
+def _compact_jit(s: DecodeState, pick: jax.Array, *, mesh) -> DecodeState:
+    """The slots ``pick`` (-1: a filler, already done) as the new, smaller batch."""
+    filler = pick < 0
+    at = jnp.maximum(pick, 0)
+    take = lambda x: jnp.take(x, at, axis=0)  # noqa: E731
+    cache = dataclasses.replace(
+        s.cache, k_LBKSH=jnp.take(s.cache.k_LBKSH, at, axis=1),
+        v_LBKSH=jnp.take(s.cache.v_LBKSH, at, axis=1), valid_BS=take(s.cache.valid_BS))
+    R = s.tokens_RN.shape[0]
+    return dataclasses.replace(
+        s, row_ids=jnp.where(filler, R, take(s.row_ids)), token=take(s.token),
+        position=take(s.position), cache=_constrain(cache, mesh), keys=take(s.keys),
+        done=take(s.done) | filler)
+
+
+@functools.partial(jax.jit, static_argnames=("m",))
+def _output_jit(s: DecodeState, *, m: int) -> DecodeOutput:
+    def bm(x):  # [R, ...] rows m * B + b -> [B, M, ...]
+        x = x.reshape(m, -1, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return DecodeOutput(tokens_BMN=bm(s.tokens_RN), logprobs_BMN=bm(s.logprobs_RN),
+                        sample_logprobs_BMN=bm(s.sample_logprobs_RN),
+                        length_BM=bm(s.length_R), finish_BM=bm(s.finish_R))
 
 
 def _repeat_batch(cache, M: int):

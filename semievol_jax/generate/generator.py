@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -107,22 +108,28 @@ def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
     return 3 * p // 4 if p >= 4 and 3 * p // 4 >= n else p
 
 
-def plan_batches(lengths: list[int], batch_size: int) -> list[tuple[list[int], int]]:
+def plan_batches(lengths: list[int], batch_size: int,
+                 rows_for: Callable[[int], int] | None = None) -> list[tuple[list[int], int]]:
     """Groups prompt indices into batches of similar length.
 
     Args:
       lengths: token count per prompt.
       batch_size: prompts per batch.
+      rows_for: optional cap on the prompts of a batch padded to a given length (a
+        memory budget: long prompts go in smaller batches).
 
     Returns:
-      ``[(indices, padded_length)]``: indices sorted by length, ``batch_size`` per
-      batch (the last may be short; the caller pads it with filler rows).
+      ``[(indices, padded_length)]``: indices sorted by length, ``batch_size`` (or the
+      cap) per batch (the last may be short; the caller pads it with filler rows).
     """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches = []
-    for start in range(0, len(order), batch_size):
+    batches, start = [], 0
+    while start < len(order):
         idx = order[start:start + batch_size]
+        if rows_for is not None:  # the cap of the longest prompt's bucket
+            idx = idx[:max(1, rows_for(bucket_length(lengths[idx[-1]])))]
         batches.append((idx, bucket_length(max(lengths[i] for i in idx))))
+        start += len(idx)
     return batches
 
 
@@ -164,6 +171,16 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
                                   tuple(model.cfg.eos_token_id or ()))
     filler = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
     batch_size = _batch_size(cfg.batch_size, len(ids), mesh)
+    ways = sharding.batch_ways(mesh)
+
+    def rows_for(length: int) -> int:
+        """Prompts per batch at this padded length: the cache of every slot within
+        ``cfg.cache_tokens`` (a multiple of the mesh's batch ways)."""
+        if not cfg.cache_tokens:
+            return batch_size
+        fit = cfg.cache_tokens // (num_samples * (length + cfg.max_new_tokens))
+        return min(batch_size, max(ways, fit // ways * ways))
+
     out: list[list[Sample] | None] = [None] * len(ids)
     bar = tqdm(total=len(ids), desc="generate", unit="prompt",
                disable=not progress or not sharding.is_main_process())  # one bar per job
@@ -181,10 +198,11 @@ def generate(model, tokenizer, prompts: list[str], cfg: SampleConfig, *, key: ja
         bar.set_postfix(prompts_s=f"{bar.n / elapsed:.1f}", tokens_s=f"{n_tokens / elapsed:.0f}")
 
     pending = None
-    for idx, length in plan_batches([len(x) for x in ids], batch_size):
-        rows = idx + [-1] * (batch_size - len(idx))  # -1: filler row, a one-token prompt
-        tokens_BT = np.zeros((batch_size, length), np.int32)
-        valid_BT = np.zeros((batch_size, length), bool)
+    for idx, length in plan_batches([len(x) for x in ids], batch_size, rows_for):
+        b_rows = rows_for(length)
+        rows = idx + [-1] * (b_rows - len(idx))  # -1: filler row, a one-token prompt
+        tokens_BT = np.zeros((b_rows, length), np.int32)
+        valid_BT = np.zeros((b_rows, length), bool)
         for b, i in enumerate(rows):
             x = ids[i] if i >= 0 else [filler]
             tokens_BT[b, length - len(x):] = x

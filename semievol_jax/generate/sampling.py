@@ -31,6 +31,9 @@ class SampleConfig:
     max_new_tokens: int = 256  # hard cap on generated tokens per sample
     stop: tuple[str, ...] = ("\n\n",)  # stop strings; the text is cut before the first one
     batch_size: int = 32  # prompts per compiled batch (samples per prompt multiply this)
+    # Cap on slots x cache length of one batch (0 = none): prompts whose cache (prompt +
+    # max_new_tokens, times the samples) would exceed it go in smaller batches
+    cache_tokens: int = 0
     truncate: str = "error"  # prompt longer than the context: "error" or "left" (drop oldest)
 
     def __post_init__(self):
@@ -44,6 +47,8 @@ class SampleConfig:
             raise ValueError(
                 f"SampleConfig.max_new_tokens must be >= 0, got {self.max_new_tokens}"
             )
+        if self.cache_tokens < 0:
+            raise ValueError(f"SampleConfig.cache_tokens must be >= 0, got {self.cache_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"SampleConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.truncate not in ("error", "left"):

@@ -18,16 +18,19 @@ from flax import nnx
 
 from semievol_jax.model.config import LlamaConfig
 from semievol_jax.model.kv_cache import KVCache
-from semievol_jax.model.lora import Dense, LoraConfig, param
+from semievol_jax.model.lora import LORA_HIDDEN, PROJECTION, Dense, LoraConfig, param
 from semievol_jax.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 AXIS_NAMES = {"D": "embed", "N": "heads", "K": "kv_heads", "H": "head_dim", "F": "mlp"}
-# What each scanned block keeps for the backward pass ("none": everything). "projections"
-# keeps the weight matmuls' outputs and recomputes the attention scores and probabilities
-# ([B, N, T, S] per layer, the largest activations at long T); "full" keeps only each
-# block's input and recomputes the block (one more forward, least memory).
+# What each scanned block keeps for the backward pass ("none": everything). "dots" keeps
+# every matmul's output; "projections" keeps the frozen weights' products and the LoRA
+# adapters' rank-R activations, and recomputes the attention scores and probabilities
+# ([B, N, T, S] per layer, the largest activations at long T) and the adapters' outputs
+# (as wide as the projections, R multiply-adds each); "full" keeps only each block's
+# input and recomputes the block (one more forward, least memory).
 REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_saveable,
-                  "projections": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "projections": jax.checkpoint_policies.save_only_these_names(
+                      PROJECTION, LORA_HIDDEN),
                   "full": jax.checkpoint_policies.nothing_saveable}
 
 
@@ -204,6 +207,7 @@ class Llama(nnx.Module):
         positions_BT: jax.Array,
         *,
         valid_BT: jax.Array | None = None,
+        segment_BT: jax.Array | None = None,
         cache: KVCache | None = None,
         hidden_layer: int | None = None,
         logits_at_BR: jax.Array | None = None,
@@ -216,6 +220,8 @@ class Llama(nnx.Module):
             tokens_BT: int token ids.
             positions_BT: int RoPE positions (left padding: cumsum(valid) - 1, clipped at 0).
             valid_BT: bool, False for padding (default: all True).
+            segment_BT: int, packed rows (no cache): which example of its row a token
+                belongs to; a query attends only keys of its own segment.
             cache: None (query t attends key s iff s <= t and valid[s]) or a KVCache whose
                 slots [end, end+T) receive the new tokens (query at slot end+t attends slot
                 s iff s <= end+t and the slot is valid).
@@ -250,6 +256,10 @@ class Llama(nnx.Module):
             s_S = jnp.arange(cache.max_len, dtype=jnp.int32)
             causal_TS = s_S[None, :] <= (cache.end + t_T)[:, None]
         mask_BTS = causal_TS[None] & valid_BS[:, None, :]
+        if segment_BT is not None:
+            if cache is not None:
+                raise ValueError("segment_BT (packed rows) is for passes without a KV cache")
+            mask_BTS = mask_BTS & (segment_BT[:, :, None] == segment_BT[:, None, :])
         cos_sin = rope_cos_sin(positions_BT, rope_inv_freq(cfg), self.dtype)
 
         x_BTD = jnp.take(self.embedding_VD[...], tokens_BT, axis=0).astype(self.dtype)

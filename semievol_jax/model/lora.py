@@ -14,8 +14,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+# Names a remat policy can keep (model/llama.py REMAT_POLICIES): the frozen weight's
+# product and the adapter's rank-R activation. The adapter's output B(A x) is not named:
+# as wide as the projection, it costs as much memory and R multiply-adds to recompute.
+PROJECTION, LORA_HIDDEN = "projection", "lora_hidden"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +104,12 @@ class Dense(nnx.Module):
         lead = x.shape[:x.ndim - n_in]
         x_XI = x.astype(self.dtype).reshape(*lead, -1)
         w_OI = self.w[...].astype(self.dtype).reshape(math.prod(out_shape), -1)
-        y_XO = jnp.einsum("...I,OI->...O", x_XI, w_OI)
+        y_XO = checkpoint_name(jnp.einsum("...I,OI->...O", x_XI, w_OI), PROJECTION)
         if self.lora is not None:
             h_XI = self.dropout(x_XI)
             a_RI = self.lora_a[...].astype(self.dtype).reshape(self.lora.rank, -1)
             b_OR = self.lora_b[...].astype(self.dtype).reshape(-1, self.lora.rank)
-            h_XR = jnp.einsum("...I,RI->...R", h_XI, a_RI)
+            h_XR = checkpoint_name(jnp.einsum("...I,RI->...R", h_XI, a_RI), LORA_HIDDEN)
             y_XO = y_XO + self.lora.scale * jnp.einsum("...R,OR->...O", h_XR, b_OR)
         return y_XO.reshape(*lead, *out_shape)
 

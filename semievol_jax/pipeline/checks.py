@@ -92,13 +92,14 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("*seed data.max_rows eval.max_rows index.k index.token_budget index.index.* "
      "data.synth.num_* data.synth.icl_* data.synth.bios_per_person data.synth.labeled_people "
      "data.synth.quizzes_per_practice_person base.pretrain.warmup_steps "
-     "base.pretrain.grad_clip *.weight_decay *.train.max_grad_norm *.temperature *.top_k",
+     "base.pretrain.grad_clip *.weight_decay *.train.max_grad_norm *.temperature *.top_k "
+     "*.cache_tokens",
      at_least(0)),
     ("rounds propose.n mesh.fsdp mesh.tensor *.epochs *.batch_size *.max_new_tokens "
      "base.pretrain.*_size base.pretrain.num_* base.pretrain.steps sft.lora.rank "
      "*.train.checkpoint_every *.train.keep_checkpoints *.train.log_every", at_least(1)),
     ("data.synth.num_options data.synth.num_values base.pretrain.seq_len "
-     "*.train.cutoff_len", at_least(2)),
+     "*.train.cutoff_len *.train.pack_length", at_least(2)),
     ("index.layer", at_least(-1)),
     ("*.learning_rate *.train.adam_eps sft.lora.alpha base.pretrain.rope_theta", above(0)),
     ("mesh.num_processes *.micro_batch_size *.train.max_steps", optional(at_least(1))),

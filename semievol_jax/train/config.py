@@ -28,6 +28,10 @@ class TrainConfig:
     # Padded lengths, 1.5x apart: at most a third of a batch is padding, for a few more
     # compiled programs than powers of two.
     length_buckets: tuple[int, ...] = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
+    # Several examples per row as separate segments (train/packing.py): the same loss
+    # and gradients with less padding; rows up to pack_length tokens
+    pack: bool = False
+    pack_length: int = 1024  # the longest packed row (never below an example's bucket)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     adam_b1: float = 0.9  # AdamW beta1
     adam_b2: float = 0.999  # AdamW beta2
@@ -84,6 +88,8 @@ class TrainConfig:
                 f"train.batch_size={self.batch_size} must be a positive multiple of "
                 f"train.micro_batch_size={self.micro_batch_size}"
             )
+        if self.pack_length < 2:
+            raise TrainConfigError(f"train.pack_length must be >= 2, got {self.pack_length}")
         if self.cutoff_len < 2:
             raise TrainConfigError(f"train.cutoff_len must be >= 2, got {self.cutoff_len}")
         if self.remat_policy not in REMAT_NAMES:

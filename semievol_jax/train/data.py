@@ -3,8 +3,10 @@
 Batches are a pure function of (examples, seed, step): the permutation of epoch e
 comes from ``rng.numpy_rng(seed, "data", e)``, so the iterator's whole position is
 the step counter, and a resumed run reads exactly the batches it would have read.
-The last batch of an epoch is filled with weight-0 padding rows so every step has
-the same batch shape (only the sequence bucket varies).
+Unpacked, each example is one row padded to its step's length bucket, and the last
+batch of an epoch is filled with weight-0 padding rows so every step has the same
+batch shape. Packed (``pack=True``, `packing.py`), each microbatch's examples share
+rows as separate segments, so the row count and length vary by step.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from semievol_jax import rng
 from semievol_jax.errors import DataError
+from semievol_jax.train.packing import plan_rows
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +151,10 @@ class Batch:
     targets_ABT: np.ndarray  # int32 next-token ids
     loss_mask_ABT: np.ndarray  # bool: target is a response token
     valid_ABT: np.ndarray  # bool: input token is real (not padding)
-    positions_ABT: np.ndarray  # int32 positions (0.. for real tokens)
+    positions_ABT: np.ndarray  # int32 positions (0.. for real tokens, per segment)
     score_at_ABR: np.ndarray  # int32: the positions whose logits the loss reads
     score_mask_ABR: np.ndarray  # bool: that position is a response target (not filler)
+    segment_ABT: np.ndarray  # int32 example of a token within its row (1..); 0 = padding
 
 
 MIN_SCORE_BUCKET = 8
@@ -193,6 +197,10 @@ class SFTBatcher:
         seed: int,
         shuffle: bool = True,
         pad_id: int = 0,
+        pack: bool = False,
+        pack_length: int = 1024,
+        row_multiple: int = 1,
+        attention_cost: float = 0.0,
     ):
         if len(data) == 0:
             raise DataError("empty training set: no examples to fine-tune on")
@@ -204,6 +212,10 @@ class SFTBatcher:
         self.seed = seed
         self.shuffle = shuffle
         self.pad_id = pad_id
+        self.pack = pack
+        self.pack_length = pack_length  # the longest packed row considered
+        self.row_multiple = row_multiple  # packed rows per microbatch divide by this
+        self.attention_cost = attention_cost  # see packing.plan_rows
         self.steps_per_epoch = -(-len(data) // batch_size)
         self._perm_cache: dict[int, np.ndarray] = {}
 
@@ -226,36 +238,66 @@ class SFTBatcher:
         return {"step": step, "epoch": step // self.steps_per_epoch,
                 "batch_in_epoch": step % self.steps_per_epoch}
 
-    def batch_at(self, step: int, rows: slice | None = None) -> Batch:
+    def batch_at(self, step: int, process: tuple[int, int] | None = None) -> Batch:
         """The batch of optimizer step ``step`` (0-based).
 
         Args:
           step: global step; epoch = step // steps_per_epoch.
-          rows: the rows of each microbatch this process reads (multi-host,
-            ``sharding.process_slice(micro_batch_size)``); the bucket length is still
-            chosen from the whole global batch so all processes agree on shapes.
+          process: ``(index, count)`` of this process (multi-host): it reads only its
+            share of each microbatch's rows; shapes are chosen from the whole global
+            batch, so all processes agree on them.
         """
         epoch, k = divmod(step, self.steps_per_epoch)
         idx = self.permutation(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
         lengths = [len(self.data.ids[i]) - 1 for i in idx]
         t = padded_length(max(lengths), self.buckets, self.cutoff_len)
-        b = self.batch_size
+        a = self.batch_size // self.micro
+        if self.pack:
+            groups = [list(range(j * self.micro, min((j + 1) * self.micro, len(idx))))
+                      for j in range(a)]
+            groups = [g for g in groups if g]
+            b, t, bins = plan_rows([[lengths[i] for i in g] for g in groups], bucket=t,
+                                   cap=max(t, min(self.pack_length, self.cutoff_len)),
+                                   row_multiple=self.row_multiple,
+                                   attention_cost=self.attention_cost)
+            rows_of = [[[idx[g[i]] for i in row] for row in bn]
+                       for g, bn in zip(groups, bins, strict=True)]
+            rows_of += [[] for _ in range(a - len(rows_of))]  # microbatches of padding only
+        else:
+            b = self.micro
+            rows_of = [[[i] for i in idx[j * b:(j + 1) * b]] for j in range(a)]
+        tokens, targets, loss_mask, valid, positions, segments = (
+            np.stack(x) for x in zip(*(self._microbatch(r, b, t) for r in rows_of), strict=True))
+        # One score width for the whole step: every microbatch has the same shapes.
+        score_at, score_mask = (x.reshape(a, b, -1) for x in
+                                score_positions(loss_mask.reshape(a * b, t)))
+        arrays = [tokens, targets, loss_mask, valid, positions, score_at, score_mask, segments]
+        if process is not None:
+            per = b // process[1]
+            if b % process[1]:
+                raise DataError(f"{b} rows per microbatch do not split over {process[1]} "
+                                "processes")
+            arrays = [x[:, process[0] * per:(process[0] + 1) * per] for x in arrays]
+        return Batch(*arrays)
+
+    def _microbatch(self, rows: list[list[int]], b: int, t: int) -> tuple[np.ndarray, ...]:
+        """``b`` rows of ``t`` tokens; row r holds the examples ``rows[r]`` end to end."""
         tokens = np.full((b, t), self.pad_id, np.int32)
         targets = np.full((b, t), self.pad_id, np.int32)
         loss_mask = np.zeros((b, t), bool)
         valid = np.zeros((b, t), bool)
-        for r, i in enumerate(idx):
-            ids, m = self.data.ids[i], self.data.loss_mask[i]
-            n = len(ids) - 1
-            tokens[r, :n] = ids[:-1]
-            targets[r, :n] = ids[1:]
-            loss_mask[r, :n] = m[1:]
-            valid[r, :n] = True
-        positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
-        score_at, score_mask = score_positions(loss_mask)
-        a = self.batch_size // self.micro
-        arrays = [x.reshape(a, self.micro, x.shape[-1])
-                  for x in (tokens, targets, loss_mask, valid, positions, score_at, score_mask)]
-        if rows is not None:
-            arrays = [x[:, rows] for x in arrays]
-        return Batch(*arrays)
+        positions = np.zeros((b, t), np.int32)
+        segments = np.zeros((b, t), np.int32)
+        for r, members in enumerate(rows):
+            at = 0
+            for s, i in enumerate(members, start=1):
+                ids, m = self.data.ids[i], self.data.loss_mask[i]
+                n = len(ids) - 1
+                tokens[r, at:at + n] = ids[:-1]
+                targets[r, at:at + n] = ids[1:]
+                loss_mask[r, at:at + n] = m[1:]
+                valid[r, at:at + n] = True
+                positions[r, at:at + n] = np.arange(n, dtype=np.int32)
+                segments[r, at:at + n] = s
+                at += n
+        return tokens, targets, loss_mask, valid, positions, segments

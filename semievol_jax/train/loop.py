@@ -157,7 +157,9 @@ def train(
     seed0 = _data_seed(key)
     batcher = SFTBatcher(data, batch_size=cfg.batch_size, micro_batch_size=cfg.micro,
                          cutoff_len=cfg.cutoff_len, buckets=cfg.length_buckets, seed=seed0,
-                         shuffle=cfg.shuffle, pad_id=pad_id)
+                         shuffle=cfg.shuffle, pad_id=pad_id, pack=cfg.pack,
+                         pack_length=cfg.pack_length, row_multiple=sharding.batch_ways(mesh),
+                         attention_cost=_attention_cost(model))
     total = batcher.steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
@@ -189,7 +191,7 @@ def train(
     step_fn = step_lib.make_train_step(split, tx, cfg, mesh, state_sh, rest_sh)
     key = sharding.put(key, sharding.replicated(mesh))
     batch_sh = step_lib.batch_shardings(mesh)
-    rows = sharding.process_slice(cfg.micro) if jax.process_count() > 1 else None
+    process = (jax.process_index(), jax.process_count()) if jax.process_count() > 1 else None
     logger = _Logger(work_dir, cfg, total, start)
     losses: list[float] = []
     # A run resumed from its last step trains no step: its final loss is the checkpoint's.
@@ -207,7 +209,7 @@ def train(
 
     try:
         for s in range(start, total):
-            batch = _global_batch(batcher.batch_at(s, rows), batch_sh)
+            batch = _global_batch(batcher.batch_at(s, process), batch_sh)
             t0 = time.perf_counter()
             state, metrics = step_fn(state, rest, batch, key)
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -247,6 +249,18 @@ def train(
         tokens_per_sec=tok_count / tok_time if tok_time > 0 else 0.0,
         checkpoint_dir=Path(manager.directory), metrics_path=work_dir / "metrics.jsonl",
     )
+
+
+def _attention_cost(model: nnx.Module) -> float:
+    """Attention FLOPs per token per key position over the projections' FLOPs per token
+    (2 D / one block's matmul parameters): what a longer packed row costs."""
+    cfg = getattr(model, "cfg", None)
+    try:
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        qkvo = d * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
+        return 2 * d / (qkvo + 3 * d * f)
+    except AttributeError:
+        return 0.0
 
 
 def _write_back(model: nnx.Module, split: step_lib.SplitModel, params: dict, mode: str) -> None:

@@ -142,7 +142,7 @@ def batch_shardings(mesh: Mesh) -> Batch:
     """``[A, B, T]`` batch arrays: microbatch axis unsharded, rows over data x fsdp."""
     spec = sharding.logical_to_spec((None, "batch", None), mesh)
     s = NamedSharding(mesh, spec)
-    return Batch(s, s, s, s, s, s, s)
+    return Batch(s, s, s, s, s, s, s, s)
 
 
 def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
@@ -223,7 +223,8 @@ def make_train_step(
             nnx.reseed(model, policy="match_shape",
                        **{n: rng.subkey(key, n) for n in streams})
         out = model(mb.tokens_ABT, mb.positions_ABT, valid_BT=mb.valid_ABT,
-                    logits_at_BR=mb.score_at_ABR, remat=cfg.remat_policy)
+                    segment_BT=mb.segment_ABT, logits_at_BR=mb.score_at_ABR,
+                    remat=cfg.remat_policy)
         targets_BR = jnp.take_along_axis(mb.targets_ABT, mb.score_at_ABR, axis=1)
         loss_sum, count = masked_cross_entropy(out.logits_BTV, targets_BR, mb.score_mask_ABR)
         return loss_sum, count
