@@ -124,6 +124,15 @@ def test_plan_batches_sorts_and_buckets():
     assert [t for _, t in plan] == [16, 24, 256]  # lengths 1.5x apart: 17 -> 24, 200 -> 256
 
 
+def test_plan_batches_puts_long_prompts_in_smaller_batches():
+    """Under a per-length cap (a cache budget) one long prompt does not pad a full batch
+    of short ones to its length: it waits for a batch of its own."""
+    lengths = [10] * 7 + [300]
+    plan = plan_batches(lengths, 4, rows_for=lambda t: 4 if t <= 16 else 1)
+    assert [(len(idx), t) for idx, t in plan] == [(4, 16), (3, 16), (1, 384)]
+    assert plan_batches(lengths, 4) == [([0, 1, 2, 3], 16), ([4, 5, 6, 7], 384)]
+
+
 def test_long_and_empty_prompts_and_zero_new_tokens(tiny_model):
     tok = tiny_model.tokenizer
     long = "The cat sat on the mat. " * 200

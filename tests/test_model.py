@@ -48,6 +48,31 @@ def test_cached_decode_equals_full_forward(tiny_model):
     assert np.abs(np.asarray(full)).max() > 0.5
 
 
+def test_prefill_attends_to_the_prompt_only_and_fills_the_cache_the_same(tiny_model):
+    """A first pass with prefill=True (attention over the T new tokens, not the S slots)
+    gives the logits and the cache of the pass over the whole cache, and decoding goes
+    on from it as from the other."""
+    model, cfg = tiny_model.model, tiny_model.cfg
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [4, 6, 1], width=6, extra=1)
+    step = nnx.jit(lambda m, t, p, v, c, pre: m(t, p, valid_BT=v, cache=c, prefill=pre),
+                   static_argnums=5)
+    outs = [step(model, tokens[:, :6], positions[:, :6], valid[:, :6],
+                 init_cache(cfg, batch=3, max_len=16), pre) for pre in (True, False)]
+    mask = np.asarray(valid[:, :6])
+    np.testing.assert_allclose(np.asarray(outs[0].logits_BTV)[mask],
+                               np.asarray(outs[1].logits_BTV)[mask], atol=1e-5)
+    caches = [o.cache for o in outs]
+    np.testing.assert_array_equal(caches[0].valid_BS, caches[1].valid_BS)
+    slots = np.asarray(caches[0].valid_BS)  # padding slots hold what no query reads
+    for name in ("k_LBKSH", "v_LBKSH"):
+        a, b = (np.asarray(getattr(c, name)).transpose(1, 3, 0, 2, 4)[slots] for c in caches)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    nxt = [step(model, tokens[:, 6:], positions[:, 6:], valid[:, 6:], o.cache, False)
+           for o in outs]
+    np.testing.assert_allclose(np.asarray(nxt[0].logits_BTV), np.asarray(nxt[1].logits_BTV),
+                               atol=1e-5)
+
+
 def test_padding_does_not_change_valid_logits(tiny_model):
     """A left-padded row gives the same logits as the same row unpadded."""
     model = tiny_model.model

@@ -221,3 +221,17 @@ def test_score_pseudo_labels_per_theta():
     s = score_pseudo_labels(v, GoldAnswers({"n": "100.5"}),
                             is_correct=get_task("gsm8k").is_correct)
     assert s.accuracy_all == 1.0
+
+
+def test_score_of_the_collaborators_own_answers_and_their_majority():
+    """Before any vote: each collaborator's answers against gold, and the majority's."""
+    cs = (cands("a", ["A", "A", "B"]) + cands("b", ["B", "C", "C"])
+          + cands("tie", ["A", "B", None]))
+    sel = select(cs, {"a": Reflection("A", 1.0), "b": Reflection("B", 1.0),
+                      "tie": Reflection("A", 1.0)}, SelectionConfig())
+    gold = GoldAnswers({"a": "A", "b": "C", "tie": "B"})
+    score = score_pseudo_labels(sel, gold, cs)
+    assert score.accuracy_proposals == pytest.approx(5 / 8)  # 8 parsed answers, 5 right
+    assert score.accuracy_per_collaborator == (pytest.approx(1 / 3), 1.0, 0.5)
+    assert score.accuracy_majority == 1.0  # a -> A, b -> C; the tie has no majority
+    assert math.isnan(score_pseudo_labels(sel, gold).accuracy_proposals)  # not given

@@ -188,7 +188,7 @@ def _prefill_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, *, rule, mesh):
     cache = init_cache(model.cfg, B, T + N, _cache_dtype(model))
     if T > 1:
         cache = model(tokens_BT[:, :-1], positions_BT[:, :-1], valid_BT=valid_BT[:, :-1],
-                      cache=cache).cache
+                      cache=cache, prefill=True).cache
     # Share the prefill: one cache per prompt, repeated for its M samples. The M copies
     # are flattened into the model's batch axis (slot m * B + b) rather than vmapped:
     # under vmap the cache write becomes a scatter that rewrites the whole cache every

@@ -123,13 +123,15 @@ def plan_batches(lengths: list[int], batch_size: int,
       cap) per batch (the last may be short; the caller pads it with filler rows).
     """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches, start = [], 0
-    while start < len(order):
-        idx = order[start:start + batch_size]
-        if rows_for is not None:  # the cap of the longest prompt's bucket
-            idx = idx[:max(1, rows_for(bucket_length(lengths[idx[-1]])))]
-        batches.append((idx, bucket_length(max(lengths[i] for i in idx))))
-        start += len(idx)
+    batches, idx = [], []
+    for i in order:  # ascending: the newest prompt is the batch's longest
+        cap = batch_size if rows_for is None else max(1, rows_for(bucket_length(lengths[i])))
+        if idx and len(idx) >= min(batch_size, cap):
+            batches.append((idx, bucket_length(lengths[idx[-1]])))
+            idx = []
+        idx.append(i)
+    if idx:
+        batches.append((idx, bucket_length(lengths[idx[-1]])))
     return batches
 
 

@@ -85,8 +85,9 @@ class Attention(nnx.Module):
             x_BTD: normed block input.
             cos_sin: RoPE tables [B, T, H] for the new tokens' positions.
             mask_BTS: bool, query t may attend key slot s.
-            kv: None, or (k_LBKSH, v_LBKSH, end, layer): the cache buffers, where to write
-                the new keys and values, and this block's layer index.
+            kv: None, or (k_LBKSH, v_LBKSH, end, layer, fresh): the cache buffers, where
+                to write the new keys and values, this block's layer index, and whether
+                the cache was empty (attend to the T new keys only, mask_BTS [B, T, T]).
 
         Returns:
             (out_BTD, (k_LBKSH, v_LBKSH) with this layer's slots [end, end+T) written, or
@@ -99,7 +100,7 @@ class Attention(nnx.Module):
         if kv is None:
             k_BKSH, v_BKSH = k_BKTH, v_BKTH
         else:
-            k_LBKSH, v_LBKSH, end, layer = kv
+            k_LBKSH, v_LBKSH, end, layer, fresh = kv
             zero = jnp.zeros((), jnp.int32)
             start = (jnp.int32(layer), zero, zero, end, zero)
             k_LBKSH = jax.lax.dynamic_update_slice(
@@ -107,8 +108,12 @@ class Attention(nnx.Module):
             v_LBKSH = jax.lax.dynamic_update_slice(
                 v_LBKSH, v_BKTH[None].astype(v_LBKSH.dtype), start)
             new_kv = (k_LBKSH, v_LBKSH)
-            k_BKSH = k_LBKSH[layer].astype(self.dtype)
-            v_BKSH = v_LBKSH[layer].astype(self.dtype)
+            if fresh:  # an empty cache: the new tokens are all there is to attend to
+                k_BKSH = k_BKTH.astype(k_LBKSH.dtype).astype(self.dtype)
+                v_BKSH = v_BKTH.astype(v_LBKSH.dtype).astype(self.dtype)
+            else:
+                k_BKSH = k_LBKSH[layer].astype(self.dtype)
+                v_BKSH = v_LBKSH[layer].astype(self.dtype)
         B, T, N, H = q_BTNH.shape
         K = self.num_kv_heads
         q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
@@ -209,6 +214,7 @@ class Llama(nnx.Module):
         valid_BT: jax.Array | None = None,
         segment_BT: jax.Array | None = None,
         cache: KVCache | None = None,
+        prefill: bool = False,
         hidden_layer: int | None = None,
         logits_at_BR: jax.Array | None = None,
         remat: str = "none",
@@ -225,6 +231,9 @@ class Llama(nnx.Module):
             cache: None (query t attends key s iff s <= t and valid[s]) or a KVCache whose
                 slots [end, end+T) receive the new tokens (query at slot end+t attends slot
                 s iff s <= end+t and the slot is valid).
+            prefill: the cache is empty (a prompt's first pass): the T tokens attend to
+                each other only, not to the S - T slots still to be written, which at
+                a long prompt is most of the attention's work; the cache is written.
             hidden_layer: None, -1 (final-norm output) or i (output of block i).
             logits_at_BR: optional int positions into T, R per row: logits only there
                 (a loss over response tokens needs no [B, T, V] tensor; at a 128k vocab
@@ -246,16 +255,17 @@ class Llama(nnx.Module):
             valid_BT = jnp.ones((B, T), jnp.bool_)
         valid_BT = valid_BT.astype(jnp.bool_)
         t_T = jnp.arange(T, dtype=jnp.int32)
-        if cache is None:
-            valid_BS = valid_BT
+        if cache is None or prefill:
             causal_TS = t_T[None, :] <= t_T[:, None]
-        else:
+            mask_BTS = causal_TS[None] & valid_BT[:, None, :]
+        if cache is not None:
             _check_room(cache, T)
             valid_BS = jax.lax.dynamic_update_slice(
                 cache.valid_BS, valid_BT, (jnp.zeros((), jnp.int32), cache.end))
             s_S = jnp.arange(cache.max_len, dtype=jnp.int32)
-            causal_TS = s_S[None, :] <= (cache.end + t_T)[:, None]
-        mask_BTS = causal_TS[None] & valid_BS[:, None, :]
+            if not prefill:
+                causal_TS = s_S[None, :] <= (cache.end + t_T)[:, None]
+                mask_BTS = causal_TS[None] & valid_BS[:, None, :]
         if segment_BT is not None:
             if cache is not None:
                 raise ValueError("segment_BT (packed rows) is for passes without a KV cache")
@@ -264,7 +274,8 @@ class Llama(nnx.Module):
 
         x_BTD = jnp.take(self.embedding_VD[...], tokens_BT, axis=0).astype(self.dtype)
         x_BTD, kv_bufs, hidden_BTD = self._blocks(
-            x_BTD, cos_sin, mask_BTS, cache, hidden_layer, remat=remat, unroll=unroll)
+            x_BTD, cos_sin, mask_BTS, cache, hidden_layer, remat=remat, unroll=unroll,
+            prefill=prefill)
         x_BTD = self.norm(x_BTD)
         if hidden_layer == -1:
             hidden_BTD = x_BTD
@@ -279,7 +290,8 @@ class Llama(nnx.Module):
             new_cache = KVCache(kv_bufs[0], kv_bufs[1], valid_BS, cache.end + T)
         return ModelOutput(logits_BTV, new_cache, hidden_BTD)
 
-    def _blocks(self, x_BTD, cos_sin, mask_BTS, cache, hidden_layer, *, remat, unroll):
+    def _blocks(self, x_BTD, cos_sin, mask_BTS, cache, hidden_layer, *, remat, unroll,
+                prefill=False):
         """Scans the stacked blocks with `jax.lax.scan`; the cache buffers ride in the
         carry, so each layer's write is an in-place update of the [L, ...] buffers.
 
@@ -298,7 +310,7 @@ class Llama(nnx.Module):
             x_BTD, kv_bufs, hidden_BTD = carry
             rng_l, state_l, i = xs
             block = nnx.merge(graphdef, rng_l, state_l)
-            kv = None if kv_bufs is None else (*kv_bufs, end, i)
+            kv = None if kv_bufs is None else (*kv_bufs, end, i, prefill)
             x_BTD, kv_bufs = block(x_BTD, cos_sin, mask_BTS, kv)
             if keep:
                 hidden_BTD = jnp.where(i == hidden_layer, x_BTD, hidden_BTD)

@@ -86,7 +86,7 @@ def build_stages(cfg: RunConfig, mesh, round_index: int = 1) -> list[Stage]:
         _stage("final", st.run_final, cfg.final, ("data", "base", "sft", "select"),
                sft_cfg=cfg.sft, **seeded),
         _stage("eval", st.run_eval, cfg.eval,
-               ("data", "base", "sft", "index", "select", "final", *vanilla),
+               ("data", "base", "sft", "index", "propose", "select", "final", *vanilla),
                thetas=tuple(cfg.select.sweep_thetas), select_cfg=cfg.select, **seeded),
     ]
 

@@ -77,6 +77,11 @@ DIAGNOSTICS = {
     "eval.parse_vanilla": "test answers that parse: vanilla",
     "eval.parse_sft": "test answers that parse: SFT",
     "eval.parse_semievol": "test answers that parse: SemiEvol",
+    "eval.proposal_accuracy": "proposals that are right (each collaborator's own answer)",
+    "eval.majority_accuracy": "majority answers that are right (questions with one)",
+    "eval.consistent_accuracy": "consistent pseudo-labels that are right",
+    "eval.reflected_accuracy": "reflected pseudo-labels that are right",
+    "eval.answered_accuracy": "pseudo-labels that are right, before selection",
     "eval.pseudo_label_accuracy": "selected pseudo-labels that are right",
     "eval.demo_gold_match": "demonstrations whose gold answer equals the question's",
 }

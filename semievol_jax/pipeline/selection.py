@@ -6,7 +6,7 @@ Pure functions over plain records; no model, no JAX. The flow of one round:
     qids = needs_reflection(votes)                # only the disagreements
     reflections = {...}                           # the model, outside this module
     sel = select(candidates, reflections, cfg)    # pseudo-labels + adaptive selection
-    score = score_pseudo_labels(sel, gold)        # the only function taking gold
+    score = score_pseudo_labels(sel, gold, cands) # the only function taking gold
 
 Voting rules (documented here once):
 
@@ -440,6 +440,10 @@ class PseudoLabelScore:
       accuracy_per_theta: θ -> accuracy of what AS keeps at that θ (same rule).
       selected_fraction_per_theta: θ -> fraction of questions kept at that θ.
       num_scored: pseudo-labels that had a gold answer to compare with.
+      accuracy_proposals: over every collaborator's own answer (before any vote).
+      accuracy_per_collaborator: the same per collaborator index.
+      accuracy_majority: over the questions whose answers have a unique most frequent
+        one (what a vote would label, without reflection).
     """
 
     accuracy_all: float
@@ -448,18 +452,24 @@ class PseudoLabelScore:
     accuracy_per_theta: Mapping[float, float]
     selected_fraction_per_theta: Mapping[float, float]
     num_scored: int
+    accuracy_proposals: float = float("nan")
+    accuracy_per_collaborator: tuple[float, ...] = ()
+    accuracy_majority: float = float("nan")
 
 
-def score_pseudo_labels(selection: Selection, gold: GoldAnswers, *,
+def score_pseudo_labels(selection: Selection, gold: GoldAnswers,
+                        candidates: Iterable[Candidate] = (), *,
                         thetas: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 1.0),
-                        is_correct: Callable[[str, str], bool] | None = None
-                        ) -> PseudoLabelScore:
+                        is_correct: Callable[[str, str], bool] | None = None,
+                        key: Callable[[str], str] | None = None) -> PseudoLabelScore:
     """Scores pseudo-labels against gold: the one place gold answers are used.
 
     Args:
       selection: the `select` output.
       gold: unlabeled gold answers (`load_unlabeled`); questions without gold are
         skipped.
+      candidates: the collaborators' candidates, to score the step before the vote
+        (their own answers and their majority).
       thetas: θ values to re-run adaptive selection at (same rule and boundary).
       is_correct: `(pred, gold) -> bool`; `Task.is_correct` for value/text tasks.
         Default: exact, case-insensitive match.
@@ -484,7 +494,17 @@ def score_pseudo_labels(selection: Selection, gold: GoldAnswers, *,
         again, _ = apply_entropy_selection(ds, cfg)
         per_theta[float(th)] = acc(d for d in again if d.selected)
         frac_theta[float(th)] = (sum(d.selected for d in again) / len(again)) if again else 0.0
+    groups = _group(candidates)
+    hits = [(c.collaborator, check(c.answer, gold[c.qid])) for cs in groups.values()
+            for c in cs if c.answer is not None and c.qid in gold]
+    per = sorted({j for j, _ in hits})
+    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+    majority = [_vote_one(q, cs, key or (lambda a: a)) for q, cs in groups.items() if q in gold]
     return PseudoLabelScore(
+        accuracy_proposals=mean([h for _, h in hits]),
+        accuracy_per_collaborator=tuple(mean([h for j, h in hits if j == i]) for i in per),
+        accuracy_majority=mean([check(v.majority, gold[v.qid]) for v in majority
+                                if v.majority is not None]),
         accuracy_all=acc(ds),
         accuracy_selected=acc(d for d in ds if d.selected),
         accuracy_by_source={s: acc(d for d in ds if d.source == s) for s in sources},

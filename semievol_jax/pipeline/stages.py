@@ -475,7 +475,9 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
         (ctx.inputs["data"] / "held" / "unlabeled_gold.json").read_text()))
     sel = selection.Selection.from_dict(
         json.loads((ctx.inputs["select"] / "selection.json").read_text()))
-    score = selection.score_pseudo_labels(sel, gold, thetas=thetas, is_correct=task.is_correct)
+    score = selection.score_pseudo_labels(
+        sel, gold, _candidates(ctx.inputs["propose"] / "candidates.jsonl"), thetas=thetas,
+        is_correct=task.is_correct, key=task.answer_key)
     demos = _demo_agreement(ctx.inputs["index"], ctx.inputs["data"], gold)
     write_json_atomic(ctx.out / "eval.json", {"models": results,
                                               "pseudo_labels": dataclasses.asdict(score),
@@ -484,6 +486,11 @@ def run_eval(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh, seed: int,
     return {f"acc_{k}": v["accuracy"] for k, v in results.items()} | {
         f"parse_{k}": v["parse_rate"] for k, v in results.items()} | {
         "pseudo_label_accuracy": score.accuracy_selected,
+        "proposal_accuracy": score.accuracy_proposals,
+        "majority_accuracy": score.accuracy_majority,
+        "consistent_accuracy": score.accuracy_by_source.get(selection.CONSISTENT),
+        "reflected_accuracy": score.accuracy_by_source.get(selection.REFLECTED),
+        "answered_accuracy": score.accuracy_all,
         "demo_gold_match": demos["gold_match"] if demos else None}
 
 
