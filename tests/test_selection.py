@@ -235,3 +235,17 @@ def test_score_of_the_collaborators_own_answers_and_their_majority():
     assert score.accuracy_per_collaborator == (pytest.approx(1 / 3), 1.0, 0.5)
     assert score.accuracy_majority == 1.0  # a -> A, b -> C; the tie has no majority
     assert math.isnan(score_pseudo_labels(sel, gold).accuracy_proposals)  # not given
+
+
+def test_per_class_threshold_keeps_each_answer_class_share():
+    """The sure class (low entropy A) fills the pooled θ-quantile; per class, every
+    answer keeps its own lowest-entropy share."""
+    cs, refl = [], {}
+    for i, (a, e) in enumerate([("A", 0.1), ("A", 0.2), ("A", 0.3), ("A", 0.4),
+                                ("B", 1.1), ("B", 1.2), ("B", 1.3), ("B", 1.4)]):
+        cs += cands(f"q{i}", ["A", "B"])
+        refl[f"q{i}"] = Reflection(a, e)
+    pooled = select(cs, refl, SelectionConfig(theta=0.5))
+    assert set(pooled.pseudo_labels().values()) == {"A"}
+    balanced = select(cs, refl, SelectionConfig(theta=0.5, per_class=True))
+    assert balanced.pseudo_labels() == {"q0": "A", "q1": "A", "q4": "B", "q5": "B"}

@@ -104,6 +104,7 @@ class SelectConfig:
     rule: str = "official"  # "official": keep all consistent + reflected under θ;
     #                         "all": θ-quantile over every answer; "none": keep all (no AS)
     reflect: bool = True  # resolve disagreements by self-justification (False: majority)
+    per_class: bool = False  # θ-quantile per answer class (class-balanced; docs/method.md)
     reflect_sample: SampleConfig = field(default_factory=lambda: SampleConfig(
         temperature=1.0, max_new_tokens=4096, stop=()))  # official: T 1.0, 4096, no stops
     extract: str = "last"  # answer rule of the reflections (Task.extract_answer)

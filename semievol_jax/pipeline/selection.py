@@ -26,6 +26,7 @@ as `np.percentile` in the official code) of the pool's entropies:
   majority or single) keep those with entropy < t, t taken over that pool.
 - rule "all": t over every pseudo-label; keep those with entropy < t.
 - rule "none": keep every pseudo-label (the "without AS" ablation).
+- `per_class`: t is taken within each answer's part of the pool (class-balanced).
 
 `inclusive=False` keeps `entropy < t` (official; θ=0 keeps none of the pool, θ=1 all
 but the maximum); `inclusive=True` keeps `entropy <= t` (θ=1 keeps the whole pool).
@@ -83,6 +84,9 @@ class SelectionConfig:
       inclusive: keep `entropy <= t` instead of the official `entropy < t`.
       reflect: resolve disagreements with the reflection answers (False: majority).
       consistent_entropy: "first" (official: the first collaborator's) or "mean".
+      per_class: the threshold is the θ-quantile within each answer's own pool (as
+        class-balanced self-training does), so the kept labels keep the pool's class
+        shares instead of the one class the model is surest of.
     """
 
     theta: float = 0.3
@@ -90,6 +94,7 @@ class SelectionConfig:
     inclusive: bool = False
     reflect: bool = True
     consistent_entropy: str = "first"
+    per_class: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.theta <= 1.0:
@@ -331,6 +336,11 @@ def apply_entropy_selection(decisions: Sequence[Decision], cfg: SelectionConfig
                                                    if d.source != CONSISTENT]
         t = quantile_threshold([d.entropy for d in pool], cfg.theta)
     in_pool = {id(d) for d in pool}
+    per_class = {}
+    if cfg.per_class:
+        for a in {d.answer.strip().upper() for d in pool}:
+            per_class[a] = quantile_threshold(
+                [d.entropy for d in pool if d.answer.strip().upper() == a], cfg.theta)
     out = []
     for d in decisions:
         if d.answer is None:
@@ -338,11 +348,12 @@ def apply_entropy_selection(decisions: Sequence[Decision], cfg: SelectionConfig
         elif id(d) not in in_pool:
             out.append(dataclasses.replace(d, selected=True, reason=""))
         else:
-            keep = d.entropy <= t if cfg.inclusive else d.entropy < t
+            t_d = per_class.get(d.answer.strip().upper(), t)
+            keep = d.entropy <= t_d if cfg.inclusive else d.entropy < t_d
             out.append(dataclasses.replace(
                 d, selected=keep,
                 reason="" if keep else f"entropy {d.entropy:.4g} over the θ={cfg.theta} "
-                                       f"threshold {t:.4g}"))
+                                       f"threshold {t_d:.4g}"))
     return tuple(out), t
 
 
