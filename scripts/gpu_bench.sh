@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared script for a lent GPU (an H200: Python 3.12 with its own jax, flax,
+# The one prepared script for a lent GPU (an H200 or H100: Python 3.12 with its own jax, flax,
 # optax, orbax-checkpoint and transformers). At most 8 minutes; everything it measures
 # lands in one folder ($OUT on the device machine, else results/bench/gpu):
 #   env.json       the device, versions, XLA flags
@@ -31,7 +31,10 @@ fi
 data="${DATA:-.gpu-data}"
 [ -d "$data" ] || data=../shared/data/semievol
 start=$(date +%s)
+failed=()
 step() { echo "== $1 ($(( $(date +%s) - start )) s)"; }
+# One lease is short: a failing step is recorded and the next one still runs.
+try() { "$@" || { echo "!! failed ($?): $*"; failed+=("$*"); }; }
 
 step env
 "$py" -m semievol_jax env --json > "$out/env.json"
@@ -45,27 +48,31 @@ fi
 
 if [ "$smoke" = 1 ]; then
   step "train (smoke)"
-  "$py" scripts/bench_train.py --preset tiny --mode lora --no-torch --steps 1 --warmup 0 \
+  try "$py" scripts/bench_train.py --preset tiny --mode lora --no-torch --steps 1 --warmup 0 \
     --out "$out/train.json"
   step "generate (smoke)"
-  "$py" scripts/bench_generate.py --accelerator-8b --smoke --out "$out/generate.json"
+  try "$py" scripts/bench_generate.py --accelerator-8b --smoke --out "$out/generate.json"
   step "compile (smoke)"
-  "$py" scripts/bench_compile.py --shapes tiny --programs embed --out "$out/compile.json"
+  try "$py" scripts/bench_compile.py --shapes tiny --programs embed --out "$out/compile.json"
   step "pipeline (smoke)"
-  "$py" scripts/real_run.py --tiny --task fpb --rows 4 --data "$data" --out "$out/real_run.json" \
+  try "$py" scripts/real_run.py --tiny --task fpb --rows 4 --data "$data" --out "$out/real_run.json" \
     sft.train.epochs=1 propose.n=2 propose.sample.max_new_tokens=4 \
     select.reflect_sample.max_new_tokens=4 eval.sample.max_new_tokens=4 final.train.epochs=1
 else
   step train
-  "$py" scripts/bench_train.py --preset llama8b --mode lora --no-torch --dtype bfloat16 \
+  try "$py" scripts/bench_train.py --preset llama8b --mode lora --no-torch --dtype bfloat16 \
     --steps 5 --warmup 2 --out "$out/train.json"
   step generate
-  "$py" scripts/bench_generate.py --accelerator-8b --hbm-gbps 4800 --out "$out/generate.json"
+  # HBM bandwidth bound of the card in hand (H200 4.8 TB/s, H100 SXM 3.35 TB/s).
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+  case "$gpu" in *H100*) hbm=3350 ;; *) hbm=4800 ;; esac
+  echo "$gpu: HBM bound $hbm GB/s"
+  try "$py" scripts/bench_generate.py --accelerator-8b --hbm-gbps "$hbm" --out "$out/generate.json"
   step compile
-  "$py" scripts/bench_compile.py --dtype bfloat16 --out "$out/compile.json"
+  try "$py" scripts/bench_compile.py --dtype bfloat16 --out "$out/compile.json"
   for task in fpb mmlu; do
     step "pipeline $task"
-    "$py" scripts/real_run.py --random-weights --task "$task" --rows 0 --data "$data" \
+    try "$py" scripts/real_run.py --random-weights --task "$task" --rows 0 --data "$data" \
       --key "$task-full/gpu" --out "$out/real_run.json" base.dtype=bfloat16 \
       sft.train.compute_dtype=bfloat16 final.train.compute_dtype=bfloat16 \
       propose.sample.batch_size=256 select.reflect_sample.batch_size=256 \
@@ -73,3 +80,7 @@ else
   done
 fi
 step "done: $out"
+if [ "${#failed[@]}" -gt 0 ]; then
+  printf 'failed step: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
