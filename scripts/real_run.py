@@ -5,6 +5,11 @@ The SmolLM2-135M-Instruct preset on the official files cut to `--rows` rows per 
 process from an empty run directory with a cold XLA cache. Measured:
   wall_s            the run, from config to report
   peak_rss_bytes    this process's peak resident set (ru_maxrss; no children)
+  stage_peak_rss_bytes  per stage, the largest resident set sampled (every 0.1 s from
+                    /proc/self/status) while it ran; a stage runs until its output
+                    directory appears in the run directory
+  memory_budget     the sizes the settings imply: weights, LoRA and Adam state, the
+                    largest KV cache a decode batch may hold
   compile_s         seconds XLA spent compiling (jax.monitoring's backend-compile
                     events), and trace_s the tracing to StableHLO before it
   stages            per stage: seconds, from the stage records
@@ -24,9 +29,12 @@ import os
 import platform
 import resource
 import sys
+import re
 import tempfile
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,6 +56,64 @@ def _random_model(out: Path, shape: dict) -> Path:
     tok = train_tokenizer([" ".join(words)] * 4, 384)
     cfg = config_for_tokenizer(tok, **shape)
     return save_hf(random_llama(cfg, seed=0), out, tok)
+
+
+class StageMemory:
+    """Samples this process's resident set and tags each sample with the number of
+    stages finished so far (their output directories in the run directory)."""
+
+    def __init__(self, run_dir: Path, every_s: float = 0.1):
+        self.run_dir, self.every_s = run_dir, every_s
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        done = re.compile(r"^\d\d_\w+$")
+        while not self._stop.wait(self.every_s):
+            rss = _rss_bytes()
+            finished = (sum(1 for p in self.run_dir.iterdir() if done.match(p.name))
+                        if self.run_dir.is_dir() else 0)
+            self.peaks[finished] = max(self.peaks.get(finished, 0), rss)
+
+    def __enter__(self) -> StageMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def per_stage(self, names: list[str]) -> dict[str, int]:
+        return {name: self.peaks[i] for i, name in enumerate(names) if i in self.peaks}
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def memory_budget(cfg, shape: dict) -> dict[str, int]:
+    """Bytes the settings imply, before activations: float32 weights, the LoRA factors
+    with Adam's two moments, and the largest KV cache a decode batch may hold."""
+    c = SimpleNamespace(**{"tie_word_embeddings": False, **shape})
+    per_layer = (c.hidden_size * c.head_dim * (c.num_heads * 2 + c.num_kv_heads * 2)
+                 + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size)
+    embed = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
+    weights = 4 * (c.num_layers * per_layer + embed + c.hidden_size)
+    r = cfg.sft.lora.rank
+    lora_per_layer = r * (c.hidden_size + c.head_dim * c.num_heads) * 2 + r * (
+        c.hidden_size + c.head_dim * c.num_kv_heads) * 2 + 3 * r * (
+        c.hidden_size + c.intermediate_size)
+    slot_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4
+    caches = [s.cache_tokens for s in (cfg.propose.sample, cfg.select.reflect_sample,
+                                       cfg.eval.sample)]
+    return {"weights_float32": weights,
+            "lora_params_and_adam": 3 * 4 * c.num_layers * lora_per_layer,
+            "kv_cache_per_slot_token": slot_token,
+            "kv_cache_largest_batch": slot_token * max(caches)}
 
 
 def main() -> int:
@@ -100,7 +166,8 @@ def main() -> int:
     start = time.perf_counter()
     cfg = load_config(RunConfig, f"smollm2-{args.task}", overrides)
     run_dir = Path(args.run_dir or Path(tmp.name) / "run")
-    records = graph.run_pipeline(cfg, run_dir)
+    with StageMemory(run_dir) as sampled:
+        records = graph.run_pipeline(cfg, run_dir)
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     stages = summary.stage_seconds({cfg.seed: {"semievol": records}})
@@ -116,6 +183,8 @@ def main() -> int:
         "compile_share_of_wall": round(
             spent["/jax/core/compile/backend_compile_duration"] / wall, 3),
         "stages": {k: round(v, 1) for k, v in stages.items()},
+        "stage_peak_rss_bytes": sampled.per_stage(list(records)),
+        "memory_budget": memory_budget(cfg, TINY if args.tiny else SMOLLM2),
         "accuracy": {k: v for k, v in graph.headline_metrics(records).items()
                      if k.startswith("acc_")},
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
