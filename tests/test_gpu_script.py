@@ -40,5 +40,9 @@ def test_gpu_script_smoke(tmp_path):
     run = next(iter(json.loads((out / "real_run.json").read_text()).values()))
     assert run["wall_s"] > 0 and set(run["stages"]) >= {"sft", "propose", "eval"}
     assert run["compile_s"] > 0 and run["programs_compiled"] > 0
+    peaks = run["stage_peak_rss_bytes"]
+    assert set(peaks) >= {"sft", "propose", "eval"} and max(peaks.values()) > 0
+    assert max(peaks.values()) <= run["peak_rss_bytes"]
+    assert run["memory_budget"]["weights_float32"] > 0
     gen = json.loads((out / "generate.json").read_text())["runs"]["accelerator-8b"]
     assert gen["accelerator_8b"]["tokens_per_s"] > 0
