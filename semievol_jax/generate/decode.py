@@ -262,9 +262,12 @@ def _loop_jit(graphdef, state, s: DecodeState, tables, *, rule, mesh, exit_at):
     return jax.lax.while_loop(cond, body, s)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnums=(0,))
+@functools.partial(jax.jit, static_argnames=("mesh",))
 def _compact_jit(s: DecodeState, pick: jax.Array, *, mesh) -> DecodeState:
-    """The slots ``pick`` (-1: a filler, already done) as the new, smaller batch."""
+    """The slots ``pick`` (-1: a filler, already done) as the new, smaller batch.
+
+    Not donated: no output has an input's shape, so XLA could alias nothing; the large
+    batch is freed when the caller drops it."""
     filler = pick < 0
     at = jnp.maximum(pick, 0)
     take = lambda x: jnp.take(x, at, axis=0)  # noqa: E731
