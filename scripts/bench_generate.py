@@ -170,7 +170,23 @@ def throughput(args, ckpt: Path) -> dict:
                        "return_dict_in_generate=True) + compute_transition_scores"},
         "speedup": round(ours_tps / hf_tps, 2),
         "goal_speedup": 3.0,
+        **_fraction_of_peak(model, ours_tps, hf_tps),
     }
+
+
+def _fraction_of_peak(model, ours_tps: float, hf_tps: float) -> dict:
+    """Decode FLOPs (2 per weight per token, attention left out) against this CPU's
+    float32 peak: a small-batch decode reads every weight per step, so it is memory
+    bound and sits far below the matmul peak."""
+    from bench_common import cpu_peak_flops
+    from flax import nnx
+
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    peak = cpu_peak_flops()
+    return {"decode_flops_per_token": 2 * n, "cpu_peak": peak,
+            "fraction_of_measured_matmul_peak": {
+                "ours": round(ours_tps * 2 * n / peak["measured_matmul_flops"], 4),
+                "hf": round(hf_tps * 2 * n / peak["measured_matmul_flops"], 4)}}
 
 
 def _throughput_cfg(args) -> SampleConfig:

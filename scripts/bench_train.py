@@ -9,7 +9,8 @@ attention scores+values add 2*2*L*T*D forward per token, causal mask not discoun
   full FT: 6*N + 12*L*T*D      (forward 2N, backward 4N: activation and weight grads)
   LoRA:    4*N + 6*N_lora + 12*L*T*D   (the frozen base needs activation grads only,
                                         2N, not weight grads; the adapter is fully trained)
-MFU = achieved FLOP/s / peak, reported only for devices with a known peak.
+MFU = achieved FLOP/s / peak, for devices with a known peak; on a CPU, the fraction of
+the measured float32 matmul peak and of the theoretical one (scripts/bench_common.py).
 
 What we found on CPU (2 shared cores, load average 6-15 from other jobs; the numbers
 are in results/bench/train.json, run "small/cpu", batch 4 x 128 tokens):
@@ -272,6 +273,12 @@ def main(argv: list[str] | None = None) -> None:
     modes = ["lora", "full"] if args.mode == "both" else [args.mode]
     kind = jax.devices()[0].device_kind
     peak = next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+    cpu_peak = None
+    if platform_name == "cpu":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_common import cpu_peak_flops
+
+        cpu_peak = cpu_peak_flops()
     tokens = shape["batch"] * shape["seq"]
     rows = []
     for mode in modes:
@@ -299,13 +306,20 @@ def main(argv: list[str] | None = None) -> None:
             e["flops_per_token"] = fpt
             e["mfu"] = (e["tokens_per_s"] * fpt / (peak * e.get("num_devices", 1))) \
                 if peak and e["part"] == "step" else None
+            if cpu_peak and e["part"] == "step":  # the model FLOPs, not XLA's count
+                e["fraction_of_measured_matmul_peak"] = (
+                    e["tokens_per_s"] * fpt / cpu_peak["measured_matmul_flops"])
+                if cpu_peak["theoretical_flops"]:
+                    e["fraction_of_theoretical_peak"] = (
+                        e["tokens_per_s"] * fpt / cpu_peak["theoretical_flops"])
             if torch_step is not None:
                 e["vs_torch_step"] = e["tokens_per_s"] / torch_step["tokens_per_s"]
             rows.append(e)
 
     print(f"{'mode':5} {'name':28} {'step_s':>8} {'tokens/s':>10} {'vs torch':>8} {'MFU':>6}")
     for r in rows:
-        mfu = f"{r['mfu']:.3f}" if r.get("mfu") else "-"
+        mfu = r.get("mfu") or r.get("fraction_of_measured_matmul_peak")
+        mfu = f"{mfu:.3f}" if mfu else "-"
         vs = f"{r['vs_torch_step']:.2f}" if "vs_torch_step" in r else "-"
         print(f"{r['mode']:5} {r['name']:28} {r['step_s']:8.4f} {r['tokens_per_s']:10.0f} "
               f"{vs:>8} {mfu:>6}")
@@ -315,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         "preset": args.preset, "shape": shape, "device": kind, "platform": platform_name,
         "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": rows,
+        "cpu_peak": cpu_peak,
         "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],  # other jobs skew torch most
         "flops_note": "full: 6N + 12*L*T*D per token; LoRA: 4N (frozen base: forward + "
                       "activation grads only) + 6*N_lora + 12*L*T*D",

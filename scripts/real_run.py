@@ -27,9 +27,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import sys
-import re
 import tempfile
 import threading
 import time
