@@ -163,8 +163,11 @@ def accuracy_table(accuracy: Mapping[str, Mapping[str, Sequence[float]]]) -> lis
     rows = [[STRATEGY_LABELS.get(s, s)] + [format_accuracy(accuracy[s].get(t, ()))
                                             for t in tasks]
             for s in _ordered(list(accuracy))]
-    note = (f"Test accuracy (%), mean ± std over {n_seeds} seeds." if n_seeds > 1
-            else "Test accuracy (%).")
+    counts = sorted({len(v) for per in accuracy.values() for v in per.values() if v})
+    note = ("Test accuracy (%)." if n_seeds <= 1 else
+            f"Test accuracy (%), mean ± std over {n_seeds} seeds." if len(counts) == 1 else
+            f"Test accuracy (%), mean ± std over the seeds each cell ran ({counts[0]} to "
+            f"{counts[-1]}; a cell without ± ran one).")
     return [note, "", *_md_table(["strategy", *tasks], rows)]
 
 
