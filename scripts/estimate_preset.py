@@ -34,15 +34,19 @@ GB = 1e9
 
 
 def model_counts(shape: dict, lora_rank: int) -> dict[str, float]:
-    """Parameters of a Llama of `shape`, and of rank-r LoRA on its seven projections."""
+    """Parameters of a Llama of `shape`, of rank-r LoRA on its seven projections, and
+    the KV values (and bf16 bytes) one cached token holds."""
     d, f, h, v = shape["hidden_size"], shape["intermediate_size"], shape["head_dim"], \
         shape["vocab_size"]
     q, kv = shape["num_heads"] * h, shape["num_kv_heads"] * h
     mats = [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)]
     per_layer = sum(a * b for a, b in mats) + 2 * d
-    n = shape["num_layers"] * per_layer + 2 * v * d + d  # untied embeddings (8B)
+    embeddings = (1 if shape.get("tie_word_embeddings") else 2) * v * d
+    n = shape["num_layers"] * per_layer + embeddings + d
     n_lora = shape["num_layers"] * sum(lora_rank * (a + b) for a, b in mats)
-    return {"n": n, "n_lora": n_lora, "kv_bytes_per_token": 2 * shape["num_layers"] * kv * 2}
+    kv_values = 2 * shape["num_layers"] * kv
+    return {"n": n, "n_lora": n_lora, "kv_values_per_token": kv_values,
+            "kv_bytes_per_token": kv_values * 2}
 
 
 def split_tokens(cfg, chars_per_token: float) -> dict[str, dict[str, float]]:

@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -99,20 +98,14 @@ def _rss_bytes() -> int:
 def memory_budget(cfg, shape: dict) -> dict[str, int]:
     """Bytes the settings imply, before activations: float32 weights, the LoRA factors
     with Adam's two moments, and the largest KV cache a decode batch may hold."""
-    c = SimpleNamespace(**{"tie_word_embeddings": False, **shape})
-    per_layer = (c.hidden_size * c.head_dim * (c.num_heads * 2 + c.num_kv_heads * 2)
-                 + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size)
-    embed = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
-    weights = 4 * (c.num_layers * per_layer + embed + c.hidden_size)
-    r = cfg.sft.lora.rank
-    lora_per_layer = r * (c.hidden_size + c.head_dim * c.num_heads) * 2 + r * (
-        c.hidden_size + c.head_dim * c.num_kv_heads) * 2 + 3 * r * (
-        c.hidden_size + c.intermediate_size)
-    slot_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4
+    from estimate_preset import model_counts
+
+    counts = model_counts(shape, cfg.sft.lora.rank)
+    slot_token = 4 * counts["kv_values_per_token"]
     caches = [s.cache_tokens for s in (cfg.propose.sample, cfg.select.reflect_sample,
                                        cfg.eval.sample)]
-    return {"weights_float32": weights,
-            "lora_params_and_adam": 3 * 4 * c.num_layers * lora_per_layer,
+    return {"weights_float32": 4 * counts["n"],
+            "lora_params_and_adam": 3 * 4 * counts["n_lora"],
             "kv_cache_per_slot_token": slot_token,
             "kv_cache_largest_batch": slot_token * max(caches)}
 

@@ -336,11 +336,10 @@ def apply_entropy_selection(decisions: Sequence[Decision], cfg: SelectionConfig
                                                    if d.source != CONSISTENT]
         t = quantile_threshold([d.entropy for d in pool], cfg.theta)
     in_pool = {id(d) for d in pool}
-    per_class = {}
-    if cfg.per_class:
-        for a in {d.answer.strip().upper() for d in pool}:
-            per_class[a] = quantile_threshold(
-                [d.entropy for d in pool if d.answer.strip().upper() == a], cfg.theta)
+    by_class: dict[str, list[float]] = {}
+    for d in pool if cfg.per_class else ():
+        by_class.setdefault(d.answer.strip().upper(), []).append(d.entropy)
+    per_class = {a: quantile_threshold(es, cfg.theta) for a, es in by_class.items()}
     out = []
     for d in decisions:
         if d.answer is None:
