@@ -73,6 +73,32 @@ def test_prefill_attends_to_the_prompt_only_and_fills_the_cache_the_same(tiny_mo
                                atol=1e-5)
 
 
+def test_prefill_in_query_blocks_equals_prefill_at_once(tiny_model, monkeypatch):
+    """A long prompt's first pass attends a block of queries at a time (the last block
+    padded); each query row is computed as in one pass, so logits and cache agree."""
+    from semievol_jax.model import llama
+
+    model, cfg = tiny_model.model, tiny_model.cfg
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [11, 3, 7], width=11, extra=0)
+
+    def prefill():
+        out = nnx.jit(lambda m, t, p, v, c: m(t, p, valid_BT=v, cache=c, prefill=True))(
+            model, tokens, positions, valid, init_cache(cfg, batch=3, max_len=12))
+        return out.logits_BTV, out.cache.k_LBKSH, out.cache.v_LBKSH
+
+    at_once = prefill()
+    monkeypatch.setattr(llama, "PREFILL_QUERY_BLOCK", 4)  # 3 blocks, the last padded by 1
+    calls, blocks = [], llama._attend_in_blocks
+    monkeypatch.setattr(llama, "_attend_in_blocks", lambda *a: calls.append(1) or blocks(*a))
+    blocked = prefill()
+    assert calls, "the blocked path did not run"
+    mask = np.asarray(valid)
+    np.testing.assert_allclose(np.asarray(blocked[0])[mask], np.asarray(at_once[0])[mask],
+                               rtol=1e-6, atol=1e-6)
+    for a, b in zip(blocked[1:], at_once[1:]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
 def test_padding_does_not_change_valid_logits(tiny_model):
     """A left-padded row gives the same logits as the same row unpadded."""
     model = tiny_model.model

@@ -58,6 +58,45 @@ def _lora_for(lora: LoraConfig | None, target: str) -> LoraConfig | None:
     return lora if lora is not None and target in lora.targets else None
 
 
+# A prompt's first pass (prefill) attends in blocks of this many queries: the [B, N, T, T]
+# scores and probabilities of a whole long prompt are the largest buffers of a
+# generation step (16 prompts of 900 tokens: 0.9 GB, more than the KV cache they fill),
+# a block's are T / PREFILL_QUERY_BLOCK times smaller. Each query's row is computed as
+# it would be at once; prompts up to the block length are not split at all.
+PREFILL_QUERY_BLOCK = 256
+
+
+def _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype):
+    """softmax(q k^T / sqrt(H), masked) v over the S keys, in float32 scores."""
+    H = q_BKGTH.shape[-1]
+    scores_BKGTS = jnp.einsum(
+        "BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32
+    ) * (H**-0.5)
+    # finfo.min, not -inf: a query with no valid key (a pad slot) gets a uniform,
+    # finite distribution instead of NaNs that would leak into gradients.
+    scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS,
+                             jnp.finfo(jnp.float32).min)
+    probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dtype)
+    return jnp.einsum("BKGTS,BKSH->BKGTH", probs_BKGTS, v_BKSH)
+
+
+def _attend_in_blocks(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype):
+    """:func:`_attend` one block of PREFILL_QUERY_BLOCK queries at a time (a sequential
+    ``lax.map``); the last block is padded with masked queries that are dropped."""
+    B, K, G, T, H = q_BKGTH.shape
+    C = PREFILL_QUERY_BLOCK
+    nC = -(-T // C)
+    pad = nC * C - T
+    q_BKGTH = jnp.pad(q_BKGTH, ((0, 0), (0, 0), (0, 0), (0, pad), (0, 0)))
+    mask_BTS = jnp.pad(mask_BTS, ((0, 0), (0, pad), (0, 0)))
+    q_cBKGCH = q_BKGTH.reshape(B, K, G, nC, C, H).transpose(3, 0, 1, 2, 4, 5)
+    mask_cBCS = mask_BTS.reshape(B, nC, C, -1).transpose(1, 0, 2, 3)
+    out_cBKGCH = jax.lax.map(lambda qm: _attend(qm[0], k_BKSH, v_BKSH, qm[1], dtype),
+                             (q_cBKGCH, mask_cBCS))
+    out_BKGTH = out_cBKGCH.transpose(1, 2, 3, 0, 4, 5).reshape(B, K, G, nC * C, H)
+    return out_BKGTH[:, :, :, :T]
+
+
 class Attention(nnx.Module):
     """Causal grouped-query self-attention with RoPE and an optional KV cache."""
 
@@ -96,7 +135,7 @@ class Attention(nnx.Module):
         q_BTNH = apply_rope(self.q(x_BTD), *cos_sin)
         k_BKTH = apply_rope(self.k(x_BTD), *cos_sin).transpose(0, 2, 1, 3)
         v_BKTH = self.v(x_BTD).transpose(0, 2, 1, 3)
-        new_kv = None
+        new_kv, fresh = None, False
         if kv is None:
             k_BKSH, v_BKSH = k_BKTH, v_BKTH
         else:
@@ -117,15 +156,10 @@ class Attention(nnx.Module):
         B, T, N, H = q_BTNH.shape
         K = self.num_kv_heads
         q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-        scores_BKGTS = jnp.einsum(
-            "BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32
-        ) * (H**-0.5)
-        # finfo.min, not -inf: a query with no valid key (a pad slot) gets a uniform,
-        # finite distribution instead of NaNs that would leak into gradients.
-        scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS,
-                                 jnp.finfo(jnp.float32).min)
-        probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(self.dtype)
-        out_BKGTH = jnp.einsum("BKGTS,BKSH->BKGTH", probs_BKGTS, v_BKSH)
+        if fresh and T > PREFILL_QUERY_BLOCK:
+            out_BKGTH = _attend_in_blocks(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype)
+        else:
+            out_BKGTH = _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype)
         out_BTKGH = out_BKGTH.transpose(0, 3, 1, 2, 4)
         return self.o(out_BTKGH.reshape(B, T, N, H)), new_kv
 
