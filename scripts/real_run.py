@@ -9,6 +9,8 @@ process from an empty run directory with a cold XLA cache. Measured:
   stage_peak_rss_bytes  per stage, the largest resident set sampled (every 0.1 s from
                     /proc/self/status) while it ran; a stage runs until its output
                     directory appears in the run directory
+  stage_largest_program  per stage, XLA's memory stats of the program compiled in it
+                    with the most temporaries (temp, argument and output bytes)
   memory_budget     the sizes the settings imply: weights, LoRA and Adam state, the
                     largest KV cache a decode batch may hold
   compile_s         seconds XLA spent compiling (jax.monitoring's backend-compile
@@ -58,9 +60,15 @@ def _random_model(out: Path, shape: dict) -> Path:
     return save_hf(random_llama(cfg, seed=0), out, tok)
 
 
+def _finished_stages(run_dir: Path) -> int:
+    """Stages finished so far: their output directories in the run directory."""
+    done = re.compile(r"^\d\d_\w+$")
+    return sum(1 for p in run_dir.iterdir() if done.match(p.name)) if run_dir.is_dir() else 0
+
+
 class StageMemory:
     """Samples this process's resident set and tags each sample with the number of
-    stages finished so far (their output directories in the run directory)."""
+    stages finished so far."""
 
     def __init__(self, run_dir: Path, every_s: float = 0.1):
         self.run_dir, self.every_s = run_dir, every_s
@@ -69,11 +77,8 @@ class StageMemory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        done = re.compile(r"^\d\d_\w+$")
         while not self._stop.wait(self.every_s):
-            rss = _rss_bytes()
-            finished = (sum(1 for p in self.run_dir.iterdir() if done.match(p.name))
-                        if self.run_dir.is_dir() else 0)
+            rss, finished = _rss_bytes(), _finished_stages(self.run_dir)
             self.peaks[finished] = max(self.peaks.get(finished, 0), rss)
 
     def __enter__(self) -> StageMemory:
@@ -86,6 +91,54 @@ class StageMemory:
 
     def per_stage(self, names: list[str]) -> dict[str, int]:
         return {name: self.peaks[i] for i, name in enumerate(names) if i in self.peaks}
+
+
+class ProgramMemory:
+    """XLA's own accounting of the programs compiled in each stage: the largest
+    temporaries (activations, attention scores) one program needs, with its arguments
+    and outputs. Read from each executable as JAX compiles it, through JAX's private
+    compiler module: where that hook is missing, nothing is recorded."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.largest: dict[int, dict[str, int]] = {}
+        self._compiler = self._orig = None
+
+    def _record(self, executable) -> None:
+        m = executable.get_compiled_memory_stats()
+        row = {"temp_bytes": m.temp_size_in_bytes, "argument_bytes": m.argument_size_in_bytes,
+               "output_bytes": m.output_size_in_bytes}
+        i = _finished_stages(self.run_dir)
+        if row["temp_bytes"] >= self.largest.get(i, {}).get("temp_bytes", -1):
+            self.largest[i] = row
+
+    def __enter__(self) -> ProgramMemory:
+        try:
+            from jax._src import compiler
+        except ImportError:
+            return self
+        orig = getattr(compiler, "backend_compile_and_load", None)
+        if orig is None:
+            return self
+
+        def compile_and_record(*args, **kw):
+            executable = orig(*args, **kw)
+            try:
+                self._record(executable)
+            except Exception:  # a backend without memory stats: leave the stage out
+                pass
+            return executable
+
+        self._compiler, self._orig = compiler, orig
+        compiler.backend_compile_and_load = compile_and_record
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._compiler is not None:
+            self._compiler.backend_compile_and_load = self._orig
+
+    def per_stage(self, names: list[str]) -> dict[str, dict[str, int]]:
+        return {name: self.largest[i] for i, name in enumerate(names) if i in self.largest}
 
 
 def _rss_bytes() -> int:
@@ -160,7 +213,7 @@ def main() -> int:
     start = time.perf_counter()
     cfg = load_config(RunConfig, f"smollm2-{args.task}", overrides)
     run_dir = Path(args.run_dir or Path(tmp.name) / "run")
-    with StageMemory(run_dir) as sampled:
+    with StageMemory(run_dir) as sampled, ProgramMemory(run_dir) as programs:
         records = graph.run_pipeline(cfg, run_dir)
     wall = time.perf_counter() - start
     stage_peaks = sampled.per_stage(list(records))
@@ -182,6 +235,7 @@ def main() -> int:
             spent["/jax/core/compile/backend_compile_duration"] / wall, 3),
         "stages": {k: round(v, 1) for k, v in stages.items()},
         "stage_peak_rss_bytes": stage_peaks,
+        "stage_largest_program": programs.per_stage(list(records)),
         "memory_budget": memory_budget(cfg, TINY if args.tiny else SMOLLM2),
         "accuracy": {k: v for k, v in graph.headline_metrics(records).items()
                      if k.startswith("acc_")},

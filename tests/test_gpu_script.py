@@ -44,5 +44,8 @@ def test_gpu_script_smoke(tmp_path):
     assert set(peaks) >= {"sft", "propose", "eval"} and max(peaks.values()) > 0
     assert max(peaks.values()) <= run["peak_rss_bytes"]
     assert run["memory_budget"]["weights_float32"] > 0
+    programs = run["stage_largest_program"]  # XLA's accounting, per stage
+    assert set(programs) >= {"sft", "propose", "eval"}
+    assert programs["sft"]["temp_bytes"] > 0 and programs["sft"]["argument_bytes"] > 0
     gen = json.loads((out / "generate.json").read_text())["runs"]["accelerator-8b"]
     assert gen["accelerator_8b"]["tokens_per_s"] > 0
