@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import os
 import platform
@@ -140,6 +142,23 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path
+
+
+def release_free_memory() -> None:
+    """Hands the heap pages this process holds free back to the kernel (glibc's
+    ``malloc_trim``; a no-op with other C libraries).
+
+    A finished stage frees its model and buffers, but glibc keeps freed pages in the
+    middle of its heap resident; the next stage's largest buffers (mmap'd, above the
+    heap) then add to them instead of reusing them, and each stage's high-water mark
+    starts from the last one's. After SFT on SmolLM2 that is 0.5 of 1.1 GB resident.
+    """
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def pinned_versions() -> dict[str, str]:

@@ -4,6 +4,9 @@ when digests differ (XLA's CPU programs follow the host's vector units)."""
 from __future__ import annotations
 
 import json
+import platform
+
+import pytest
 
 from semievol_jax import environment
 from semievol_jax.pipeline import verify
@@ -96,3 +99,29 @@ def test_hardware_note_without_a_second_run_is_about_this_machine(tmp_path, monk
         assert note.endswith(f"the rerun on {here} (XLA compiles CPU programs for the "
                              "host's vector units, so digests reproduce only on the same "
                              "kind of CPU)")
+
+
+def _rss_bytes() -> int:
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.skipif(not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"),
+                    reason="malloc_trim is glibc's")
+def test_release_free_memory_returns_freed_heap_pages():
+    """Blocks freed in the middle of the heap stay resident until trimmed."""
+    import numpy as np
+
+    environment.release_free_memory()  # free pages left by earlier tests would be reused
+    base = _rss_bytes()
+    blocks = [np.ones(100_000 // 8) for _ in range(3000)]  # 300 MB of 100 KB heap blocks
+    kept = blocks[::10]  # every tenth stays live, so the heap cannot shrink from its top
+    del blocks
+    held = _rss_bytes() - base
+    environment.release_free_memory()
+    after = _rss_bytes() - base
+    assert held > 200e6, held
+    assert after < held / 2, (held, after)
+    assert len(kept) == 300
