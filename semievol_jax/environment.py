@@ -151,7 +151,7 @@ def release_free_memory() -> None:
     A finished stage frees its model and buffers, but glibc keeps freed pages in the
     middle of its heap resident; the next stage's largest buffers (mmap'd, above the
     heap) then add to them instead of reusing them, and each stage's high-water mark
-    starts from the last one's. After SFT on SmolLM2 that is 0.5 of 1.1 GB resident.
+    starts from the last one's.
     """
     gc.collect()
     try:
