@@ -95,7 +95,7 @@ def test_prefill_in_query_blocks_equals_prefill_at_once(tiny_model, monkeypatch)
     mask = np.asarray(valid)
     np.testing.assert_allclose(np.asarray(blocked[0])[mask], np.asarray(at_once[0])[mask],
                                rtol=1e-6, atol=1e-6)
-    for a, b in zip(blocked[1:], at_once[1:]):
+    for a, b in zip(blocked[1:], at_once[1:], strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 
 
