@@ -1,5 +1,7 @@
 """Model invariants: cached decoding == full forward, hidden layers, LoRA params and merge."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -237,3 +239,32 @@ def test_remat_policies_give_the_same_loss_and_gradients(tiny_model):
         for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
             np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(ref_grads))
+
+
+def test_attention_remat_trains_lora_exactly_as_projections(tiny_ckpt_dir):
+    """Recomputing the MLP's gate and up projections in the backward pass (remat
+    "attention") gives the LoRA gradients of saving them ("projections") bit for bit, so
+    a preset may trade one for the other (memory for time) without moving its results."""
+    from semievol_jax.model import load_hf
+
+    model, cfg = load_hf(tiny_ckpt_dir, lora=LoraConfig(rank=4, alpha=8.0, dropout=0.0))
+    graphdef, lora_state, rest = nnx.split(model, nnx.LoRAParam, ...)
+    # B = 0 at init would make every adapter gradient but B's trivially equal.
+    lora_state = jax.tree.map(lambda x: x + 0.01 * jnp.cos(jnp.arange(x.size).reshape(x.shape)),
+                              lora_state)
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [12, 9], 12, 0)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def grads(lora_state, remat):
+        def loss(lora_state):
+            out = nnx.merge(graphdef, lora_state, rest)(tokens, positions, valid_BT=valid,
+                                                        remat=remat)
+            return jnp.mean(jax.nn.logsumexp(out.logits_BTV, -1))
+        return jax.value_and_grad(loss)(lora_state)
+
+    ref_loss, ref = grads(lora_state, "projections")
+    loss, got = grads(lora_state, "attention")
+    assert float(loss) == float(ref_loss)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
+    assert all(float(jnp.abs(r).max()) > 0 for r in jax.tree.leaves(ref))

@@ -18,7 +18,14 @@ from flax import nnx
 
 from semievol_jax.model.config import LlamaConfig
 from semievol_jax.model.kv_cache import KVCache
-from semievol_jax.model.lora import LORA_HIDDEN, PROJECTION, Dense, LoraConfig, param
+from semievol_jax.model.lora import (
+    LORA_HIDDEN,
+    MLP_PROJECTION,
+    PROJECTION,
+    Dense,
+    LoraConfig,
+    param,
+)
 from semievol_jax.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 AXIS_NAMES = {"D": "embed", "N": "heads", "K": "kv_heads", "H": "head_dim", "F": "mlp"}
@@ -26,10 +33,15 @@ AXIS_NAMES = {"D": "embed", "N": "heads", "K": "kv_heads", "H": "head_dim", "F":
 # every matmul's output; "projections" keeps the frozen weights' products and the LoRA
 # adapters' rank-R activations, and recomputes the attention scores and probabilities
 # ([B, N, T, S] per layer, the largest activations at long T) and the adapters' outputs
-# (as wide as the projections, R multiply-adds each); "full" keeps only each block's
-# input and recomputes the block (one more forward, least memory).
+# (as wide as the projections, R multiply-adds each); "attention" keeps those of the
+# attention only and recomputes the MLP's gate and up projections (at SmolLM2's shape
+# 60% of the bytes per token "projections" keeps, for half the block's forward matmuls
+# again; the same gradients bit for bit); "full" keeps only each block's input and recomputes
+# the block (one more forward, least memory).
 REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_saveable,
                   "projections": jax.checkpoint_policies.save_only_these_names(
+                      PROJECTION, MLP_PROJECTION, LORA_HIDDEN),
+                  "attention": jax.checkpoint_policies.save_only_these_names(
                       PROJECTION, LORA_HIDDEN),
                   "full": jax.checkpoint_policies.nothing_saveable}
 
@@ -170,8 +182,8 @@ class MLP(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, lora, dtype, param_dtype, rngs: nnx.Rngs):
         dims = {"D": cfg.hidden_size, "F": cfg.intermediate_size}
         kw = dict(dims=dims, names=AXIS_NAMES, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.gate = Dense("D", "F", lora=_lora_for(lora, "gate"), **kw)
-        self.up = Dense("D", "F", lora=_lora_for(lora, "up"), **kw)
+        self.gate = Dense("D", "F", lora=_lora_for(lora, "gate"), save_name=MLP_PROJECTION, **kw)
+        self.up = Dense("D", "F", lora=_lora_for(lora, "up"), save_name=MLP_PROJECTION, **kw)
         self.down = Dense("F", "D", lora=_lora_for(lora, "down"), **kw)
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:

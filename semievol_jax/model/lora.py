@@ -20,7 +20,7 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 # Names a remat policy can keep (model/llama.py REMAT_POLICIES): the frozen weight's
 # product and the adapter's rank-R activation. The adapter's output B(A x) is not named:
 # as wide as the projection, it costs as much memory and R multiply-adds to recompute.
-PROJECTION, LORA_HIDDEN = "projection", "lora_hidden"
+PROJECTION, MLP_PROJECTION, LORA_HIDDEN = "projection", "mlp_projection", "lora_hidden"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +73,10 @@ class Dense(nnx.Module):
         dtype: jnp.dtype,
         param_dtype: jnp.dtype,
         rngs: nnx.Rngs,
+        save_name: str = PROJECTION,
     ):
         self.in_axes = in_axes
+        self.save_name = save_name
         self.out_axes = out_axes
         self.dtype = dtype
         in_shape = tuple(dims[a] for a in in_axes)
@@ -104,7 +106,7 @@ class Dense(nnx.Module):
         lead = x.shape[:x.ndim - n_in]
         x_XI = x.astype(self.dtype).reshape(*lead, -1)
         w_OI = self.w[...].astype(self.dtype).reshape(math.prod(out_shape), -1)
-        y_XO = checkpoint_name(jnp.einsum("...I,OI->...O", x_XI, w_OI), PROJECTION)
+        y_XO = checkpoint_name(jnp.einsum("...I,OI->...O", x_XI, w_OI), self.save_name)
         if self.lora is not None:
             h_XI = self.dropout(x_XI)
             a_RI = self.lora_a[...].astype(self.dtype).reshape(self.lora.rank, -1)

@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 # model/llama.py REMAT_POLICIES by name (this module stays free of jax imports)
-REMAT_NAMES = ("none", "dots", "projections", "full")
+REMAT_NAMES = ("none", "dots", "projections", "attention", "full")
 
 
 class TrainConfigError(ValueError):
@@ -93,7 +93,7 @@ class TrainConfig:
         if self.cutoff_len < 2:
             raise TrainConfigError(f"train.cutoff_len must be >= 2, got {self.cutoff_len}")
         if self.remat_policy not in REMAT_NAMES:
-            raise TrainConfigError(f"train.remat must be none|dots|projections|full, got "
+            raise TrainConfigError(f"train.remat must be one of {'|'.join(REMAT_NAMES)}, got "
                                    f"{self.remat!r}")
         if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
             raise TrainConfigError(f"train.compute_dtype must be float32|bfloat16|float16, got "
