@@ -83,8 +83,10 @@ def flops_per_token(n_base: int, n_lora: int, layers: int, seq: int, width: int,
 
 
 def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
-              part: str = "step", mesh_cfg: tuple[int, int, int] = (-1, 1, 1)) -> dict:
-    """Our train step on random weights; ``part`` = step | fwd_bwd | fwd (profiling)."""
+              part: str = "step", mesh_cfg: tuple[int, int, int] = (-1, 1, 1),
+              remat: str = "none") -> dict:
+    """Our train step on random weights; ``part`` = step | fwd_bwd | fwd (profiling);
+    ``remat``: what each layer keeps for the backward pass (train.remat)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -119,7 +121,8 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
                        out_shardings=s)(next(keys))
 
     nnx.update(model, jax.tree.map(init, state, shardings))
-    tc = TrainConfig(mode=mode, compute_dtype=dtype, batch_size=b, learning_rate=1e-4)
+    tc = TrainConfig(mode=mode, compute_dtype=dtype, batch_size=b, learning_rate=1e-4,
+                     remat=remat)
     old = step_lib.set_compute_dtype(model, dtype)
     split = step_lib.split_model(model, mode)
     step_lib.restore_compute_dtype(old)
@@ -163,9 +166,10 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
                  if not isinstance(v, nnx.LoRAParam))
     n_lora = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(
         nnx.state(model, nnx.LoRAParam)))
-    name = f"jax/{part}/{dtype}" + ("" if donate else "/no_donate")
+    name = (f"jax/{part}/{dtype}" + ("" if donate else "/no_donate")
+            + ("" if remat == "none" else f"/remat={remat}"))
     return dict(name=name, run=run, framework="jax", mode=mode, dtype=dtype, part=part,
-                donate=donate, n_base=n_base, n_lora=n_lora,
+                donate=donate, remat=remat, n_base=n_base, n_lora=n_lora,
                 xla_flops_per_step=float((flops or {}).get("flops", 0.0)),
                 device=str(jax.devices()[0].device_kind), platform=jax.devices()[0].platform,
                 num_devices=len(jax.devices()))
@@ -255,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="also time bf16 compute and no-donation JAX variants (profiling)")
     p.add_argument("--xla-flags", default="",
                    help="extra XLA_FLAGS for this run, e.g. --xla_cpu_use_onednn=true")
+    p.add_argument("--remat", default="none",
+                   help="comma-separated train.remat policies, one JAX step each "
+                        "(e.g. projections,attention)")
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor (e.g. 1,-1,1 = FSDP)")
     p.add_argument("--tag", default="", help="suffix of this run's key in the JSON")
     p.add_argument("--out", default="results/bench/train.json")
@@ -283,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for mode in modes:
         mesh_cfg = tuple(int(x) for x in args.mesh.split(","))
-        entries = [build_jax(shape, mode, dtype, mesh_cfg=mesh_cfg)]
+        entries = [build_jax(shape, mode, dtype, mesh_cfg=mesh_cfg, remat=r)
+                   for r in args.remat.split(",")]
         if args.variants:
             entries += [build_jax(shape, mode, dtype, part="fwd_bwd"),
                         build_jax(shape, mode, dtype, part="fwd"),
