@@ -146,7 +146,9 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
         def run():
             holder["state"], m = fn(holder["state"], rest, batch, key)
             return jax.block_until_ready(m["loss"])
-        flops = fn.lower(holder["state"], rest, batch, key).compile().cost_analysis()
+        compiled = fn.lower(holder["state"], rest, batch, key).compile()
+        flops = compiled.cost_analysis()
+        memory = compiled.memory_analysis()
     else:
         def loss(params):
             mb = jax.tree.map(lambda x: x[0], batch)
@@ -159,7 +161,9 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
 
         def run():
             return jax.block_until_ready(fn(holder["state"]["params"]))
-        flops = fn.lower(holder["state"]["params"]).compile().cost_analysis()
+        compiled = fn.lower(holder["state"]["params"]).compile()
+        flops = compiled.cost_analysis()
+        memory = compiled.memory_analysis()
     if isinstance(flops, list):
         flops = flops[0]
     n_base = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
@@ -171,6 +175,9 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
     return dict(name=name, run=run, framework="jax", mode=mode, dtype=dtype, part=part,
                 donate=donate, remat=remat, n_base=n_base, n_lora=n_lora,
                 xla_flops_per_step=float((flops or {}).get("flops", 0.0)),
+                # XLA's buffers besides arguments and outputs: the activations kept for
+                # the backward pass and the step's scratch (what train.remat changes).
+                xla_temp_bytes=getattr(memory, "temp_size_in_bytes", None),
                 device=str(jax.devices()[0].device_kind), platform=jax.devices()[0].platform,
                 num_devices=len(jax.devices()))
 
