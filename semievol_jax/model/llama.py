@@ -33,11 +33,10 @@ AXIS_NAMES = {"D": "embed", "N": "heads", "K": "kv_heads", "H": "head_dim", "F":
 # every matmul's output; "projections" keeps the frozen weights' products and the LoRA
 # adapters' rank-R activations, and recomputes the attention scores and probabilities
 # ([B, N, T, S] per layer, the largest activations at long T) and the adapters' outputs
-# (as wide as the projections, R multiply-adds each); "attention" keeps those of the
-# attention only and recomputes the MLP's gate and up projections (at SmolLM2's shape
-# 60% of the bytes per token "projections" keeps, for half the block's forward matmuls
-# again; the same gradients bit for bit); "full" keeps only each block's input and recomputes
-# the block (one more forward, least memory).
+# (as wide as the projections, R multiply-adds each); "attention" is "projections"
+# without the MLP's gate and up products, the widest ones, which it recomputes (the same
+# gradients bit for bit); "full" keeps only each block's input and recomputes the block
+# (one more forward, least memory).
 REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_saveable,
                   "projections": jax.checkpoint_policies.save_only_these_names(
                       PROJECTION, MLP_PROJECTION, LORA_HIDDEN),

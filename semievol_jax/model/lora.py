@@ -18,7 +18,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 # Names a remat policy can keep (model/llama.py REMAT_POLICIES): the frozen weight's
-# product and the adapter's rank-R activation. The adapter's output B(A x) is not named:
+# product (the MLP's gate and up under their own name, so a policy can drop just them)
+# and the adapter's rank-R activation. The adapter's output B(A x) is not named:
 # as wide as the projection, it costs as much memory and R multiply-adds to recompute.
 PROJECTION, MLP_PROJECTION, LORA_HIDDEN = "projection", "mlp_projection", "lora_hidden"
 
