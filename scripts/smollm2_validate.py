@@ -7,7 +7,9 @@ never reads them), and the next `--val` rows score the models as a held-out
 validation split. One `semievol study` on those slices runs the preset and each
 candidate setting as a variant (stages they share are run once); the table gives, per
 candidate, the consistency rate, how many pseudo-labels were selected and how many are
-right, and the validation accuracy of M2 against M1 (SFT) and the vanilla model.
+right, and the validation accuracy of M2 against M1 (SFT) and the vanilla model, with
+the balanced accuracy and answer counts that tell learning from a collapse onto the
+slice's majority class.
 Writes results/smollm2/validate.json.
 
 Usage:
@@ -38,8 +40,31 @@ def _write(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def _answers(run: Path) -> dict[str, dict]:
+    """Per model: how often it gives each answer, and its recall averaged over the gold
+    classes (balanced accuracy: a model that answers one class scores 1/classes, however
+    large that class's share of the slice)."""
+    by_model: dict[str, list[dict]] = {}
+    with open(run / "07_eval" / "predictions.jsonl") as f:
+        for line in f:
+            r = json.loads(line)
+            by_model.setdefault(r["model"], []).append(r)
+    out = {}
+    for model, rows in by_model.items():
+        golds = sorted({r["gold"] for r in rows})
+        recall = [sum(r["correct"] for r in rows if r["gold"] == g)
+                  / sum(r["gold"] == g for r in rows) for g in golds]
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[str(r["pred"])] = counts.get(str(r["pred"]), 0) + 1
+        out[model] = {"balanced_accuracy": sum(recall) / len(recall),
+                      "answers": dict(sorted(counts.items()))}
+    return out
+
+
 def _row(name: str, run: Path) -> dict:
     ev = json.loads((run / "07_eval" / "eval.json").read_text())
+    answers = _answers(run)
     sel_dir = run / "05_select" if (run / "05_select").is_dir() else run.parents[1] / "05_select"
     sel = json.loads((sel_dir / "record.json").read_text())["metrics"]
     pl = ev.get("pseudo_labels") or {}
@@ -51,7 +76,11 @@ def _row(name: str, run: Path) -> dict:
             "answered_right": pl.get("accuracy_all"),
             "val_accuracy_vanilla": models["vanilla"]["accuracy"],
             "val_accuracy_sft": models["sft"]["accuracy"],
-            "val_accuracy_semievol": models["semievol"]["accuracy"]}
+            "val_accuracy_semievol": models["semievol"]["accuracy"],
+            "val_balanced_sft": answers["sft"]["balanced_accuracy"],
+            "val_balanced_semievol": answers["semievol"]["balanced_accuracy"],
+            "val_answers_sft": answers["sft"]["answers"],
+            "val_answers_semievol": answers["semievol"]["answers"]}
 
 
 def main() -> int:
@@ -97,7 +126,7 @@ def main() -> int:
         results.append(_row(name, seed_dir / "variants" / name))
     doc = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     doc[args.task] = {
-        "command": "python scripts/smollm2_validate.py --task TASK --candidate NAME:KEY=V ...",
+        "command": " ".join(["python", "scripts/smollm2_validate.py", *sys.argv[1:]]),
         "train_rows": f"labeled.csv rows 1-{a}",
         "unlabeled_rows": f"labeled.csv rows {a + 1}-{b} (answers used only to score)",
         "val_rows": f"labeled.csv rows {b + 1}-{c}",
@@ -107,12 +136,13 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"{'candidate':<18} {'consistent':>10} {'selected':>8} {'right':>6} "
-          f"{'vanilla':>8} {'SFT':>6} {'SemiEvol':>9}")
+          f"{'vanilla':>8} {'SFT':>6} {'SemiEvol':>9} {'bal SFT':>8} {'bal M2':>7}  M2 answers")
     for r in results:
         right = "-" if r["selected_right"] is None else f"{r['selected_right']:.3f}"
         print(f"{r['candidate']:<18} {r['consistency_rate']:>10.3f} {r['selected']:>8} "
               f"{right:>6} {r['val_accuracy_vanilla']:>8.3f} {r['val_accuracy_sft']:>6.3f} "
-              f"{r['val_accuracy_semievol']:>9.3f}")
+              f"{r['val_accuracy_semievol']:>9.3f} {r['val_balanced_sft']:>8.3f} "
+              f"{r['val_balanced_semievol']:>7.3f}  {r['val_answers_semievol']}")
     print(f"wrote {args.out}")
     return 0
 

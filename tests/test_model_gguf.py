@@ -90,6 +90,44 @@ def test_tokenizer_and_chat_template_from_metadata(tmp_path):
         source.bos_token, source.eos_token, source.pad_token)
 
 
+def test_tokenizer_is_built_once_then_read_from_its_cache(tmp_path, monkeypatch):
+    from semievol_jax.model import gguf_io
+
+    monkeypatch.setenv("SEMIEVOL_CACHE", str(tmp_path / "cache"))
+    path, _ = write_tiny_gguf(tmp_path / "m.gguf", Q.Q4_0)
+    gguf_io._tokenizer.cache_clear()
+    built = load_tokenizer(path)
+    entry = gguf_io.tokenizer_cache_entry(path)
+    assert (entry / "tokenizer.json").is_file()
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # no temp dir left
+
+    def no_build(_path):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(gguf_io, "_build_tokenizer", no_build)
+    gguf_io._tokenizer.cache_clear()
+    cached = load_tokenizer(path)
+    texts = ["Answer: B. the fox", "unicode \u00fc \U0001f600\n\n  x", ""]
+    chat = [{"role": "user", "content": "Which option?"}]
+    for tok in (built, cached):
+        assert [tok(t)["input_ids"] for t in texts] == [
+            train_tokenizer(_TEXT, 384)(t)["input_ids"] for t in texts]
+        assert (tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                == built.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+        assert (tok.bos_token, tok.eos_token, tok.pad_token) == (
+            built.bos_token, built.eos_token, built.pad_token)
+
+    # a damaged entry is rebuilt, with a warning, into the same tokenizer
+    (entry / "tokenizer.json").write_text("{not json")
+    monkeypatch.undo()
+    monkeypatch.setenv("SEMIEVOL_CACHE", str(tmp_path / "cache"))
+    gguf_io._tokenizer.cache_clear()
+    with pytest.warns(UserWarning, match="unreadable cached tokenizer"):
+        again = load_tokenizer(path)
+    assert [again(t)["input_ids"] for t in texts] == [built(t)["input_ids"] for t in texts]
+    gguf_io._tokenizer.cache_clear()
+
+
 def test_convert_gguf_writes_a_checkpoint_transformers_loads(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

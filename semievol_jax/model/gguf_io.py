@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import mmap
+import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,6 +24,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, quants
 
 from semievol_jax.model.config import CheckpointError, LlamaConfig, RopeScaling
+from semievol_jax.model.registry import cache_dir
 from semievol_jax.model.rope import rope_inv_freq
 from semievol_jax.model.safetensors_io import aligned_empty
 
@@ -409,8 +415,69 @@ def load_gguf_tokenizer(path: str | Path):
     return copy.deepcopy(_tokenizer(*_stat_key(path)))
 
 
+TOKENIZER_CACHE = "tokenizers"  # under registry.cache_dir()
+
+
+def tokenizer_cache_entry(path: str | Path) -> Path:
+    """Where the tokenizer built from `path` is kept as `tokenizer.json`: a folder named
+    by the SHA-256 of the file's metadata (every byte before the first tensor's data:
+    the vocabulary, merges and template live there) and the transformers and tokenizers
+    versions that convert it."""
+    from importlib.metadata import version
+
+    path = str(Path(path).resolve())
+    header = _header(*_stat_key(path))
+    end = min((t.data_offset for t in header.tensors.values()), default=None)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if end is None:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(end))
+    for lib in ("transformers", "tokenizers"):
+        h.update(f"\0{lib}=={version(lib)}".encode())
+    return cache_dir() / TOKENIZER_CACHE / h.hexdigest()[:32]
+
+
 @functools.lru_cache(maxsize=2)
 def _tokenizer(path: str, mtime_ns: int, size: int):
+    """The tokenizer from its cache entry, built and saved there when absent. Building
+    parses the whole vocabulary into Python objects (~10 s and ~0.2 GB that the process
+    keeps as heap fragments); a saved `tokenizer.json` loads in a fraction of a second
+    and encodes identically (tests/test_model_gguf.py)."""
+    from transformers import PreTrainedTokenizerFast
+
+    entry = tokenizer_cache_entry(path)
+    if (entry / "tokenizer.json").is_file():
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(str(entry))
+        except (OSError, ValueError) as e:  # an entry damaged on disk: build it again
+            warnings.warn(f"{entry}: unreadable cached tokenizer ({e}); rebuilding it",
+                          stacklevel=2)
+            shutil.rmtree(entry, ignore_errors=True)
+    tok = _build_tokenizer(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=_mkdir(entry.parent)))
+    except OSError:  # a read-only cache: the built tokenizer serves this process
+        return tok
+    try:
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, entry)  # whole or absent; a process that saved first wins
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (entry / "tokenizer.json").is_file():
+            return tok
+    # Every process, the first included, encodes with the tokenizer the entry holds.
+    return PreTrainedTokenizerFast.from_pretrained(str(entry))
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _build_tokenizer(path: str):
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
 

@@ -259,10 +259,12 @@ def _checked(weights: Any, name: str, model: Llama, path: tuple, layer: int | No
 def load_tokenizer(path_or_hub_id: str | Path):
     """The checkpoint's tokenizer: from a GGUF file's metadata, else via AutoTokenizer
     (never with remote code)."""
-    from transformers import AutoTokenizer
-
     if str(path_or_hub_id) in MODELS or is_gguf(path_or_hub_id):
         return load_gguf_tokenizer(resolve_checkpoint(path_or_hub_id))
+    # Imported only here: transformers' auto classes import torch when it is installed
+    # (the test environment has it), 0.2 GB resident that a GGUF run never uses.
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(str(path_or_hub_id), trust_remote_code=False)
     except (OSError, ValueError) as e:
