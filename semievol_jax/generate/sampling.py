@@ -32,7 +32,8 @@ class SampleConfig:
     stop: tuple[str, ...] = ("\n\n",)  # stop strings; the text is cut before the first one
     batch_size: int = 32  # prompts per compiled batch (samples per prompt multiply this)
     # Cap on slots x cache length of one batch (0 = none): prompts whose cache (prompt +
-    # max_new_tokens, times the samples) would exceed it go in smaller batches
+    # max_new_tokens, times the samples) would exceed it go in smaller batches. Like
+    # batch_size it shapes the batches, and with them the matmuls' rounding on CPU.
     cache_tokens: int = 0
     truncate: str = "error"  # prompt longer than the context: "error" or "left" (drop oldest)
 
