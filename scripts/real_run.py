@@ -177,10 +177,15 @@ def main() -> int:
     ap.add_argument("overrides", nargs="*", help="more dotted overrides")
     args = ap.parse_args()
 
-    from semievol_jax.environment import set_determinism_flags, set_quiet_imports
+    from semievol_jax.environment import (
+        return_large_frees,
+        set_determinism_flags,
+        set_quiet_imports,
+    )
 
     set_determinism_flags()
     set_quiet_imports()
+    return_large_frees()
     os.environ.setdefault("SEMIEVOL_XLA_CACHE", "off")  # cold: compile time is measured
     import jax
     from bench_common import load_average

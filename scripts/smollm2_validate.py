@@ -95,6 +95,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--work", default="runs/validate")
     ap.add_argument("--out", default="results/smollm2/validate.json")
+    ap.add_argument("--key", help="entry in --out (default: the task, with the slice sizes "
+                    "when they are not 64/64/64)")
     args = ap.parse_args()
     src = DATA / args.task / "labeled.csv"
     if not src.is_file():
@@ -106,6 +108,8 @@ def main() -> int:
         print(f"{src}: {len(rows)} rows, need {c}", file=sys.stderr)
         return 2
     work = Path(args.work) / args.task
+    if (args.train, args.unlabeled, args.val) != (64, 64, 64):
+        work = work.with_name(f"{args.task}-{args.train}-{args.unlabeled}-{args.val}")
     train = _write(rows[:a], work / "train.csv")
     pool = _write(rows[a:b], work / "pool.csv")
     val = _write(rows[b:c], work / "val.csv")
@@ -125,7 +129,10 @@ def main() -> int:
         name = spec.split(":", 1)[0]
         results.append(_row(name, seed_dir / "variants" / name))
     doc = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
-    doc[args.task] = {
+    sizes = (args.train, args.unlabeled, args.val)
+    key = args.key or (args.task if sizes == (64, 64, 64)
+                       else f"{args.task}/{'-'.join(map(str, sizes))}")
+    doc[key] = {
         "command": " ".join(["python", "scripts/smollm2_validate.py", *sys.argv[1:]]),
         "train_rows": f"labeled.csv rows 1-{a}",
         "unlabeled_rows": f"labeled.csv rows {a + 1}-{b} (answers used only to score)",

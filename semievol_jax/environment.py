@@ -144,6 +144,26 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     return path
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+
+
+def return_large_frees() -> None:
+    """Serve every allocation of `MMAP_THRESHOLD` bytes or more (XLA's buffers and
+    temporaries, numpy tensors) from its own mapping, unmapped when freed (glibc's
+    ``mallopt``; a no-op with other C libraries).
+
+    By default glibc raises that threshold to the size of each large block freed (up to
+    32 MB), so after the first stage a process keeps its freed buffers in the heap, where
+    fragmentation holds them resident; a fixed threshold hands them back at once.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 def release_free_memory() -> None:
     """Hands the heap pages this process holds free back to the kernel (glibc's
     ``malloc_trim``; a no-op with other C libraries).
