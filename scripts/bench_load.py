@@ -10,9 +10,15 @@ sharded loading), a naive reference that reads every tensor first
 transformers' own GGUF loader on torch (the peer). The goal is a peak *increase* over
 the post-import baseline below 1.3x the float32 size of the weights.
 
+Tokenizer rows (`tokenizer_rows`, each in a fresh subprocess too): the resident set a
+process gains, and keeps, from SmolLM2's tokenizer built from the GGUF metadata (an
+empty cache), read back from the cache's `tokenizer.json`, and from importing
+transformers' `AutoTokenizer` (which imports torch where it is installed).
+
 Usage:
     python scripts/bench_load.py                     # writes results/bench/load.json
     python scripts/bench_load.py --layers 2 --no-json   # quick look
+    python scripts/bench_load.py --only-tokenizer     # the tokenizer rows of load.json
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 
 MODES = ("load_hf", "load_hf_mesh", "naive_load_file")
 GGUF_MODES = ("gguf_load_hf", "gguf_load_hf_mesh", "gguf_transformers_torch")
+TOKENIZER_MODES = ("tokenizer_build", "tokenizer_cached", "import_auto_tokenizer")
 
 
 def write_checkpoint(out: Path, args: argparse.Namespace) -> int:
@@ -78,6 +85,52 @@ def _rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def tokenizer_child(mode: str, gguf: Path) -> None:
+    """One tokenizer measurement in this (fresh) process, printed as a JSON line: the
+    resident set before, at the end with the tokenizer kept (as a run keeps it), and
+    the seconds it took."""
+    import gc
+
+    import jax
+    import jax.numpy as jnp
+    from transformers import PreTrainedTokenizerFast  # noqa: F401  (every mode needs it)
+
+    from semievol_jax.environment import release_free_memory
+    from semievol_jax.model import gguf_io
+
+    jax.block_until_ready(jnp.ones(8) + 1)
+    gguf_io.tokenizer_cache_entry(gguf)  # the header parse, shared with load_hf
+    release_free_memory()
+    baseline = _rss_bytes()
+    t0 = time.perf_counter()
+    if mode == "import_auto_tokenizer":
+        from transformers import AutoTokenizer  # noqa: F401
+        kept = None
+    else:
+        kept = gguf_io.load_gguf_tokenizer(gguf)
+    seconds = time.perf_counter() - t0
+    gc.collect()
+    release_free_memory()
+    print(json.dumps({"mode": mode, "baseline_rss": baseline, "final_rss": _rss_bytes(),
+                      "kept_increase": _rss_bytes() - baseline, "seconds": seconds,
+                      "torch_imported": "torch" in sys.modules,
+                      "vocab": None if kept is None else len(kept)}))
+
+
+def tokenizer_rows(gguf: Path) -> list[dict]:
+    """The TOKENIZER_MODES rows: the build with an empty cache, the cached read after it."""
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "SEMIEVOL_CACHE": cache}
+        # the model file itself stays where it is: only the tokenizer cache is fresh
+        for mode in TOKENIZER_MODES:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", mode, "--ckpt", str(gguf)],
+                check=True, capture_output=True, text=True, env=env)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
 
 
 def child(mode: str, ckpt: Path) -> None:
@@ -132,11 +185,30 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="where to write the checkpoint (temp dir)")
     p.add_argument("--no-json", action="store_true")
     p.add_argument("--no-gguf", action="store_true", help="skip the SmolLM2 GGUF rows")
-    p.add_argument("--child", choices=MODES + GGUF_MODES, help=argparse.SUPPRESS)
+    p.add_argument("--only-tokenizer", action="store_true",
+                   help="measure the tokenizer rows alone and update them in load.json")
+    p.add_argument("--child", choices=MODES + GGUF_MODES + TOKENIZER_MODES,
+                   help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child in TOKENIZER_MODES:
+        tokenizer_child(args.child, Path(args.ckpt))
+        return
     if args.child:
         child(args.child, Path(args.ckpt))
+        return
+    out = Path(__file__).resolve().parent.parent / "results" / "bench" / "load.json"
+    if args.only_tokenizer:
+        from semievol_jax.model import registry
+
+        rows = tokenizer_rows(registry.fetch("smollm2-135m-instruct"))
+        _print_tokenizer(rows)
+        if not args.no_json:
+            doc = json.loads(out.read_text()) if out.is_file() else {}
+            doc["tokenizer_command"] = "python " + " ".join(sys.argv)
+            doc["tokenizer_rows"] = rows
+            out.write_text(json.dumps(doc, indent=2) + "\n")
+            print(f"wrote {out}")
         return
 
     def measure(mode: str, ckpt: Path, size: int) -> dict:
@@ -164,6 +236,7 @@ def main() -> None:
         fp32 = sum(int(np.prod(s)) for s in ck.shapes.values()) * 4
         gguf = {"file": path.name, "file_bytes": path.stat().st_size, "float32_bytes": fp32}
         rows += [measure(mode, path, fp32) for mode in GGUF_MODES]
+        tok_rows = tokenizer_rows(path)
 
     gib = 2**30
     print(f"safetensors: {size / gib:.3f} GiB float32, {args.layers} layers, D={args.hidden}")
@@ -176,6 +249,8 @@ def main() -> None:
         print(f"{r['mode']:<18}{r['baseline_rss'] / gib:>13.3f}{r['peak_rss'] / gib:>10.3f}"
               f"{r['peak_increase'] / gib:>14.3f}{r['increase_over_size']:>15.2f}"
               f"{r['seconds']:>9.1f}")
+    if gguf:
+        _print_tokenizer(tok_rows)
     if args.no_json:
         return
     import jax
@@ -193,11 +268,18 @@ def main() -> None:
         "gguf": gguf,
         "goal": "peak_increase / float32 bytes of the weights < 1.3",
         "rows": rows,
+        **({"tokenizer_rows": tok_rows} if gguf else {}),
     }
-    out = Path(__file__).resolve().parent.parent / "results" / "bench" / "load.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def _print_tokenizer(rows: list[dict]) -> None:
+    print(f"{'tokenizer mode':<24}{'kept MB':>9}{'seconds':>9}  torch imported")
+    for r in rows:
+        print(f"{r['mode']:<24}{r['kept_increase'] / 1e6:>9.0f}{r['seconds']:>9.2f}  "
+              f"{r['torch_imported']}")
 
 
 if __name__ == "__main__":
