@@ -148,7 +148,7 @@ _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD = 1 << 20
 
 
-def return_large_frees() -> None:
+def return_large_frees() -> bool:
     """Serve every allocation of `MMAP_THRESHOLD` bytes or more (XLA's buffers and
     temporaries, numpy tensors) from its own mapping, unmapped when freed (glibc's
     ``mallopt``; a no-op with other C libraries).
@@ -156,12 +156,13 @@ def return_large_frees() -> None:
     By default glibc raises that threshold to the size of each large block freed (up to
     32 MB), so after the first stage a process keeps its freed buffers in the heap, where
     fragmentation holds them resident; a fixed threshold hands them back at once.
+    Returns whether the C library took the setting.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        return False
+    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
 
 
 def release_free_memory() -> None:

@@ -108,6 +108,39 @@ def _rss_bytes() -> int:
     return 0
 
 
+_FREES = """
+import sys
+import numpy as np
+from semievol_jax import environment
+if sys.argv[1] == "set":
+    assert environment.return_large_frees()
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+np.ones((2 << 20) // 8)  # one freed 2 MB block: glibc's default threshold rises to 2 MB
+base = rss()
+blocks = [np.ones((2 << 20) // 8) for _ in range(150)]  # 300 MB of 2 MB blocks
+kept = blocks[::10]  # every tenth stays live, so the heap cannot shrink from its top
+del blocks
+print(rss() - base)
+"""
+
+
+@pytest.mark.skipif(not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"),
+                    reason="mallopt is glibc's")
+def test_return_large_frees_unmaps_freed_buffers_at_once():
+    """With glibc's default the freed 2 MB blocks stay resident in the heap; with the
+    fixed threshold each had its own mapping and left with its free."""
+    import subprocess
+    import sys
+
+    held = {mode: int(subprocess.run([sys.executable, "-c", _FREES, mode], check=True,
+                                     capture_output=True, text=True).stdout)
+            for mode in ("default", "set")}
+    assert held["default"] > 200e6, held
+    assert held["set"] < 60e6, held
+
+
 @pytest.mark.skipif(not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"),
                     reason="malloc_trim is glibc's")
 def test_release_free_memory_returns_freed_heap_pages():
