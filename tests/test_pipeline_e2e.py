@@ -105,6 +105,12 @@ def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
     same = [s for s in STAGES if after[s] == before[s]]
     assert same == STAGES[:5]  # data .. propose untouched; select, final, eval rerun
 
+    control = load_config(RunConfig, None, tiny_overrides(tiny_ckpt_dir, tiny_task)
+                          + ["select.theta=0.9", "final.data=labeled"])
+    final = run_pipeline(control, run)["final"]["metrics"]
+    assert (final["labeled"], final["pseudo"]) == (
+        records["final"]["metrics"]["labeled"], 0)  # the same labeled rows, no pseudo-label
+
     with open(run / "05_select" / "pseudo.jsonl", "a") as f:
         f.write("{}\n")  # tampered output: verify names the stage
     assert verify(run) == 1

@@ -111,7 +111,9 @@ class SelectConfig:
     sweep_thetas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 1.0)  # scored for the report
 
 
-FINAL_DATA = ("selected", "labeled+selected")
+# "labeled" drops the pseudo-labels: the control that tells their effect from that of
+# more epochs on the labeled rows.
+FINAL_DATA = ("selected", "labeled+selected", "labeled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +121,7 @@ class FinalConfig:
     """Final tuning on the selected pseudo-labels (official) or labeled + selected -> M2."""
 
     from_sft: bool = True  # continue from M1's weights (official) or start from the base
-    data: str = "selected"  # "selected" (official code) | "labeled+selected" (paper's text)
+    data: str = "selected"  # "selected" (official) | "labeled+selected" (paper) | "labeled"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-6))
 
 

@@ -403,14 +403,15 @@ def run_select(ctx: StageContext, *, base_cfg: BaseConfig, task, mesh,
 
 def run_final(ctx: StageContext, *, base_cfg: BaseConfig, sft_cfg: SftConfig, task,
               mesh, seed: int) -> dict[str, Any]:
-    """Final tuning on the selected pseudo-labels (official) or labeled + selected
-    (`final.data`), from M1 (official) or the base."""
+    """Final tuning on the selected pseudo-labels (official), labeled + selected, or the
+    labeled rows alone (`final.data`), from M1 (official) or the base."""
     cfg: FinalConfig = ctx.config
     if cfg.data not in FINAL_DATA:
         raise UserError(f"final.data={cfg.data!r}; expected one of {FINAL_DATA}")
     exs = (examples(ctx.inputs["data"] / "labeled.jsonl")
-           if cfg.data == "labeled+selected" else [])
-    pseudo = examples(ctx.inputs["select"] / "pseudo.jsonl")
+           if cfg.data in ("labeled+selected", "labeled") else [])
+    pseudo = ([] if cfg.data == "labeled"
+              else examples(ctx.inputs["select"] / "pseudo.jsonl"))
     if not exs + pseudo:  # nothing selected: M2 is the model the tuning would start from
         note = "no pseudo-label selected and final.data='selected': no final tuning"
         print(f"[final] {note}", flush=True)
