@@ -26,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 DATA = Path("../shared/data/semievol")
@@ -41,8 +42,8 @@ def _write(rows: list[dict], path: Path) -> Path:
 
 
 def _answers(run: Path) -> dict[str, dict]:
-    """Per model: how often it gives each answer, and its recall averaged over the gold
-    classes (balanced accuracy: a model that answers one class scores 1/classes, however
+    """Per model: how often it gives each answer, its recall per gold class, and their
+    mean (balanced accuracy: a model that answers one class scores 1/classes, however
     large that class's share of the slice)."""
     by_model: dict[str, list[dict]] = {}
     with open(run / "07_eval" / "predictions.jsonl") as f:
@@ -51,18 +52,35 @@ def _answers(run: Path) -> dict[str, dict]:
             by_model.setdefault(r["model"], []).append(r)
     out = {}
     for model, rows in by_model.items():
-        golds = sorted({r["gold"] for r in rows})
-        recall = [sum(r["correct"] for r in rows if r["gold"] == g)
-                  / sum(r["gold"] == g for r in rows) for g in golds]
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[str(r["pred"])] = counts.get(str(r["pred"]), 0) + 1
-        out[model] = {"balanced_accuracy": sum(recall) / len(recall),
-                      "answers": dict(sorted(counts.items()))}
+        gold = Counter(r["gold"] for r in rows)
+        recall = {g: sum(r["correct"] for r in rows if r["gold"] == g) / n
+                  for g, n in sorted(gold.items())}
+        out[model] = {"balanced_accuracy": sum(recall.values()) / len(recall),
+                      "recall": recall, "gold": dict(sorted(gold.items())),
+                      "answers": dict(sorted(Counter(str(r["pred"]) for r in rows).items()))}
     return out
 
 
-def _row(name: str, run: Path) -> dict:
+def _selected(sel_dir: Path, pool: Path) -> dict[str, dict[str, int]]:
+    """The selected pseudo-labels per answer: how many, and how many match the hidden
+    gold of the unlabeled slice (scored after the fact)."""
+    gold = [r["answer"] for r in csv.DictReader(open(pool, newline=""))]
+    out: dict[str, dict[str, int]] = {}
+    with open(sel_dir / "pseudo.jsonl") as f:
+        for line in f:
+            r = json.loads(line)
+            c = out.setdefault(r["answer"], {"selected": 0, "right": 0})
+            c["selected"] += 1
+            c["right"] += r["answer"] == gold[int(r["id"].rsplit("-", 1)[1])]
+    return dict(sorted(out.items()))
+
+
+def _seconds(run: Path) -> float:
+    """Stage seconds of a run directory and its variants, as their records say."""
+    return sum(json.loads(r.read_text())["wall_s"] for r in run.rglob("record.json"))
+
+
+def _row(name: str, run: Path, pool: Path) -> dict:
     ev = json.loads((run / "07_eval" / "eval.json").read_text())
     answers = _answers(run)
     sel_dir = run / "05_select" if (run / "05_select").is_dir() else run.parents[1] / "05_select"
@@ -73,14 +91,15 @@ def _row(name: str, run: Path) -> dict:
             "consistency_rate": sel["consistency_rate"],
             "selected": sel["num_selected"],
             "selected_right": pl.get("accuracy_selected"),
+            "selected_by_answer": _selected(sel_dir, pool),
             "answered_right": pl.get("accuracy_all"),
             "val_accuracy_vanilla": models["vanilla"]["accuracy"],
             "val_accuracy_sft": models["sft"]["accuracy"],
             "val_accuracy_semievol": models["semievol"]["accuracy"],
-            "val_balanced_sft": answers["sft"]["balanced_accuracy"],
-            "val_balanced_semievol": answers["semievol"]["balanced_accuracy"],
-            "val_answers_sft": answers["sft"]["answers"],
-            "val_answers_semievol": answers["semievol"]["answers"]}
+            "val_gold": answers["sft"]["gold"],
+            **{f"val_{k}_{m}": answers[m][key] for m in ("vanilla", "sft", "semievol")
+               for k, key in (("balanced", "balanced_accuracy"), ("recall", "recall"),
+                              ("answers", "answers"))}}
 
 
 def main() -> int:
@@ -107,9 +126,9 @@ def main() -> int:
     if len(rows) < c:
         print(f"{src}: {len(rows)} rows, need {c}", file=sys.stderr)
         return 2
-    work = Path(args.work) / args.task
-    if (args.train, args.unlabeled, args.val) != (64, 64, 64):
-        work = work.with_name(f"{args.task}-{args.train}-{args.unlabeled}-{args.val}")
+    sizes = (args.train, args.unlabeled, args.val)
+    name = args.task if sizes == (64, 64, 64) else f"{args.task}/{'-'.join(map(str, sizes))}"
+    work = Path(args.work) / name.replace("/", "-")
     train = _write(rows[:a], work / "train.csv")
     pool = _write(rows[a:b], work / "pool.csv")
     val = _write(rows[b:c], work / "val.csv")
@@ -124,14 +143,12 @@ def main() -> int:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     seed_dir = out_dir / f"seed{args.seed}"
-    results = [_row("preset", seed_dir)]
+    results = [_row("preset", seed_dir, pool)]
     for spec in args.candidate:
-        name = spec.split(":", 1)[0]
-        results.append(_row(name, seed_dir / "variants" / name))
+        cand = spec.split(":", 1)[0]
+        results.append(_row(cand, seed_dir / "variants" / cand, pool))
     doc = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
-    sizes = (args.train, args.unlabeled, args.val)
-    key = args.key or (args.task if sizes == (64, 64, 64)
-                       else f"{args.task}/{'-'.join(map(str, sizes))}")
+    key = args.key or name
     doc[key] = {
         "command": " ".join(["python", "scripts/smollm2_validate.py", *sys.argv[1:]]),
         "train_rows": f"labeled.csv rows 1-{a}",
@@ -139,7 +156,8 @@ def main() -> int:
         "val_rows": f"labeled.csv rows {b + 1}-{c}",
         "seed": args.seed, "candidates": {s.split(':', 1)[0]: s.split(':', 1)[1]
                                           for s in args.candidate},
-        "results": results, "wall_s": round(time.perf_counter() - t0, 1)}
+        "results": results, "wall_s": round(time.perf_counter() - t0, 1),
+        "stage_seconds": round(_seconds(seed_dir), 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"{'candidate':<18} {'consistent':>10} {'selected':>8} {'right':>6} "
