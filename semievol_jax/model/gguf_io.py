@@ -458,7 +458,8 @@ def _tokenizer(path: str, mtime_ns: int, size: int):
             shutil.rmtree(entry, ignore_errors=True)
     tok = _build_tokenizer(path)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=_mkdir(entry.parent)))
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     except OSError:  # a read-only cache: the built tokenizer serves this process
         return tok
     try:
@@ -470,11 +471,6 @@ def _tokenizer(path: str, mtime_ns: int, size: int):
             return tok
     # Every process, the first included, encodes with the tokenizer the entry holds.
     return PreTrainedTokenizerFast.from_pretrained(str(entry))
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _build_tokenizer(path: str):
