@@ -34,6 +34,14 @@ def _shares(c: Counter) -> str:
                     for k, v in sorted(c.items(), key=lambda kv: str(kv[0]))) if n else "-"
 
 
+def rows_per_split(task_dir: Path) -> str:
+    """The study's row cap per split, from the overrides its provenance recorded."""
+    prov = json.loads((task_dir / "provenance.json").read_text())
+    caps = [o.split("=", 1)[1] for o in prov["args"]["overrides"]
+            if o.startswith("data.max_rows=")]
+    return caps[-1] if caps and caps[-1] != "0" else "all"
+
+
 def answer_classes(root: Path, tasks: list[str]) -> list[str]:
     """Answer shares (%) of the labeled gold, the selected pseudo-labels and each model's
     test predictions, from the first seed's stage directories (where they are present):
@@ -78,7 +86,8 @@ def main() -> int:
             accuracy.setdefault(strategy, {})[t] = by_task[t]["values"]
     lines = ["# SemiEvol with SmolLM2-135M-Instruct on the official data", "",
              "Each task is one `semievol study` (its own report: `<task>/report.md`); this "
-             "page merges them (`python scripts/smollm2_table.py results/smollm2`).", "",
+             "page merges them (`python scripts/smollm2_table.py results/smollm2`). The tasks may "
+             "run different row counts: the wall-time table says each one's.", "",
              *accuracy_table(accuracy), "", "## Paired gaps (SemiEvol - SFT, same seed)", "",
              "| task | per seed | mean | std | SFT > vanilla |", "|---|---|---|---|---|"]
     for t, m in per_task.items():
@@ -99,14 +108,15 @@ def main() -> int:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += answer_classes(args.root, tasks)
     lines += ["", "## Wall time (s, all seeds and variants of the method's stages)", "",
-              "| task | " + " | ".join(["data", "base", "sft", "index", "propose", "select",
+              "| task | rows per split | " + " | ".join(["data", "base", "sft", "index", "propose", "select",
                                         "final", "eval", "total"]) + " |",
-              "|---|" + "---|" * 9]
+              "|---|---|" + "---|" * 9]
     for t, m in per_task.items():
         s = m.get("stage_seconds", {})
         row = [f"{s.get(k, 0):.0f}" for k in ("data", "base", "sft", "index", "propose",
                                                "select", "final", "eval")]
-        lines.append(f"| {t} | " + " | ".join(row) + f" | {sum(s.values()):.0f} |")
+        lines.append(f"| {t} | {rows_per_split(args.root / t)} | " + " | ".join(row)
+                     + f" | {sum(s.values()):.0f} |")
     lines += ["", "Plots per task: `<task>/entropy_distributions.png` (vanilla / SFT / "
               "SemiEvol test responses) and `<task>/pseudo_label_accuracy_vs_theta.png`.", ""]
     def summary(v: list[float]) -> dict:
