@@ -108,8 +108,9 @@ def main() -> int:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += answer_classes(args.root, tasks)
     lines += ["", "## Wall time (s, all seeds and variants of the method's stages)", "",
-              "| task | rows per split | " + " | ".join(["data", "base", "sft", "index", "propose", "select",
-                                        "final", "eval", "total"]) + " |",
+              "| task | rows per split | " + " | ".join(
+                  ["data", "base", "sft", "index", "propose", "select", "final", "eval",
+                   "total"]) + " |",
               "|---|---|" + "---|" * 9]
     for t, m in per_task.items():
         s = m.get("stage_seconds", {})

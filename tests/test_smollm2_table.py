@@ -16,7 +16,7 @@ def _study(root: Path, task: str, rows: str | None, sft: list[float], semievol: 
     d.mkdir(parents=True)
     overrides = [f"data.max_rows={rows}"] if rows is not None else []
     (d / "provenance.json").write_text(json.dumps({"args": {"overrides": overrides}}))
-    gaps = [b - a for a, b in zip(sft, semievol)]
+    gaps = [b - a for a, b in zip(sft, semievol, strict=True)]
     (d / "metrics.json").write_text(json.dumps({
         "accuracy": {"vanilla": {task: {"values": [0.3]}},
                      "sft": {task: {"values": sft}},
