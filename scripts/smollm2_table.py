@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from semievol_jax.pipeline.report import DIAGNOSTICS, accuracy_table  # noqa: E402
-from semievol_jax.stats import mean_std  # noqa: E402
+from semievol_jax.stats import answer_summary, mean_std  # noqa: E402
 
 
 def _counts(path: Path, key: str, model: str | None = None) -> Counter:
@@ -42,6 +42,12 @@ def rows_per_split(task_dir: Path) -> str:
     return caps[-1] if caps and caps[-1] != "0" else "all"
 
 
+def _runs(first: Path) -> list[tuple[str, Path]]:
+    """The first seed's ablation and variant runs, by name."""
+    return [(f"{sub.name}/{d.name}", d) for sub in (first / "ablations", first / "variants")
+            if sub.is_dir() for d in sorted(sub.iterdir())]
+
+
 def answer_classes(root: Path, tasks: list[str]) -> list[str]:
     """Answer shares (%) of the labeled gold, the selected pseudo-labels and each model's
     test predictions, from the first seed's stage directories (where they are present):
@@ -54,9 +60,7 @@ def answer_classes(root: Path, tasks: list[str]) -> list[str]:
         if not seeds:
             continue
         first = seeds[0]
-        runs = [("method", first)] + [
-            (f"{sub.name}/{d.name}", d) for sub in (first / "ablations", first / "variants")
-            if sub.is_dir() for d in sorted(sub.iterdir())]
+        runs = [("method", first), *_runs(first)]
         gold = " | ".join(_shares(_counts(first / "00_data" / f"{split}.jsonl", "answer"))
                           for split in ("labeled", "test"))
         for name, d in runs:
@@ -68,6 +72,34 @@ def answer_classes(root: Path, tasks: list[str]) -> list[str]:
             cells = [_shares(_counts(pseudo, "answer")) if pseudo.exists() else "-"]
             cells += [_shares(_counts(preds, "pred", m)) for m in ("vanilla", "sft", "semievol")]
             lines.append(f"| {t} | {name} | {gold} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def balanced(root: Path, tasks: list[str]) -> list[str]:
+    """Balanced accuracy of each model on the test rows, per seed of the method and for
+    the first seed's ablations and variants, from the stage directories present: an
+    accuracy at the majority class's share with a balanced 1/classes is a collapse."""
+    lines = ["", "## Balanced accuracy (%, mean recall over the gold classes; seeds in "
+             "order; stage directories present)", "",
+             "| task | run | vanilla | SFT | SemiEvol |", "|---|---|---|---|---|"]
+    for t in tasks:
+        seeds = sorted((root / t).glob("seed*"))
+        if not seeds:
+            continue
+        for name, dirs in [("method", seeds), *((n, [d]) for n, d in _runs(seeds[0]))]:
+            per_model: dict[str, list[str]] = {}
+            for d in dirs:
+                preds = d / "07_eval" / "predictions.jsonl"
+                if not preds.exists():
+                    continue
+                rows = [json.loads(x) for x in preds.read_text().splitlines() if x.strip()]
+                for m in ("vanilla", "sft", "semievol"):
+                    mine = [r for r in rows if r["model"] == m]
+                    per_model.setdefault(m, []).append(
+                        f"{100 * answer_summary(mine)['balanced_accuracy']:.1f}" if mine else "-")
+            if per_model:
+                lines.append(f"| {t} | {name} | " + " | ".join(
+                    " / ".join(per_model[m]) for m in ("vanilla", "sft", "semievol")) + " |")
     return lines
 
 
@@ -107,6 +139,7 @@ def main() -> int:
         if any(c != "-" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += answer_classes(args.root, tasks)
+    lines += balanced(args.root, tasks)
     lines += ["", "## Wall time (s, all seeds and variants of the method's stages)", "",
               "| task | rows per split | " + " | ".join(
                   ["data", "base", "sft", "index", "propose", "select", "final", "eval",

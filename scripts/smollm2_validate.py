@@ -26,8 +26,11 @@ import json
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from semievol_jax.stats import answer_summary  # noqa: E402
 
 DATA = Path("../shared/data/semievol")
 
@@ -42,23 +45,13 @@ def _write(rows: list[dict], path: Path) -> Path:
 
 
 def _answers(run: Path) -> dict[str, dict]:
-    """Per model: how often it gives each answer, its recall per gold class, and their
-    mean (balanced accuracy: a model that answers one class scores 1/classes, however
-    large that class's share of the slice)."""
+    """Per model: its answer summary on the slice (`stats.answer_summary`)."""
     by_model: dict[str, list[dict]] = {}
     with open(run / "07_eval" / "predictions.jsonl") as f:
         for line in f:
             r = json.loads(line)
             by_model.setdefault(r["model"], []).append(r)
-    out = {}
-    for model, rows in by_model.items():
-        gold = Counter(r["gold"] for r in rows)
-        recall = {g: sum(r["correct"] for r in rows if r["gold"] == g) / n
-                  for g, n in sorted(gold.items())}
-        out[model] = {"balanced_accuracy": sum(recall.values()) / len(recall),
-                      "recall": recall, "gold": dict(sorted(gold.items())),
-                      "answers": dict(sorted(Counter(str(r["pred"]) for r in rows).items()))}
-    return out
+    return {model: answer_summary(rows) for model, rows in by_model.items()}
 
 
 def _selected(sel_dir: Path, pool: Path) -> dict[str, dict[str, int]]:

@@ -10,6 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import smollm2_table  # noqa: E402
 
+from semievol_jax import stats  # noqa: E402
+
 
 def _study(root: Path, task: str, rows: str | None, sft: list[float], semievol: list[float]):
     d = root / task
@@ -45,3 +47,41 @@ def test_no_study_is_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["smollm2_table.py", str(tmp_path)])
     assert smollm2_table.main() == 2
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def _predictions(run: Path, rows: list[tuple[str, str, str]]) -> None:
+    (run / "07_eval").mkdir(parents=True)
+    (run / "07_eval" / "predictions.jsonl").write_text("".join(
+        json.dumps({"model": m, "gold": g, "pred": p, "correct": g == p}) + "\n"
+        for m, g, p in rows))
+
+
+def test_balanced_accuracy_per_seed_tells_a_collapse(tmp_path, monkeypatch):
+    _study(tmp_path, "fpb", "192", [0.5, 0.5], [0.75, 0.5])
+    gold = ["B", "B", "B", "C"]
+    # seed 0: SemiEvol learns both classes; seed 1: it answers B everywhere (75%, balanced 50%)
+    _predictions(tmp_path / "fpb" / "seed0", [("semievol", g, g) for g in gold]
+                 + [("sft", g, "B") for g in gold] + [("vanilla", g, "C") for g in gold])
+    _predictions(tmp_path / "fpb" / "seed1", [("semievol", g, "B") for g in gold]
+                 + [("sft", g, "B") for g in gold] + [("vanilla", g, "C") for g in gold])
+    (tmp_path / "fpb" / "seed0" / "00_data").mkdir()
+    for split in ("labeled", "test"):
+        (tmp_path / "fpb" / "seed0" / "00_data" / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"answer": g}) + "\n" for g in gold))
+    monkeypatch.setattr(sys, "argv", ["smollm2_table.py", str(tmp_path)])
+    assert smollm2_table.main() == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| fpb | method | B 75 C 25 | B 75 C 25 | - | C 100 | B 100 | B 75 C 25 |" in report
+    assert "| fpb | method | 50.0 / 50.0 | 50.0 / 50.0 | 100.0 / 50.0 |" in report
+
+
+def test_answer_summary_recall_per_gold_class():
+    s = stats.answer_summary([{"gold": "A", "pred": "A", "correct": True},
+                              {"gold": "A", "pred": "B", "correct": False},
+                              {"gold": "B", "pred": "B", "correct": True},
+                              {"gold": "B", "pred": None, "correct": False}])
+    assert s["recall"] == {"A": 0.5, "B": 0.5}
+    assert s["balanced_accuracy"] == 0.5
+    assert s["answers"] == {"A": 1, "B": 2, "None": 1}
+    with pytest.raises(ValueError, match="no rows"):
+        stats.answer_summary([])
