@@ -50,9 +50,11 @@ def _runs(first: Path) -> list[tuple[str, Path]]:
 
 def answer_classes(root: Path, tasks: list[str]) -> list[str]:
     """Answer shares (%) of the labeled gold, the selected pseudo-labels and each model's
-    test predictions, from the first seed's stage directories (where they are present):
+    test predictions, from each seed's method run and the first seed's ablations and
+    variants (the stage directories present):
     a selection that keeps one class only shows here before it shows in the accuracy."""
-    lines = ["", "## Answer classes (% of rows, first seed; '-' = no parsed answer)", "",
+    lines = ["", "## Answer classes (% of rows; ablations and variants: first seed; '-' = "
+             "no parsed answer)", "",
              "| task | run | labeled gold | test gold | selected pseudo-labels | vanilla | SFT | "
              "SemiEvol |", "|---|---|---|---|---|---|---|---|"]
     for t in tasks:
@@ -60,7 +62,7 @@ def answer_classes(root: Path, tasks: list[str]) -> list[str]:
         if not seeds:
             continue
         first = seeds[0]
-        runs = [("method", first), *_runs(first)]
+        runs = [*((f"method, {d.name}", d) for d in seeds), *_runs(first)]
         gold = " | ".join(_shares(_counts(first / "00_data" / f"{split}.jsonl", "answer"))
                           for split in ("labeled", "test"))
         for name, d in runs:

@@ -71,7 +71,9 @@ def test_balanced_accuracy_per_seed_tells_a_collapse(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["smollm2_table.py", str(tmp_path)])
     assert smollm2_table.main() == 0
     report = (tmp_path / "report.md").read_text()
-    assert "| fpb | method | B 75 C 25 | B 75 C 25 | - | C 100 | B 100 | B 75 C 25 |" in report
+    assert "| fpb | method, seed0 | B 75 C 25 | B 75 C 25 | - | C 100 | B 100 | B 75 C 25 |" \
+        in report
+    assert "| fpb | method, seed1 | B 75 C 25 | B 75 C 25 | - | C 100 | B 100 | B 100 |" in report
     assert "| fpb | method | 50.0 / 50.0 | 50.0 / 50.0 | 100.0 / 50.0 |" in report
 
 
