@@ -38,7 +38,7 @@ def test_merges_tasks_with_their_row_counts(tmp_path, monkeypatch):
     assert merged["accuracy"]["semievol"]["fpb"]["values"] == [0.6, 0.6, 0.8]
     assert merged["accuracy"]["sft"]["mmlu"]["mean"] == pytest.approx(0.25)
     report = (tmp_path / "report.md").read_text()
-    assert "| fpb | 192 | 0 | 0 | 10 |" in report
+    assert "| fpb | 192 | 0 | 0 | 10 | 0 | 0 | 0 | 0 | 5 | 15 | - |" in report
     assert "| mmlu | all | 0 | 0 | 10 |" in report
     assert "| fpb | +10.0, +0.0, +10.0 | +6.7 |" in report
 
@@ -62,6 +62,10 @@ def test_balanced_accuracy_per_seed_tells_a_collapse(tmp_path, monkeypatch):
     # seed 0: SemiEvol learns both classes; seed 1: it answers B everywhere (75%, balanced 50%)
     _predictions(tmp_path / "fpb" / "seed0", [("semievol", g, g) for g in gold]
                  + [("sft", g, "B") for g in gold] + [("vanilla", g, "C") for g in gold])
+    for run, seconds in (("02_sft", 7.5), ("ablations/no_as/06_final", 2.0)):
+        (tmp_path / "fpb" / "seed0" / run).mkdir(parents=True)
+        (tmp_path / "fpb" / "seed0" / run / "record.json").write_text(
+            json.dumps({"wall_s": seconds}))
     _predictions(tmp_path / "fpb" / "seed1", [("semievol", g, "B") for g in gold]
                  + [("sft", g, "B") for g in gold] + [("vanilla", g, "C") for g in gold])
     (tmp_path / "fpb" / "seed0" / "00_data").mkdir()
@@ -74,6 +78,7 @@ def test_balanced_accuracy_per_seed_tells_a_collapse(tmp_path, monkeypatch):
     assert "| fpb | method, seed0 | B 75 C 25 | B 75 C 25 | - | C 100 | B 100 | B 75 C 25 |" \
         in report
     assert "| fpb | method, seed1 | B 75 C 25 | B 75 C 25 | - | C 100 | B 100 | B 100 |" in report
+    assert "| fpb | 192 | 0 | 0 | 10 | 0 | 0 | 0 | 0 | 5 | 15 | 10 |" in report
     assert "| fpb | method | 50.0 / 50.0 | 50.0 / 50.0 | 100.0 / 50.0 |" in report
 
 
