@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from semievol_jax.pipeline.report import DIAGNOSTICS, accuracy_table  # noqa: E402
+from semievol_jax.pipeline.summary import recorded_seconds  # noqa: E402
 from semievol_jax.stats import answer_summary, mean_std  # noqa: E402
 
 
@@ -105,12 +106,10 @@ def balanced(root: Path, tasks: list[str]) -> list[str]:
     return lines
 
 
-def all_runs_seconds(task_dir: Path) -> str:
-    """Seconds of every stage record under the seeds (method, ablations and variants),
-    from the stage directories present; '-' where there are none or one lacks its time."""
-    walls = [json.loads(r.read_text()).get("wall_s")
-             for r in task_dir.glob("seed*/**/record.json")]
-    return f"{sum(walls):.0f}" if walls and None not in walls else "-"
+def _seconds(task_dir: Path) -> str:
+    """Every run's stage seconds, from the stage directories present ('-' without)."""
+    total = recorded_seconds(task_dir)
+    return "-" if total is None else f"{total:.0f}"
 
 
 def main() -> int:
@@ -161,7 +160,7 @@ def main() -> int:
         row = [f"{s.get(k, 0):.0f}" for k in ("data", "base", "sft", "index", "propose",
                                                "select", "final", "eval")]
         lines.append(f"| {t} | {rows_per_split(args.root / t)} | " + " | ".join(row)
-                     + f" | {sum(s.values()):.0f} | {all_runs_seconds(args.root / t)} |")
+                     + f" | {sum(s.values()):.0f} | {_seconds(args.root / t)} |")
     lines += ["", "Plots per task: `<task>/entropy_distributions.png` (vanilla / SFT / "
               "SemiEvol test responses) and `<task>/pseudo_label_accuracy_vs_theta.png`.", ""]
     def summary(v: list[float]) -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from semievol_jax.pipeline.summary import recorded_seconds  # noqa: E402
 from semievol_jax.stats import answer_summary  # noqa: E402
 
 DATA = Path("../shared/data/semievol")
@@ -66,11 +67,6 @@ def _selected(sel_dir: Path, pool: Path) -> dict[str, dict[str, int]]:
             c["selected"] += 1
             c["right"] += r["answer"] == gold[int(r["id"].rsplit("-", 1)[1])]
     return dict(sorted(out.items()))
-
-
-def _seconds(run: Path) -> float:
-    """Stage seconds of a run directory and its variants, as their records say."""
-    return sum(json.loads(r.read_text())["wall_s"] for r in run.rglob("record.json"))
 
 
 def _row(name: str, run: Path, pool: Path) -> dict:
@@ -150,7 +146,7 @@ def main() -> int:
         "seed": args.seed, "candidates": {s.split(':', 1)[0]: s.split(':', 1)[1]
                                           for s in args.candidate},
         "results": results, "wall_s": round(time.perf_counter() - t0, 1),
-        "stage_seconds": round(_seconds(seed_dir), 1)}
+        "stage_seconds": round(recorded_seconds(seed_dir), 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"{'candidate':<18} {'consistent':>10} {'selected':>8} {'right':>6} "

@@ -109,3 +109,19 @@ def test_stage_seconds_count_a_shared_stage_once():
                 for seed in range(3)}
     # Each seed's sft ran, though all three wrote equal outputs (digest "same").
     assert stage_seconds(per_seed) == {"data": 0.5, "base": 100.0, "sft": 33.0}
+
+
+def test_recorded_seconds_sum_every_run_once(tmp_path):
+    from semievol_jax.pipeline.summary import recorded_seconds
+
+    def write(rel, key, wall):
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "record.json").write_text(json.dumps({"key": key, "wall_s": wall}))
+
+    assert recorded_seconds(tmp_path) is None  # no record
+    write("seed0/02_sft", "s0", 10.0)
+    write("seed0/ablations/no_as/06_final", "f", 2.5)
+    write("seed1/06_final", "f", 2.5)  # the same stage, adopted: counted once
+    assert recorded_seconds(tmp_path) == 12.5
+    write("seed1/07_eval", "e", None)  # a record without its time: no total
+    assert recorded_seconds(tmp_path) is None

@@ -16,6 +16,7 @@ from semievol_jax import environment
 from semievol_jax.pipeline import report, selection
 from semievol_jax.pipeline.config import RunConfig
 from semievol_jax.pipeline.graph import headline_metrics, records_by_round, round_dir
+from semievol_jax.pipeline.runner import RECORD
 from semievol_jax.stats import mean_std
 
 PerSeed = dict[int, dict[str, dict[str, dict[str, Any]]]]
@@ -78,6 +79,17 @@ def stage_seconds(per_seed: PerSeed) -> dict[str, float]:
                 seen.add(rec["key"])
                 out[name] = out.get(name, 0.0) + rec["wall_s"]
     return out
+
+
+def recorded_seconds(root: Path) -> float | None:
+    """Seconds of every stage recorded under `root` (a study's seeds, their ablations and
+    variants), a stage that several runs share counted once; None when a record lacks
+    its time or there is none."""
+    walls = {}
+    for path in root.rglob(RECORD):
+        rec = json.loads(path.read_text())
+        walls[rec.get("key", str(path))] = rec.get("wall_s")
+    return sum(walls.values()) if walls and None not in walls.values() else None
 
 
 def accuracy_per_round(per_seed: PerSeed) -> dict[str, list[float]]:
