@@ -18,6 +18,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,15 +30,15 @@ def child(setting: str, prompts: int, repeats: int) -> dict:
 
     set_determinism_flags()
     took = return_large_frees() if setting == "return_large_frees" else False
-    import tempfile
-
     import jax
     from bench_generate import load_hf, load_tokenizer, make_prompts, run_ours, smollm2_checkpoint
 
     from semievol_jax.generate.sampling import SampleConfig
-    ckpt, weights = smollm2_checkpoint(Path(tempfile.mkdtemp()) / "smollm2")
-    model, _ = load_hf(ckpt)
-    tok = load_tokenizer(ckpt)
+
+    with tempfile.TemporaryDirectory() as work:
+        ckpt, weights = smollm2_checkpoint(Path(work) / "smollm2")
+        model, _ = load_hf(ckpt)
+        tok = load_tokenizer(ckpt)
     texts = make_prompts(tok, prompts, 100, 300, seed=0)
     cfg = SampleConfig(temperature=1.0, max_new_tokens=64, stop=(), batch_size=16,
                        cache_tokens=16384)
@@ -61,8 +62,10 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args.prompts, args.repeats)))
         return 0
+    from bench_common import load_average
+
     rows = []
-    load = [round(x, 2) for x in os.getloadavg()]
+    load = load_average()
     for _ in range(args.rounds):
         for setting in ("return_large_frees", "glibc_default"):
             proc = subprocess.run([sys.executable, __file__, "--child", setting, "--prompts",
@@ -75,7 +78,7 @@ def main() -> int:
     doc = {"command": " ".join(["python scripts/bench_allocator.py", *sys.argv[1:]]),
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "cpu_count": os.cpu_count(), "load_average_before": load,
-           "load_average_after": [round(x, 2) for x in os.getloadavg()],
+           "load_average_after": load_average(),
            "generate": {"prompts": args.prompts, "samples": 4, "max_new_tokens": 64},
            "rows": rows, "best_seconds": best,
            "slowdown_return_large_frees": round(best["return_large_frees"]

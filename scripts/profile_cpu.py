@@ -75,22 +75,25 @@ def parse_hlo(text: str) -> dict[str, dict]:
             instrs[m.group(1)] = {"shape": m.group(2), "opcode": m.group(3),
                                   "calls": calls.group(1) if calls else None,
                                   "spec": spec.group(1) if spec else None,
-                                  "is_dot": m.group(3) == "dot", "line": line}
+                                  "is_dot": m.group(3) == "dot",
+                                  "batched": m.group(3) == "dot" and _batched(line)}
     for ins in instrs.values():
         body = comps.get(ins["calls"] or "", [])
         inner = [line for line in body if " dot(" in line]
         if inner:
             ins["is_dot"] = True
+            ins["batched"] = any(map(_batched, inner))
             if ins["spec"] is None:  # XLA keeps the einsum's name on some line of the fusion
                 ins["spec"] = next((s.group(1) for s in map(_SPEC.search, body) if s), None)
-        dots = inner or ([ins.pop("line")] if ins["opcode"] == "dot" else [])
-        ins.pop("line", None)
-        # The model's projections are 2-D matmuls; only attention batches over B K (G).
-        ins["batched"] = any("lhs_batch_dims={}" not in d and "lhs_batch_dims=" in d
-                             for d in dots)
         ins["slices"] = any(" dynamic-slice(" in line for line in body) or \
             ins["opcode"] == "dynamic-slice"
     return instrs
+
+
+def _batched(dot_line: str) -> bool:
+    """A matmul with batch dimensions: the model's projections are 2-D matmuls, only
+    attention batches (over B K, and G)."""
+    return "lhs_batch_dims=" in dot_line and "lhs_batch_dims={}" not in dot_line
 
 
 def kind_of(name: str, ins: dict | None) -> str:
@@ -241,7 +244,8 @@ def main() -> int:
     ap.add_argument("--out", default="results/bench/profile.json")
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="semievol-profile-"))
+    tmp = tempfile.TemporaryDirectory(prefix="semievol-profile-")  # HLO dumps, traces
+    work = Path(tmp.name)
     dump = work / "hlo"
     from semievol_jax.environment import set_determinism_flags, set_quiet_imports
 
@@ -274,6 +278,7 @@ def main() -> int:
     doc_path.parent.mkdir(parents=True, exist_ok=True)
     doc_path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {doc_path}")
+    tmp.cleanup()
     return 0
 
 
