@@ -255,6 +255,9 @@ def main() -> int:
                                "--xla_dump_hlo_as_text").strip()
     os.environ["SEMIEVOL_XLA_CACHE"] = "off"  # a cache hit compiles, and dumps, nothing
     import jax
+
+    # Nor JAX's own persistent cache, which $JAX_COMPILATION_CACHE_DIR may turn on.
+    jax.config.update("jax_enable_compilation_cache", False)
     from bench_common import load_average
 
     results = {}
