@@ -174,18 +174,21 @@ def main() -> int:
     ap.add_argument("--run-dir", default=None, help="default: a temporary directory")
     ap.add_argument("--key", default=None)
     ap.add_argument("--out", default="results/bench/real_run.json")
+    ap.add_argument("--malloc", choices=("configure", "glibc_default"), default="configure",
+                    help="glibc allocator settings: the `semievol` command's, or glibc's own")
     ap.add_argument("overrides", nargs="*", help="more dotted overrides")
     args = ap.parse_args()
 
     from semievol_jax.environment import (
-        return_large_frees,
+        configure_malloc,
         set_determinism_flags,
         set_quiet_imports,
     )
 
     set_determinism_flags()
     set_quiet_imports()
-    return_large_frees()
+    if args.malloc == "configure":
+        configure_malloc()  # as the `semievol` command does
     os.environ.setdefault("SEMIEVOL_XLA_CACHE", "off")  # cold: compile time is measured
     import jax
     from bench_common import load_average
@@ -247,7 +250,7 @@ def main() -> int:
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
         "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "load_average_before": load_before, "load_average_after": load_average(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": args.malloc,
     }
     print(json.dumps(result, indent=1))
     out = Path(args.out)

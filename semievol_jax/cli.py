@@ -9,10 +9,10 @@ from pathlib import Path
 
 from semievol_jax import __version__, convert
 from semievol_jax.environment import (
+    configure_malloc,
     describe,
     enable_compilation_cache,
     format_env,
-    return_large_frees,
     set_determinism_flags,
     set_quiet_imports,
 )
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     set_determinism_flags()  # before anything starts a JAX backend
     set_quiet_imports()  # before anything imports transformers (workers inherit it)
-    return_large_frees()
+    configure_malloc()
     args = build_parser().parse_args(argv)
     if args.command in ("run", "ablate", "demo", "study", "verify"):
         enable_compilation_cache()

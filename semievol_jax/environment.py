@@ -144,25 +144,44 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     return path
 
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 1 << 20
+MALLOPT_PARAMS = {"trim_threshold": -1, "mmap_threshold": -3, "arena_max": -8}  # glibc's
+# What `configure_malloc` sets:
+MALLOC_SETTINGS = {
+    # Blocks of 16 MB or more (weights, KV caches, large XLA temporaries) get their own
+    # mapping and leave with their free; a decode step's per-layer buffers (up to 12.6 MB
+    # at 16,384 cache slot-tokens) stay below it, so the heap reuses them instead of the
+    # kernel faulting fresh pages in for each.
+    "mmap_threshold": 16 << 20,
+    # Free space at the heap's top kept for reuse; with a fixed mmap threshold glibc
+    # would otherwise keep 128 KB and hand every freed block back at once.
+    "trim_threshold": 32 << 20,
+    # One heap for all threads: XLA's worker threads otherwise each get an arena whose
+    # free blocks the others cannot reuse.
+    "arena_max": 1,
+}
 
 
-def return_large_frees() -> bool:
-    """Serve every allocation of `MMAP_THRESHOLD` bytes or more (XLA's buffers and
-    temporaries, numpy tensors) from its own mapping, unmapped when freed (glibc's
-    ``mallopt``; a no-op with other C libraries).
-
-    By default glibc raises that threshold to the size of each large block freed (up to
-    32 MB), so after the first stage a process keeps its freed buffers in the heap, where
-    fragmentation holds them resident; a fixed threshold hands them back at once.
-    Returns whether the C library took the setting.
-    """
+def set_malloc(settings: dict[str, int]) -> bool:
+    """glibc's ``mallopt`` for each of `settings` (names of `MALLOPT_PARAMS`); a no-op
+    with other C libraries. Returns whether the C library took every one."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    return all(mallopt(MALLOPT_PARAMS[name], value) == 1 for name, value in settings.items())
+
+
+def configure_malloc() -> bool:
+    """Sets `MALLOC_SETTINGS`, before the backend starts its threads.
+
+    By default glibc raises the mmap threshold to the size of each large block freed
+    (up to 32 MB), so a long run keeps ever larger freed buffers in its heaps, where
+    fragmentation holds them resident, and each stage's peak starts higher than the
+    last. A threshold low enough to return everything (1 MB) makes the kernel fault
+    every buffer in again at each decode step: generation 1.4x slower
+    (results/bench/allocator.json). Returns whether the C library took every setting.
+    """
+    return set_malloc(MALLOC_SETTINGS)
 
 
 def release_free_memory() -> None:

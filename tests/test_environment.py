@@ -113,32 +113,39 @@ import sys
 import numpy as np
 from semievol_jax import environment
 if sys.argv[1] == "set":
-    assert environment.return_large_frees()
+    assert environment.configure_malloc()
 def rss():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-np.ones((2 << 20) // 8)  # one freed 2 MB block: glibc's default threshold rises to 2 MB
+mb = int(sys.argv[2])
+np.ones((mb << 20) // 8)  # one freed block: glibc's default threshold rises to its size
 base = rss()
-blocks = [np.ones((2 << 20) // 8) for _ in range(150)]  # 300 MB of 2 MB blocks
-kept = blocks[::10]  # every tenth stays live, so the heap cannot shrink from its top
+blocks = [np.ones((mb << 20) // 8) for _ in range(300 // mb)]  # 300 MB
+kept = blocks[::5]  # every fifth stays live, so the heap cannot shrink from its top
 del blocks
-print(rss() - base)
+print(rss() - base - len(kept) * (mb << 20))
 """
+
+
+def _held_after_frees(mode: str, mb: int) -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", _FREES, mode, str(mb)], check=True,
+                              capture_output=True, text=True).stdout)
 
 
 @pytest.mark.skipif(not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"),
                     reason="mallopt is glibc's")
-def test_return_large_frees_unmaps_freed_buffers_at_once():
-    """With glibc's default the freed 2 MB blocks stay resident in the heap; with the
-    fixed threshold each had its own mapping and left with its free."""
-    import subprocess
-    import sys
-
-    held = {mode: int(subprocess.run([sys.executable, "-c", _FREES, mode], check=True,
-                                     capture_output=True, text=True).stdout)
-            for mode in ("default", "set")}
-    assert held["default"] > 200e6, held
-    assert held["set"] < 60e6, held
+def test_configure_malloc_unmaps_large_freed_buffers_and_reuses_small_ones():
+    """Freed 20 MB blocks: with glibc's default they stay resident in the heap, with the
+    settings each had its own mapping and left with its free. Freed 2 MB blocks (a
+    decode step's size) stay in the heap for reuse either way."""
+    large = {mode: _held_after_frees(mode, 20) for mode in ("default", "set")}
+    assert large["default"] > 100e6, large  # the blocks above the last kept one are trimmed
+    assert large["set"] < 40e6, large
+    small = _held_after_frees("set", 2)
+    assert small > 150e6, small
 
 
 @pytest.mark.skipif(not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"),

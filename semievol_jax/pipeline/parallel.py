@@ -117,7 +117,7 @@ def _worker_init(cores: Any, cache: str | None) -> None:
     # The flags before the backend starts (below); a worker never joins a multi-host
     # job, so this is all of `sharding.initialize_runtime` it needs.
     environment.set_determinism_flags()
-    environment.return_large_frees()
+    environment.configure_malloc()
     if cache:
         environment.enable_compilation_cache(cache)
     # Pay for transformers (tokenizers and configs load through it; imported here, not
