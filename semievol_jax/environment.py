@@ -144,6 +144,7 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     return path
 
 
+MALLOC_ENV = "SEMIEVOL_MALLOC"  # "off" leaves the C library's defaults
 MALLOPT_PARAMS = {"trim_threshold": -1, "mmap_threshold": -3, "arena_max": -8}  # glibc's
 # What `configure_malloc` sets:
 MALLOC_SETTINGS = {
@@ -172,7 +173,9 @@ def set_malloc(settings: dict[str, int]) -> bool:
 
 
 def configure_malloc() -> bool:
-    """Sets `MALLOC_SETTINGS`, before the backend starts its threads.
+    """Sets `MALLOC_SETTINGS`, before the backend starts its threads, unless
+    SEMIEVOL_MALLOC=off or the process started with glibc malloc tunables of its own (a
+    user's, or the demo workers', pipeline/parallel.py).
 
     By default glibc raises the mmap threshold to the size of each large block freed
     (up to 32 MB), so a long run keeps ever larger freed buffers in its heaps, where
@@ -181,6 +184,9 @@ def configure_malloc() -> bool:
     every buffer in again at each decode step: generation 1.4x slower
     (results/bench/allocator.json). Returns whether the C library took every setting.
     """
+    if (os.environ.get(MALLOC_ENV, "") == "off"
+            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
+        return False
     return set_malloc(MALLOC_SETTINGS)
 
 

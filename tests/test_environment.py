@@ -165,3 +165,13 @@ def test_release_free_memory_returns_freed_heap_pages():
     assert held > 200e6, held
     assert after < held / 2, (held, after)
     assert len(kept) == 300
+
+
+def test_configure_malloc_leaves_the_callers_own_settings(monkeypatch):
+    """SEMIEVOL_MALLOC=off, or glibc malloc tunables the process started with (the demo
+    workers', a user's), keep the C library as it was: no mallopt is made."""
+    monkeypatch.setenv(environment.MALLOC_ENV, "off")
+    assert environment.configure_malloc() is False
+    monkeypatch.delenv(environment.MALLOC_ENV)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert environment.configure_malloc() is False

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from semievol_jax import environment
 from semievol_jax.pipeline import parallel
 
 
@@ -34,14 +35,14 @@ def test_in_process_run_keeps_the_listed_order(monkeypatch):
 
 
 def test_malloc_tunables_keep_the_callers_own(monkeypatch):
-    monkeypatch.delenv(parallel.MALLOC_ENV, raising=False)
+    monkeypatch.delenv(environment.MALLOC_ENV, raising=False)
     got = dict(kv.split("=") for kv in parallel.malloc_tunables(None).split(":"))
     assert got == parallel.GLIBC_TUNABLES
     mine = parallel.malloc_tunables("glibc.malloc.arena_max=4:glibc.foo=1")
     got = dict(kv.split("=") for kv in mine.split(":"))
     assert got["glibc.malloc.arena_max"] == "4" and got["glibc.foo"] == "1"
     assert got["glibc.malloc.mmap_max"] == "0"
-    monkeypatch.setenv(parallel.MALLOC_ENV, "off")
+    monkeypatch.setenv(environment.MALLOC_ENV, "off")
     assert parallel.malloc_tunables(None) is None
     assert parallel.malloc_tunables("glibc.foo=1") == "glibc.foo=1"
 

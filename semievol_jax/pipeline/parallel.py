@@ -40,7 +40,6 @@ from semievol_jax.pipeline.graph import run_pipeline
 # C libraries ignore the variable).
 GLIBC_TUNABLES = {"glibc.malloc.arena_max": "1", "glibc.malloc.mmap_max": "0",
                   "glibc.malloc.trim_threshold": str(256 << 20)}
-MALLOC_ENV = "SEMIEVOL_MALLOC"  # "off" leaves the C library's defaults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +78,7 @@ def default_workers() -> int:
 def malloc_tunables(current: str | None = None) -> str | None:
     """GLIBC_TUNABLES for the workers: `current` (the caller's) plus `GLIBC_TUNABLES` for
     the keys it does not set; `current` unchanged when SEMIEVOL_MALLOC=off."""
-    if os.environ.get(MALLOC_ENV, "") == "off":
+    if os.environ.get(environment.MALLOC_ENV, "") == "off":
         return current
     given = dict(kv.split("=", 1) for kv in (current or "").split(":") if "=" in kv)
     return ":".join(f"{k}={v}" for k, v in {**GLIBC_TUNABLES, **given}.items())
@@ -117,7 +116,6 @@ def _worker_init(cores: Any, cache: str | None) -> None:
     # The flags before the backend starts (below); a worker never joins a multi-host
     # job, so this is all of `sharding.initialize_runtime` it needs.
     environment.set_determinism_flags()
-    environment.configure_malloc()
     if cache:
         environment.enable_compilation_cache(cache)
     # Pay for transformers (tokenizers and configs load through it; imported here, not
