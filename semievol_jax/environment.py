@@ -181,7 +181,7 @@ def configure_malloc() -> bool:
     (up to 32 MB), so a long run keeps ever larger freed buffers in its heaps, where
     fragmentation holds them resident, and each stage's peak starts higher than the
     last. A threshold low enough to return everything (1 MB) makes the kernel fault
-    every buffer in again at each decode step: generation 1.4x slower
+    every buffer in again at each decode step: generation 1.5x slower
     (results/bench/allocator.json). Returns whether the C library took every setting.
     """
     if (os.environ.get(MALLOC_ENV, "") == "off"
