@@ -169,7 +169,8 @@ def set_malloc(settings: dict[str, int]) -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return all(mallopt(MALLOPT_PARAMS[name], value) == 1 for name, value in settings.items())
+    took = [mallopt(MALLOPT_PARAMS[name], value) == 1 for name, value in settings.items()]
+    return all(took)  # every one tried, even after a refusal
 
 
 def configure_malloc() -> bool:
