@@ -13,9 +13,9 @@ never a result bit. The settings (glibc's `mallopt`):
 - arena_1: glibc's thresholds, one heap for all threads (glibc gives each thread that
   allocates concurrently an arena of its own, up to 8 per core);
 - configure_malloc: what the `semievol` command sets (environment.MALLOC_SETTINGS).
-Per process: one warm-up call (compiles; `first_call_s`), then `--repeats` timed calls of generate()
-(`--prompts` prompts of 100-300 words, 4 samples, 64 new tokens), and the process's
-minor page faults and peak resident set. Writes results/bench/allocator.json.
+Per process: one warm-up call (compiles; `first_call_s`), then `--repeats` timed calls
+of generate() (`--prompts` prompts of 100-300 words, 4 samples, 64 new tokens), and the
+process's minor page faults and peak resident set. Writes results/bench/allocator.json.
 
 Usage:
   python scripts/bench_allocator.py
@@ -33,15 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from semievol_jax.environment import MALLOC_SETTINGS, set_determinism_flags, set_malloc
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MB = 1 << 20
-
-
-def settings() -> dict[str, dict[str, int]]:
-    from semievol_jax.environment import MALLOC_SETTINGS
-
-    return {"glibc_default": {},
+SETTINGS = {"glibc_default": {},
             "mmap_1mb": {"mmap_threshold": MB},
             "mmap_32mb": {"mmap_threshold": 32 * MB},
             "mmap_16mb_trim_32mb": {"mmap_threshold": 16 * MB, "trim_threshold": 32 * MB},
@@ -50,10 +47,8 @@ def settings() -> dict[str, dict[str, int]]:
 
 
 def child(setting: str, prompts: int, repeats: int) -> dict:
-    from semievol_jax.environment import set_determinism_flags, set_malloc
-
     set_determinism_flags()
-    took = set_malloc(settings()[setting])
+    took = set_malloc(SETTINGS[setting])
     import jax
     from bench_generate import load_hf, load_tokenizer, make_prompts, run_ours, smollm2_checkpoint
 
@@ -83,7 +78,7 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--settings", nargs="+", choices=list(settings()), default=list(settings()))
+    ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     ap.add_argument("--out", default="results/bench/allocator.json")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -109,7 +104,7 @@ def main() -> int:
            "load_average_after": load_average(),
            "generate": {"prompts": args.prompts, "samples": 4, "max_new_tokens": 64},
            "rows": rows, "best_seconds": best,
-           "settings": {s: settings()[s] for s in args.settings},
+           "settings": {s: SETTINGS[s] for s in args.settings},
            "vs_fastest": {s: round(t / min(best.values()), 2) for s, t in best.items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
