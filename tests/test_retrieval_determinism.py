@@ -21,11 +21,11 @@ import hashlib, json, sys
 from pathlib import Path
 import numpy as np
 from semievol_jax.retrieval import IndexConfig, build_index
-out, threads = Path(sys.argv[1]), int(sys.argv[2])
+out, threads, pca = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 centers = np.random.default_rng(99).standard_normal((64, 64)).astype(np.float32)
 rng = np.random.default_rng(0)
 x = centers[rng.integers(0, 64, 8000)] + 0.6 * rng.standard_normal((8000, 64)).astype(np.float32)
-index = build_index(x, IndexConfig(backend="scann", training_threads=threads))
+index = build_index(x, IndexConfig(backend="scann", training_threads=threads, pca_dims=pca))
 idx, score = index.search(x[:500], 8)
 index.save(out)
 files = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -35,17 +35,18 @@ print(json.dumps({"idx": hashlib.sha256(idx.tobytes()).hexdigest(),
 """
 
 
-def _run_child(out: Path, threads: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(out), str(threads)],
+def _run_child(out: Path, threads: int, pca_dims: int = 0) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(out), str(threads), str(pca_dims)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_two_processes_build_identical_indexes(tmp_path):
+@pytest.mark.parametrize("pca_dims", [0, 16])
+def test_two_processes_build_identical_indexes(tmp_path, pca_dims):
     pytest.importorskip("scann")
-    a = _run_child(tmp_path / "a", threads=1)
-    b = _run_child(tmp_path / "b", threads=2)  # multi-threaded training too
+    a = _run_child(tmp_path / "a", threads=1, pca_dims=pca_dims)
+    b = _run_child(tmp_path / "b", threads=2, pca_dims=pca_dims)  # multi-threaded training too
     assert a["idx"] == b["idx"] and a["score"] == b["score"]
     assert MANIFEST in a["files"] and any(f.startswith("scann/") for f in a["files"])
     # Byte-identical artifacts, except the manifest's record of the thread setting.
@@ -54,6 +55,7 @@ def test_two_processes_build_identical_indexes(tmp_path):
     man_a = json.loads((tmp_path / "a" / MANIFEST).read_text())
     man_b = json.loads((tmp_path / "b" / MANIFEST).read_text())
     assert man_a["digest"] == man_b["digest"] and man_a["params"]["seed"] == 0
+    assert man_a["params"].get("pca_dims", 0) == pca_dims
 
 
 def test_config_pins_seeds_and_kmeans_plus_plus():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from semievol_jax.retrieval import (
     load_index,
     recall_at_k,
 )
+from semievol_jax.retrieval.index import MANIFEST
 
 
 def clustered(n: int, d: int, *, clusters: int, seed: int, noise: float = 0.5) -> np.ndarray:
@@ -78,6 +81,45 @@ def test_save_load_round_trip_scann(big, tmp_path):
     assert loaded.digest == index.digest and loaded.describe() == index.describe()
     for a, b in zip(index.search(q, 7), loaded.search(q, 7), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_pca_projection_codes_fewer_dims_and_round_trips(tmp_path):
+    # Rows near a 32-dim subspace of R^256: ScaNN's PCA keeps the neighbours while the
+    # AH codes cover 32 dims, not 256 (2 dims per code: 16 codes a row, not 128).
+    pytest.importorskip("scann")
+    basis = np.random.default_rng(99).standard_normal((32, 256)).astype(np.float32)
+    centers = np.random.default_rng(98).standard_normal((200, 32)).astype(np.float32)
+
+    def rows(n, seed):
+        r = np.random.default_rng(seed)
+        z = centers[r.integers(0, 200, n)] + 0.5 * r.standard_normal((n, 32)).astype(np.float32)
+        return z @ basis + 0.05 * r.standard_normal((n, 256)).astype(np.float32)
+
+    x, q = rows(20_000, 0), rows(400, 1)
+    truth = build_index(x, IndexConfig(backend="exact")).search(q, 10)[0]
+    plain = build_index(x, IndexConfig(backend="scann"))
+    pca = build_index(x, IndexConfig(backend="scann", pca_dims=32))
+    assert pca.params.pca_dims == 32 and "PCA to 32 dims" in pca.describe()
+    assert plain.params.pca_dims == 0 and "PCA" not in plain.describe()
+    assert recall_at_k(pca.search(q, 10)[0], truth) >= 0.95
+    plain.save(tmp_path / "plain")
+    pca.save(tmp_path / "pca")
+    codes = {name: np.load(tmp_path / name / "scann" / "hashed_dataset.npy")
+             for name in ("plain", "pca")}
+    assert codes["plain"].shape[1] == 128 and codes["pca"].shape[1] == 16
+    loaded = load_index(tmp_path / "pca")
+    assert loaded.params == pca.params
+    for a, b in zip(pca.search(q, 10), loaded.search(q, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pca_dims_at_or_above_the_width_is_off():
+    from semievol_jax.retrieval import scann_backend
+
+    assert scann_backend.resolve_params(IndexConfig(pca_dims=256), 20_000, 256).pca_dims == 0
+    assert scann_backend.resolve_params(IndexConfig(pca_dims=64), 20_000, 256).pca_dims == 64
+    with pytest.raises(RetrievalError, match="pca_dims"):
+        IndexConfig(pca_dims=-1)
 
 
 def test_save_load_round_trip_exact(tmp_path):
@@ -199,3 +241,14 @@ def test_bad_config_is_rejected():
         IndexConfig(backend="faiss")
     with pytest.raises(RetrievalError, match="num_leaves"):
         IndexConfig(num_leaves=-1)
+
+
+def test_manifest_names_pca_only_when_on(tmp_path):
+    x = clustered(300, 16, clusters=4, seed=0)
+    build_index(x, IndexConfig(backend="exact")).save(tmp_path / "off")
+    build_index(x, IndexConfig(backend="exact", pca_dims=8)).save(tmp_path / "on")
+    off = json.loads((tmp_path / "off" / MANIFEST).read_text())
+    on = json.loads((tmp_path / "on" / MANIFEST).read_text())
+    assert "pca_dims" not in off["config"] and on["config"]["pca_dims"] == 8
+    assert load_index(tmp_path / "off").cfg == IndexConfig(backend="exact")
+    assert load_index(tmp_path / "on").cfg.pca_dims == 8

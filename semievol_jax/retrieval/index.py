@@ -37,6 +37,9 @@ class IndexConfig:
     reorder_per_k: int = 10  # ... and at least this many per neighbour asked (k); 0 = off
     soar_lambda: float = 1.5  # SOAR: each row also in a 2nd, orthogonal-residual leaf; 0 = off
     dims_per_block: int = 0  # AH dims per code; 0 -> 2 for D <= 1024, else 4
+    # ScaNN's PCA before the tree and AH: rows projected onto this many principal
+    # directions (candidates are still rescored on the full rows); 0 = off
+    pca_dims: int = 0
     anisotropic_threshold: float | None = None  # AH eta; None -> off (plain AH ranked better)
     training_sample_size: int = 0  # rows sampled to train; 0 -> max(20k, 100 per leaf)
     min_partition_size: int = 50  # smallest leaf ScaNN keeps
@@ -50,7 +53,7 @@ class IndexConfig:
             raise RetrievalError(
                 f"IndexConfig.backend={self.backend!r}; expected one of {BACKENDS}")
         for name in ("min_rows_for_partitioning", "num_leaves", "leaves_to_search", "reorder",
-                     "reorder_per_k", "dims_per_block", "training_threads",
+                     "reorder_per_k", "dims_per_block", "pca_dims", "training_threads",
                      "training_sample_size"):
             if getattr(self, name) < 0:
                 raise RetrievalError(f"IndexConfig.{name}={getattr(self, name)} must be >= 0")
@@ -85,7 +88,8 @@ class Index:
         p = self.params
         eta = "off" if p.anisotropic_threshold is None else p.anisotropic_threshold
         soar = "off" if p.soar_lambda is None else p.soar_lambda
-        return (f"{head}; tree {p.num_leaves} leaves, search {p.leaves_to_search}, SOAR "
+        pca = f"PCA to {p.pca_dims} dims; " if p.pca_dims else ""
+        return (f"{head}; {pca}tree {p.num_leaves} leaves, search {p.leaves_to_search}, SOAR "
                 f"{soar}; AH {p.dims_per_block} dims/block, eta {eta}; "
                 f"reorder max({p.reorder}, {p.reorder_per_k} k); seed {p.seed}")
 
@@ -149,8 +153,8 @@ class Index:
             "num_rows": self.num_rows,
             "dim": self.dim,
             "digest": self.digest,
-            "config": asdict(self.cfg),
-            "params": None if self.params is None else asdict(self.params),
+            "config": _without_off(asdict(self.cfg)),
+            "params": None if self.params is None else _without_off(asdict(self.params)),
         }
 
     def save(self, out_dir: str | Path) -> Path:
@@ -164,6 +168,15 @@ class Index:
             np.save(out / "rows.npy", self._db_ND, allow_pickle=False)
         (out / MANIFEST).write_text(json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")
         return out
+
+
+# Options written to the manifest only when on: an index that does not use them has the
+# format-1 manifest every reader expects, and so the same bytes and run digests.
+OPTIONAL_OFF = {"pca_dims": 0}
+
+
+def _without_off(fields: dict) -> dict:
+    return {k: v for k, v in fields.items() if OPTIONAL_OFF.get(k, object()) != v}
 
 
 def _drop_self(idx_QK: np.ndarray, score_QK: np.ndarray, k: int

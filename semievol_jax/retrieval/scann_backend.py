@@ -40,6 +40,9 @@ class ScannParams:
     # Candidates rescored = max(reorder, reorder_per_k * k): the AH ranking error grows
     # with the rank asked for. Default 0 reads manifests written before it.
     reorder_per_k: int = 0
+    # PCA projection to this many dims before the tree and AH; 0 = off (and in manifests
+    # written before it).
+    pca_dims: int = 0
 
 
 def resolve_params(cfg, n: int, d: int) -> ScannParams:
@@ -76,7 +79,8 @@ def resolve_params(cfg, n: int, d: int) -> ScannParams:
     leaves_to_search = cfg.leaves_to_search or max(8, math.ceil(0.08 * num_leaves))
     leaves_to_search = min(leaves_to_search, num_leaves)
     dims_per_block = cfg.dims_per_block or (2 if d <= 1024 else 4)
-    dims_per_block = min(dims_per_block, d)
+    pca_dims = cfg.pca_dims if 0 < cfg.pca_dims < d else 0
+    dims_per_block = min(dims_per_block, pca_dims or d)
     eta = None if cfg.anisotropic_threshold is None else float(cfg.anisotropic_threshold)
     sample = cfg.training_sample_size or max(20_000, 100 * num_leaves)
     return ScannParams(
@@ -91,6 +95,7 @@ def resolve_params(cfg, n: int, d: int) -> ScannParams:
         training_threads=int(cfg.training_threads),
         soar_lambda=float(cfg.soar_lambda) if cfg.soar_lambda > 0 else None,
         reorder_per_k=int(cfg.reorder_per_k),
+        pca_dims=int(pca_dims),
     )
 
 
@@ -105,6 +110,8 @@ def config_text(db_ND: np.ndarray, p: ScannParams, num_neighbors: int) -> str:
     """The ScaNN text-proto config for unit rows under dot product, seeds pinned."""
     sp = _import_scann()
     b = sp.builder(db_ND, num_neighbors, "dot_product")
+    if p.pca_dims:
+        b = b.pca(reduction_dim=p.pca_dims, pca_significance_threshold=None)
     b = b.tree(
         num_leaves=p.num_leaves,
         num_leaves_to_search=p.leaves_to_search,
