@@ -252,3 +252,24 @@ def test_manifest_names_pca_only_when_on(tmp_path):
     assert "pca_dims" not in off["config"] and on["config"]["pca_dims"] == 8
     assert load_index(tmp_path / "off").cfg == IndexConfig(backend="exact")
     assert load_index(tmp_path / "on").cfg.pca_dims == 8
+
+
+def test_rescore_is_per_row_and_independent_of_the_batch():
+    # The candidates' exact scores must be the same bits whichever queries share a call.
+    from semievol_jax.retrieval import scann_backend
+
+    rng = np.random.default_rng(3)
+    db = rng.standard_normal((500, 96)).astype(np.float32)
+    q = rng.standard_normal((40, 96)).astype(np.float32)
+    idx = rng.integers(0, 500, (40, 6))
+    pad = np.zeros((40, 6), bool)
+    pad[7, 5] = True  # a ScaNN pad slot sorts last
+    i_all, s_all = scann_backend._rescore(db, q, idx, pad, 4)
+    i_one, s_one = scann_backend._rescore(db, q, idx, pad, 4, chunk=1)
+    np.testing.assert_array_equal(i_all, i_one)
+    assert s_all.tobytes() == s_one.tobytes()
+    ref = np.einsum("cd,cd->c", db[idx.ravel()], np.repeat(q, 6, axis=0)).reshape(40, 6)
+    for r in range(40):
+        expect = sorted((-ref[r, j], idx[r, j]) for j in range(6) if not pad[r, j])[:4]
+        assert i_all[r].tolist() == [int(i) for _, i in expect]
+        assert s_all[r].tobytes() == np.array([-s for s, _ in expect], np.float32).tobytes()

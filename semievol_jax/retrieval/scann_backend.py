@@ -199,18 +199,18 @@ def _rescore(db_ND: np.ndarray, q_QD: np.ndarray, idx_QC: np.ndarray, pad_QC: np
              k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores of C candidate rows per query; the best k by (score desc, row asc).
 
-    Each score is one row-by-row float32 dot product (einsum 'cd,cd->c'), so it does not
-    depend on which other rows or queries share the call. Padding slots (NaN from
-    ScaNN; only the spare one can remain) sort last.
+    Each score is one row-by-row float32 dot product (einsum over d alone, no BLAS), so
+    it does not depend on which other rows or queries share the call. The query is
+    broadcast over its candidates, not copied once per candidate. Padding slots (NaN
+    from ScaNN; only the spare one can remain) sort last.
     """
-    q_total, c = idx_QC.shape
+    q_total, _ = idx_QC.shape
     out_idx = np.empty((q_total, k), np.int64)
     out_score = np.empty((q_total, k), np.float32)
     for s in range(0, q_total, chunk):
         ids = idx_QC[s : s + chunk]
-        rows_CD = np.asarray(db_ND[ids.ravel()], np.float32)
-        q_CD = np.repeat(q_QD[s : s + chunk], c, axis=0)
-        sc = np.einsum("cd,cd->c", rows_CD, q_CD).reshape(ids.shape)
+        rows_QCD = np.asarray(db_ND[ids], np.float32)
+        sc = np.einsum("qcd,qd->qc", rows_QCD, q_QD[s : s + chunk])
         sc[pad_QC[s : s + chunk]] = -np.inf
         # lexsort: last key is primary -> score descending, then row ascending.
         order = np.lexsort((ids, -sc), axis=1)[:, :k]
