@@ -124,8 +124,9 @@ def scann_cases(db, q, k, builds, leaves_list, reorder_list) -> list[Case]:
                 p = dataclasses.replace(p0, leaves_to_search=min(leaves, p0.num_leaves),
                                         reorder=reorder, reorder_per_k=0)
                 soar = "off" if p.soar_lambda is None else p.soar_lambda
-                setting = (f"leaves {p.num_leaves}, search {p.leaves_to_search}, SOAR {soar}, "
-                           f"AH {p.dims_per_block} dims/block, reorder {reorder}")
+                pca = f"PCA to {p.pca_dims} dims, " if p.pca_dims else ""
+                setting = (f"{pca}leaves {p.num_leaves}, search {p.leaves_to_search}, "
+                           f"SOAR {soar}, AH {p.dims_per_block} dims/block, reorder {reorder}")
                 cases.append(Case("scann", setting, build_s, lambda ix=ix, p=p: (
                     scann_backend.search(ix._searcher, q, k, p, p.num_leaves,
                                          batch_size=ix.cfg.search_batch_size,

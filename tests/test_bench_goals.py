@@ -33,3 +33,12 @@ def test_goals_per_index_use_only_settings_reaching_the_recall_target():
     # 0.97 / 120 q/s ScaNN default; nprobe 28 (150 q/s) is not.
     assert g["ahead_of_faiss_at_equal_recall"]["value"] == [
         "IVF316,PQ1024x4fs,RFlat, nprobe 28, k_factor 3"]
+
+
+def test_builds_parse_index_fields_and_reject_others():
+    import pytest
+
+    assert bench_retrieval.parse_builds("pca_dims=128,dims_per_block=1;num_leaves=1000") == [
+        {"pca_dims": 128, "dims_per_block": 1}, {"num_leaves": 1000}]
+    with pytest.raises(SystemExit, match="pca"):
+        bench_retrieval.parse_builds("pca=128")
