@@ -42,3 +42,10 @@ def test_builds_parse_index_fields_and_reject_others():
         {"pca_dims": 128, "dims_per_block": 1}, {"num_leaves": 1000}]
     with pytest.raises(SystemExit, match="pca"):
         bench_retrieval.parse_builds("pca=128")
+
+
+def test_raw_scann_rows_do_not_count_for_the_goals():
+    fast_raw = dict(method="scann-raw", setting="fast", recall=0.99, qps=10_000.0)
+    g = bench_retrieval.goals([*rows(), fast_raw], exact_qps=10.0)
+    assert not g["ahead_of_faiss"]["met"]
+    assert g["ahead_of_faiss_by_index"]["value"]["IVF316,PQ1024x4fs,RFlat"] == 0.8
