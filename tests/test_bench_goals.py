@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_retrieval  # noqa: E402
 
@@ -36,8 +38,6 @@ def test_goals_per_index_use_only_settings_reaching_the_recall_target():
 
 
 def test_builds_parse_index_fields_and_reject_others():
-    import pytest
-
     assert bench_retrieval.parse_builds("pca_dims=128,dims_per_block=1;num_leaves=1000") == [
         {"pca_dims": 128, "dims_per_block": 1}, {"num_leaves": 1000}]
     with pytest.raises(SystemExit, match="pca"):
