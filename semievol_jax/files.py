@@ -18,11 +18,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+# A dataclass field's metadata key: the value at which records and digests leave the
+# field out, so that adding a setting keeps the digests of everything made without it.
+DIGEST_OMITS = "digest_omits"
+_KEEP = object()
+
 
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses / tuples / paths -> plain JSON values (for records and digests)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(v) for f in dataclasses.fields(obj)
+                if (v := getattr(obj, f.name)) != f.metadata.get(DIGEST_OMITS, _KEEP)}
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -56,6 +56,9 @@ def test_sub_config_checks_name_their_node():
         load_config(RunConfig, "demo", ["sft.lora.rank=0"])
     with pytest.raises(ConfigError, match=r"^propose\.sample: SampleConfig\.top_p"):
         load_config(RunConfig, "demo", ["propose.sample.top_p=0"])
+    with pytest.raises(ConfigError, match=r"^eval\.sample: SampleConfig\.key_layout must be "
+                                          r"one of \('SH', 'HS'\), got 'hs'$"):
+        load_config(RunConfig, "demo", ["eval.sample.key_layout=hs"])
 
 
 @pytest.fixture()

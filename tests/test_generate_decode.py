@@ -10,6 +10,7 @@ from semievol_jax.generate import decode as decode_lib
 from semievol_jax.generate import stopping
 from semievol_jax.generate.sampling import SampleConfig
 from semievol_jax.model.config import LlamaConfig
+from semievol_jax.model.kv_cache import KEY_LAYOUTS, init_cache
 from semievol_jax.model.llama import Llama
 
 V = 128
@@ -64,12 +65,14 @@ def teacher_forced(model, prompts, gens):
     return out
 
 
+@pytest.mark.parametrize("key_layout", KEY_LAYOUTS)
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_cached_decode_matches_full_forward(model, temperature):
+def test_cached_decode_matches_full_forward(model, temperature, key_layout):
     tokens, valid = _batch()
     keys = decode_lib.sample_keys(jax.random.key(0), jnp.arange(3), 2)
     out = _run(model, tokens, valid, keys, SampleConfig(temperature=temperature,
-                                                        max_new_tokens=8))
+                                                        max_new_tokens=8,
+                                                        key_layout=key_layout))
     assert (np.asarray(out.length_BM) == 8).all()
     assert (np.asarray(out.finish_BM) == stopping.FINISH_LENGTH).all()
     rows = [(b, m) for b in range(3) for m in range(2)]
@@ -83,6 +86,27 @@ def test_cached_decode_matches_full_forward(model, temperature):
             np.testing.assert_array_equal(out.sample_logprobs_BMN[b, m], 0.0)
         else:
             np.testing.assert_allclose(out.sample_logprobs_BMN[b, m], ref, atol=1e-4)
+
+
+def test_key_layouts_store_keys_transposed_and_sample_the_same_tokens(model):
+    cache = init_cache(model.cfg, batch=3, max_len=20, key_layout="HS")
+    assert cache.k_LBKSH.shape == (2, 3, 2, 16, 20)  # [L, B, K, H, S]
+    assert cache.v_LBKSH.shape == (2, 3, 2, 20, 16)
+    with pytest.raises(ValueError, match="key_layout"):
+        init_cache(model.cfg, batch=3, max_len=20, key_layout="SSH")
+    with pytest.raises(ValueError, match="key_layout"):
+        SampleConfig(key_layout="hs")
+    tokens, valid = _batch()
+    keys = decode_lib.sample_keys(jax.random.key(7), jnp.arange(3), 4)
+    out = {layout: _run(model, tokens, valid, keys,
+                        SampleConfig(temperature=1.0, max_new_tokens=12, key_layout=layout))
+           for layout in KEY_LAYOUTS}
+    # The scores differ at most in summation order: the same samples, log-probs within
+    # float32 rounding.
+    np.testing.assert_array_equal(out["HS"].tokens_BMN, out["SH"].tokens_BMN)
+    np.testing.assert_allclose(out["HS"].logprobs_BMN, out["SH"].logprobs_BMN, atol=1e-5)
+    np.testing.assert_allclose(out["HS"].sample_logprobs_BMN, out["SH"].sample_logprobs_BMN,
+                               atol=1e-5)
 
 
 def test_same_key_same_output_different_keys_differ(model):
@@ -142,8 +166,9 @@ def test_eos_and_stop_tokens_end_rows(model):
         assert int(out.finish_BM[b, 0]) == want
 
 
+@pytest.mark.parametrize("key_layout", KEY_LAYOUTS)
 def test_compaction_moves_live_slots_to_a_smaller_batch_without_changing_any_sample(
-        model, monkeypatch):
+        model, monkeypatch, key_layout):
     """Rows that end early (an eighth of the vocabulary is EOS) leave a few live slots,
     which go on in a batch a quarter the size; every sample equals the uncompacted one."""
     rng = np.random.RandomState(1)
@@ -151,7 +176,7 @@ def test_compaction_moves_live_slots_to_a_smaller_batch_without_changing_any_sam
     valid = jnp.ones((8, 6), bool)
     keys = decode_lib.sample_keys(jax.random.key(7), jnp.arange(8), 2)
     tables = _tables(eos=list(range(2, V, 8)))
-    cfg = SampleConfig(temperature=1.0, max_new_tokens=24)
+    cfg = SampleConfig(temperature=1.0, max_new_tokens=24, key_layout=key_layout)
     before = dict(decode_lib.LOOP_TRACES)
     small = _run(model, tokens, valid, keys, cfg, tables)
     slots = {k[0] for k in decode_lib.LOOP_TRACES if decode_lib.LOOP_TRACES[k] > before.get(k, 0)}

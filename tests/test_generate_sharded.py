@@ -1,5 +1,5 @@
 """generate() and embed() on an 8-device CPU mesh (data 2 x fsdp 2 x tensor 2) give the
-same samples and embeddings as the unsharded model."""
+same samples and embeddings as the unsharded model, with either key layout."""
 
 import json
 import subprocess
@@ -27,6 +27,9 @@ SCRIPT = textwrap.dedent("""
     run = lambda m, mesh: generate(m, tok, prompts, cfg, key=jax.random.key(3),
                                    num_samples=2, mesh=mesh, progress=False)
     a, b = run(sharded, mesh), run(plain, None)
+    cfg = SampleConfig(temperature=1.0, max_new_tokens=8, stop=(), batch_size=4,
+                       key_layout="HS")
+    c = run(sharded, mesh)  # keys stored [H, S] per head, on the mesh
     ea, eb = embed(sharded, tok, prompts, mesh=mesh), embed(plain, tok, prompts)
     print(json.dumps({
         "same_tokens": all(np.array_equal(x.token_ids, y.token_ids)
@@ -34,6 +37,10 @@ SCRIPT = textwrap.dedent("""
         "logprob_diff": max(float(np.abs(x.logprobs - y.logprobs).max())
                             for p, q in zip(a, b) for x, y in zip(p, q)),
         "embed_diff": float(np.abs(ea - eb).max()),
+        "hs_same_tokens": all(np.array_equal(x.token_ids, y.token_ids)
+                              for p, q in zip(c, b) for x, y in zip(p, q)),
+        "hs_logprob_diff": max(float(np.abs(x.logprobs - y.logprobs).max())
+                               for p, q in zip(c, b) for x, y in zip(p, q)),
     }))
 """)
 
@@ -47,3 +54,5 @@ def test_sharded_generate_and_embed_match_unsharded(tiny_ckpt_dir):
     assert r["same_tokens"]
     assert r["logprob_diff"] <= 1e-4
     assert r["embed_diff"] <= 1e-4
+    assert r["hs_same_tokens"]
+    assert r["hs_logprob_diff"] <= 1e-4

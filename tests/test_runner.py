@@ -115,3 +115,21 @@ def test_adopt_shares_a_finished_stage(tmp_path):
     assert (tmp_path / "variant" / "00_b" / "b.txt").read_text() == "3"
     manifest = json.loads((tmp_path / "variant" / "manifest.json").read_text())
     assert manifest["a"]["dir"] == "../main/00_a"
+
+
+def test_a_setting_at_its_omitted_value_keeps_records_and_keys():
+    """SampleConfig.key_layout at "SH" is left out of records and stage keys, so runs
+    made before the setting existed keep their keys; "HS" is named and keys apart."""
+    import dataclasses
+
+    from semievol_jax.files import to_jsonable
+    from semievol_jax.generate.sampling import SampleConfig
+    from semievol_jax.pipeline.runner import digest_json
+
+    default, hs = SampleConfig(), SampleConfig(key_layout="HS")
+    before = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
+              if f.name != "key_layout"}
+    assert to_jsonable(default) == to_jsonable(before)
+    assert digest_json(default) == digest_json(before)
+    assert to_jsonable(hs)["key_layout"] == "HS"
+    assert digest_json(hs) != digest_json(default)

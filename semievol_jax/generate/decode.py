@@ -33,7 +33,7 @@ from flax import nnx
 
 from semievol_jax.generate import stopping
 from semievol_jax.generate.sampling import SampleConfig, sample
-from semievol_jax.model.kv_cache import CACHE_KV_AXES, CACHE_VALID_AXES, init_cache
+from semievol_jax.model.kv_cache import CACHE_KV_AXES, CACHE_VALID_AXES, init_cache, key_axes
 
 # Traces of the prefill program by (B, T, M, max_new_tokens) and of the decode loop by
 # (slots, cache length, max_new_tokens): a trace is a compilation, so tests and the
@@ -145,7 +145,7 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, tokens_BT: jax.Array,
     # Only the fields that change the program are static; stop strings, batch size
     # and truncation policy are host-side and must not trigger recompiles.
     rule = SampleConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                        max_new_tokens=cfg.max_new_tokens, stop=())
+                        max_new_tokens=cfg.max_new_tokens, stop=(), key_layout=cfg.key_layout)
     from semievol_jax.sharding import batch_ways, replicate_rows
 
     ways = batch_ways(mesh)
@@ -185,7 +185,7 @@ def _prefill_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, *, rule, mesh):
     # Prefill all but the last prompt token: the loop's first step feeds that one and
     # gets the first next-token logits, so the prefill's [B, T, V] logits are dead
     # code that XLA drops (at 128k vocab they would be the largest tensor here).
-    cache = init_cache(model.cfg, B, T + N, _cache_dtype(model))
+    cache = init_cache(model.cfg, B, T + N, _cache_dtype(model), rule.key_layout)
     if T > 1:
         cache = model(tokens_BT[:, :-1], positions_BT[:, :-1], valid_BT=valid_BT[:, :-1],
                       cache=cache, prefill=True).cache
@@ -318,5 +318,6 @@ def _constrain(cache, mesh):
         return jax.lax.with_sharding_constraint(x, logical_to_sharding(names, mesh, x.shape))
 
     return dataclasses.replace(
-        cache, k_LBKSH=one(cache.k_LBKSH, CACHE_KV_AXES), v_LBKSH=one(cache.v_LBKSH, CACHE_KV_AXES),
+        cache, k_LBKSH=one(cache.k_LBKSH, key_axes(cache)),
+        v_LBKSH=one(cache.v_LBKSH, CACHE_KV_AXES),
         valid_BS=one(cache.valid_BS, CACHE_VALID_AXES))

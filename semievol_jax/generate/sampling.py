@@ -12,9 +12,13 @@ Axis letters follow docs/interfaces.md: ``B`` rows, ``V`` vocab, ``N`` generated
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import field
 
 import jax
 import jax.numpy as jnp
+
+from semievol_jax.files import DIGEST_OMITS
+from semievol_jax.model.kv_cache import KEY_LAYOUTS
 
 # Large negative instead of -inf: keeps log_softmax finite for filtered-out tokens
 # while their probability is still exactly 0 in float32.
@@ -36,6 +40,9 @@ class SampleConfig:
     # batch_size it shapes the batches, and with them the matmuls' rounding on CPU.
     cache_tokens: int = 0
     truncate: str = "error"  # prompt longer than the context: "error" or "left" (drop oldest)
+    # The KV cache's key layout (model.kv_cache.KEY_LAYOUTS): "HS" decodes faster on
+    # XLA:CPU; "SH" gives the committed results' bits. Named in records only when "HS".
+    key_layout: str = field(default="SH", metadata={DIGEST_OMITS: "SH"})
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -52,6 +59,9 @@ class SampleConfig:
             raise ValueError(f"SampleConfig.cache_tokens must be >= 0, got {self.cache_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"SampleConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.key_layout not in KEY_LAYOUTS:
+            raise ValueError(f"SampleConfig.key_layout must be one of {KEY_LAYOUTS}, "
+                             f"got {self.key_layout!r}")
         if self.truncate not in ("error", "left"):
             raise ValueError(
                 f"SampleConfig.truncate must be 'error' or 'left', got {self.truncate!r}"

@@ -11,7 +11,15 @@ from semievol_jax.model.config import LlamaConfig
 
 # Logical axis names of the cache arrays, for callers that shard the decode state.
 CACHE_KV_AXES = (None, "batch", "kv_heads", "seq", "head_dim")  # k_LBKSH, v_LBKSH
+CACHE_KEYS_HS_AXES = (None, "batch", "kv_heads", "head_dim", "seq")  # keys, layout "HS"
 CACHE_VALID_AXES = ("batch", "seq")  # valid_BS
+
+# How the keys are laid out per (row, kv head). "SH": [S, H], the values' layout, with
+# which committed results were made. "HS": [H, S], so a decode step's scores are a plain
+# [G, H] x [H, S] matmul: XLA:CPU runs the [S, H] form as a transposed-operand matmul,
+# 3-5x slower at decode shapes (results/bench/generate.json). The two give the same
+# scores up to summation order: on XLA:CPU the same bits at short caches, not at long ones.
+KEY_LAYOUTS = ("SH", "HS")
 
 
 @jax.tree_util.register_dataclass
@@ -25,12 +33,13 @@ class KVCache:
     prompt plus every token to be generated.
     """
 
-    # [L, B, K, S, H]: each (row, kv head)'s S x H block is contiguous, the layout the
-    # attention dots read, so decoding never transposes the cache.
+    # [L, B, K, S, H] (keys [L, B, K, H, S] with key_layout "HS"): each (row, kv
+    # head)'s block is contiguous, so decoding never transposes the cache.
     k_LBKSH: jax.Array  # keys, post-RoPE
     v_LBKSH: jax.Array  # values
     valid_BS: jax.Array  # bool: slot holds a real (non-pad) token
     end: jax.Array  # int32 scalar: number of slots written
+    key_layout: str = dataclasses.field(default="SH", metadata={"static": True})
 
     @property
     def max_len(self) -> int:
@@ -38,17 +47,31 @@ class KVCache:
 
 
 def init_cache(
-    cfg: LlamaConfig, batch: int, max_len: int, dtype: jnp.dtype = jnp.float32
+    cfg: LlamaConfig, batch: int, max_len: int, dtype: jnp.dtype = jnp.float32,
+    key_layout: str = "SH",
 ) -> KVCache:
     """An empty cache of `max_len` slots for `batch` sequences.
 
     Returns:
-        KVCache with zero k/v [L, B, K, S, H] in `dtype`, valid_BS all False, end 0.
+        KVCache with zero k/v [L, B, K, S, H] (keys [L, B, K, H, S] with `key_layout`
+        "HS") in `dtype`, valid_BS all False, end 0.
+
+    Raises:
+        ValueError: `key_layout` not in KEY_LAYOUTS.
     """
+    if key_layout not in KEY_LAYOUTS:
+        raise ValueError(f"key_layout must be one of {KEY_LAYOUTS}, got {key_layout!r}")
     shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    k_shape = shape if key_layout == "SH" else (*shape[:3], cfg.head_dim, max_len)
     return KVCache(
-        k_LBKSH=jnp.zeros(shape, dtype),
+        k_LBKSH=jnp.zeros(k_shape, dtype),
         v_LBKSH=jnp.zeros(shape, dtype),
         valid_BS=jnp.zeros((batch, max_len), jnp.bool_),
         end=jnp.zeros((), jnp.int32),
+        key_layout=key_layout,
     )
+
+
+def key_axes(cache: KVCache) -> tuple:
+    """Logical axis names of the cache's keys."""
+    return CACHE_KV_AXES if cache.key_layout == "SH" else CACHE_KEYS_HS_AXES

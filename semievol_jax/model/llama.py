@@ -77,11 +77,13 @@ def _lora_for(lora: LoraConfig | None, target: str) -> LoraConfig | None:
 PREFILL_QUERY_BLOCK = 256
 
 
-def _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype):
-    """softmax(q k^T / sqrt(H), masked) v over the S keys, in float32 scores."""
+def _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype, key_layout="SH"):
+    """softmax(q k^T / sqrt(H), masked) v over the S keys, in float32 scores; the keys
+    are [B, K, H, S] with `key_layout` "HS"."""
     H = q_BKGTH.shape[-1]
+    spec = "BKGTH,BKSH->BKGTS" if key_layout == "SH" else "BKGTH,BKHS->BKGTS"
     scores_BKGTS = jnp.einsum(
-        "BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH, preferred_element_type=jnp.float32
+        spec, q_BKGTH, k_BKSH, preferred_element_type=jnp.float32
     ) * (H**-0.5)
     # finfo.min, not -inf: a query with no valid key (a pad slot) gets a uniform,
     # finite distribution instead of NaNs that would leak into gradients.
@@ -135,9 +137,10 @@ class Attention(nnx.Module):
             x_BTD: normed block input.
             cos_sin: RoPE tables [B, T, H] for the new tokens' positions.
             mask_BTS: bool, query t may attend key slot s.
-            kv: None, or (k_LBKSH, v_LBKSH, end, layer, fresh): the cache buffers, where
-                to write the new keys and values, this block's layer index, and whether
-                the cache was empty (attend to the T new keys only, mask_BTS [B, T, T]).
+            kv: None, or (k_LBKSH, v_LBKSH, end, layer, fresh, key_layout): the cache
+                buffers, where to write the new keys and values, this block's layer
+                index, whether the cache was empty (attend to the T new keys only,
+                mask_BTS [B, T, T]), and the keys' layout (KVCache.key_layout).
 
         Returns:
             (out_BTD, (k_LBKSH, v_LBKSH) with this layer's slots [end, end+T) written, or
@@ -146,23 +149,29 @@ class Attention(nnx.Module):
         q_BTNH = apply_rope(self.q(x_BTD), *cos_sin)
         k_BKTH = apply_rope(self.k(x_BTD), *cos_sin).transpose(0, 2, 1, 3)
         v_BKTH = self.v(x_BTD).transpose(0, 2, 1, 3)
-        new_kv, fresh = None, False
+        new_kv, fresh, key_layout = None, False, "SH"
         if kv is None:
             k_BKSH, v_BKSH = k_BKTH, v_BKTH
         else:
-            k_LBKSH, v_LBKSH, end, layer, fresh = kv
+            k_LBKSH, v_LBKSH, end, layer, fresh, key_layout = kv
             zero = jnp.zeros((), jnp.int32)
             start = (jnp.int32(layer), zero, zero, end, zero)
-            k_LBKSH = jax.lax.dynamic_update_slice(
-                k_LBKSH, k_BKTH[None].astype(k_LBKSH.dtype), start)
+            if key_layout == "SH":
+                k_LBKSH = jax.lax.dynamic_update_slice(
+                    k_LBKSH, k_BKTH[None].astype(k_LBKSH.dtype), start)
+            else:
+                k_LBKSH = jax.lax.dynamic_update_slice(
+                    k_LBKSH, k_BKTH.transpose(0, 1, 3, 2)[None].astype(k_LBKSH.dtype),
+                    (jnp.int32(layer), zero, zero, zero, end))
             v_LBKSH = jax.lax.dynamic_update_slice(
                 v_LBKSH, v_BKTH[None].astype(v_LBKSH.dtype), start)
             new_kv = (k_LBKSH, v_LBKSH)
             if fresh:  # an empty cache: the new tokens are all there is to attend to
                 k_BKSH = k_BKTH.astype(k_LBKSH.dtype).astype(self.dtype)
                 v_BKSH = v_BKTH.astype(v_LBKSH.dtype).astype(self.dtype)
+                key_layout = "SH"
             else:
-                k_BKSH = k_LBKSH[layer].astype(self.dtype)
+                k_BKSH = k_LBKSH[layer].astype(self.dtype)  # [B, K, H, S] with "HS"
                 v_BKSH = v_LBKSH[layer].astype(self.dtype)
         B, T, N, H = q_BTNH.shape
         K = self.num_kv_heads
@@ -170,7 +179,7 @@ class Attention(nnx.Module):
         if fresh and T > PREFILL_QUERY_BLOCK:
             out_BKGTH = _attend_in_blocks(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype)
         else:
-            out_BKGTH = _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype)
+            out_BKGTH = _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype, key_layout)
         out_BTKGH = out_BKGTH.transpose(0, 3, 1, 2, 4)
         return self.o(out_BTKGH.reshape(B, T, N, H)), new_kv
 
@@ -332,7 +341,8 @@ class Llama(nnx.Module):
                                 preferred_element_type=jnp.float32)
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(kv_bufs[0], kv_bufs[1], valid_BS, cache.end + T)
+            new_cache = KVCache(kv_bufs[0], kv_bufs[1], valid_BS, cache.end + T,
+                                cache.key_layout)
         return ModelOutput(logits_BTV, new_cache, hidden_BTD)
 
     def _blocks(self, x_BTD, cos_sin, mask_BTS, cache, hidden_layer, *, remat, unroll,
@@ -349,13 +359,14 @@ class Llama(nnx.Module):
             raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}")
         keep = hidden_layer is not None and hidden_layer >= 0
         end = None if cache is None else cache.end
+        key_layout = None if cache is None else cache.key_layout
         graphdef, rng_state, state = nnx.split(self.layers, nnx.RngState, ...)
 
         def body(carry, xs):
             x_BTD, kv_bufs, hidden_BTD = carry
             rng_l, state_l, i = xs
             block = nnx.merge(graphdef, rng_l, state_l)
-            kv = None if kv_bufs is None else (*kv_bufs, end, i, prefill)
+            kv = None if kv_bufs is None else (*kv_bufs, end, i, prefill, key_layout)
             x_BTD, kv_bufs = block(x_BTD, cos_sin, mask_BTS, kv)
             if keep:
                 hidden_BTD = jnp.where(i == hidden_layer, x_BTD, hidden_BTD)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from semievol_jax.generate.embed import POOLINGS
+from semievol_jax.model.kv_cache import KEY_LAYOUTS
 from semievol_jax.pipeline.config import ABLATIONS, COLLABORATOR_WEIGHTS, FINAL_DATA, RunConfig
 from semievol_jax.pipeline.selection import RULES as SELECTION_RULES
 from semievol_jax.pipeline.tasks import EXTRACTION_RULES
@@ -116,6 +117,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("*.train.mode", one_of(*TRAIN_MODES)),
     ("*.train.schedule", one_of(*SCHEDULES)),
     ("*.truncate", one_of(*TRUNCATE_MODES)),
+    ("*.key_layout", one_of(*KEY_LAYOUTS)),
     ("index.pooling", one_of(*POOLINGS)),
     ("select.rule", one_of(*SELECTION_RULES)),
     ("*.train.remat", lambda v: None if isinstance(v, bool)  # older configs: none/dots

@@ -7,12 +7,12 @@ returned for the method ("semievol") and each variant of that seed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from semievol_jax import environment
+from semievol_jax.files import to_jsonable
 from semievol_jax.pipeline import report, selection
 from semievol_jax.pipeline.config import RunConfig
 from semievol_jax.pipeline.graph import headline_metrics, records_by_round, round_dir
@@ -147,7 +147,7 @@ def write_run_report(out: Path, main_run: Path, cfg: RunConfig, per_seed: PerSee
         pseudo_labels=pseudo,
         entropies=entropies,
         accuracy_per_round=accuracy_per_round(per_seed) if cfg.rounds > 1 else {},
-        config=json.loads(json.dumps(dataclasses.asdict(cfg))),
+        config=to_jsonable(cfg),
         versions=info["packages"],
         device={"backend": info["jax_backend"], "devices": info["devices"],
                 "cpu": environment.cpu_kind(info["cpu"]),
