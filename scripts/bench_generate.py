@@ -10,7 +10,9 @@ Prints one table and writes results/bench/generate.json. Three parts:
    ``compute_transition_scores`` for its per-token log-probs. Both stop rows at EOS;
    tokens/s counts generated tokens (up to and including EOS) over wall time, median
    of ``--repeats`` runs, runs of the two engines interleaved so shared-machine load
-   hits both alike. Our first (compiling) call is reported separately.
+   hits both alike. Our first (compiling) call is reported separately. Ours runs once
+   per KV-cache key layout of ``--key-layouts`` (``SampleConfig.key_layout``; the first
+   is the headline ``ours``), each layout's runs interleaved with the others'.
 2. Compilations: one pass of ``generate`` over ``--many`` prompts of 5 to ~1,000 tokens
    (batch 32, 4 new tokens): the number of decode programs traced (target <= 13: lengths
    1.5x apart).
@@ -103,7 +105,7 @@ def hf_runs(args, ckpt: Path) -> dict:
     eos = [eos] if isinstance(eos, int) else list(eos)
     hf = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     prompts = make_prompts(tokenizer, args.prompts, 8, 60, seed=0)
-    cfg = _throughput_cfg(args)
+    cfg = _throughput_cfg(args, "SH")
     run_hf(hf, tokenizer, prompts, cfg, args.samples, eos, seed=100)  # warm-up
     runs = [run_hf(hf, tokenizer, prompts, cfg, args.samples, eos, seed=r)
             for r in range(args.repeats)]
@@ -134,23 +136,38 @@ def throughput(args, ckpt: Path) -> dict:
     model, mcfg = load_hf(ckpt)
     tokenizer = load_tokenizer(ckpt)
     prompts = make_prompts(tokenizer, args.prompts, 8, 60, seed=0)
-    cfg = _throughput_cfg(args)
-    t = time.perf_counter()
-    run_ours(model, tokenizer, prompts, cfg, args.samples, seed=100)
-    first_call_s = time.perf_counter() - t
+    layouts = args.key_layouts.split(",")
+    cfgs = {k: _throughput_cfg(args, k) for k in layouts}
+    first_call_s = {}
+    for k, cfg in cfgs.items():
+        t = time.perf_counter()
+        run_ours(model, tokenizer, prompts, cfg, args.samples, seed=100)
+        first_call_s[k] = time.perf_counter() - t
+    runs: dict[str, list] = {k: [] for k in layouts}
+
+    def ours_round():
+        for r in range(args.repeats):
+            for k, cfg in cfgs.items():
+                runs[k].append(run_ours(model, tokenizer, prompts, cfg, args.samples, seed=r))
+
     # Ours before and after HF, so a change in the shared machine's load over the
     # run shows up on both sides.
-    ours = [run_ours(model, tokenizer, prompts, cfg, args.samples, seed=r)
-            for r in range(args.repeats)]
+    ours_round()
     proc = subprocess.run([sys.executable, __file__, "--hf-only", str(ckpt),
                            "--prompts", str(args.prompts), "--samples", str(args.samples),
                            "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)],
                           capture_output=True, text=True, check=True)
     hf = json.loads(proc.stdout.strip().splitlines()[-1])
-    ours += [run_ours(model, tokenizer, prompts, cfg, args.samples, seed=r)
-             for r in range(args.repeats)]
-    ours_tps = statistics.median(n / dt for n, dt in ours)
+    ours_round()
+    tps = {k: statistics.median(n / dt for n, dt in runs[k]) for k in layouts}
+    ours_tps = tps[layouts[0]]
     hf_tps = statistics.median(n / dt for n, dt in hf["runs"])
+
+    def ours_entry(k):
+        return {"key_layout": k, "tokens_per_s_median": round(tps[k], 1),
+                "runs": [{"tokens": n, "seconds": round(dt, 4)} for n, dt in runs[k]],
+                "first_call_incl_compile_s": round(first_call_s[k], 2)}
+
     shape = {k: getattr(mcfg, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
                                             "num_layers", "num_heads", "num_kv_heads")}
     return {
@@ -159,9 +176,9 @@ def throughput(args, ckpt: Path) -> dict:
         "max_new_tokens": args.new_tokens, "temperature": 1.0, "repeats": args.repeats,
         "prompt_tokens": [len(x) for x in tokenizer(prompts, add_special_tokens=False)
                           ["input_ids"]],
-        "ours": {"tokens_per_s_median": round(ours_tps, 1),
-                 "runs": [{"tokens": n, "seconds": round(dt, 4)} for n, dt in ours],
-                 "first_call_incl_compile_s": round(first_call_s, 2)},
+        "ours": ours_entry(layouts[0]),
+        "ours_by_key_layout": {k: ours_entry(k) for k in layouts},
+        "speedup_by_key_layout": {k: round(tps[k] / hf_tps, 2) for k in layouts},
         "hf": {"tokens_per_s_median": round(hf_tps, 1),
                "runs": [{"tokens": n, "seconds": round(dt, 4)} for n, dt in hf["runs"]],
                "torch_threads": hf["torch_threads"], "torch": hf["torch"],
@@ -189,9 +206,9 @@ def _fraction_of_peak(model, ours_tps: float, hf_tps: float) -> dict:
                 "hf": round(hf_tps * 2 * n / peak["measured_matmul_flops"], 4)}}
 
 
-def _throughput_cfg(args) -> SampleConfig:
+def _throughput_cfg(args, key_layout: str) -> SampleConfig:
     return SampleConfig(temperature=1.0, max_new_tokens=args.new_tokens, stop=(),
-                        batch_size=args.prompts)
+                        batch_size=args.prompts, key_layout=key_layout)
 
 
 def compilations(args, ckpt: Path) -> dict:
@@ -264,6 +281,8 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--many", type=int, default=1000)
+    ap.add_argument("--key-layouts", default="SH,HS",
+                    help="KV-cache key layouts to time ours with (the first is the headline)")
     ap.add_argument("--preset", choices=["bench", "smollm2-135m"], default="bench",
                     help="bench: a random 4-layer model; smollm2-135m: SmolLM2's shape")
     ap.add_argument("--accelerator-8b", action="store_true")
@@ -327,7 +346,9 @@ def _print_table(r: dict) -> None:
     if "throughput" in r:
         t = r["throughput"]
         print(f"{'engine':<28}{'tokens/s (median)':>20}")
-        print(f"{'ours (jit, vmap M)':<28}{t['ours']['tokens_per_s_median']:>20.1f}")
+        for k, o in t.get("ours_by_key_layout", {"": t["ours"]}).items():
+            name = f"ours (jit, vmap M){', keys ' + k if k else ''}"
+            print(f"{name:<28}{o['tokens_per_s_median']:>20.1f}")
         print(f"{'HF generate (torch CPU)':<28}{t['hf']['tokens_per_s_median']:>20.1f}")
         print(f"speedup {t['speedup']}x (goal >= {t['goal_speedup']}x); our first call "
               f"incl. compile {t['ours']['first_call_incl_compile_s']} s")
