@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from semievol_jax.model import LlamaConfig, LoraConfig, RopeScaling, init_cache, merge_lora
+from semievol_jax.model.kv_cache import KEY_LAYOUTS
 from semievol_jax.model.llama import Llama
 
 
@@ -25,13 +26,14 @@ def _left_padded(vocab, lengths, width, extra, seed=0):
     return jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid)
 
 
-def test_cached_decode_equals_full_forward(tiny_model):
+@pytest.mark.parametrize("key_layout", KEY_LAYOUTS)
+def test_cached_decode_equals_full_forward(tiny_model, key_layout):
     model, cfg = tiny_model.model, tiny_model.cfg
     tokens, positions, valid = _left_padded(cfg.vocab_size, [4, 6, 1], width=6, extra=2)
     full = model(tokens, positions, valid_BT=valid).logits_BTV
 
     step = nnx.jit(lambda m, t, p, v, c: m(t, p, valid_BT=v, cache=c))
-    cache = init_cache(cfg, batch=3, max_len=12)
+    cache = init_cache(cfg, batch=3, max_len=12, key_layout=key_layout)
     chunks = []
     # Prefill in two chunks (the second starts at a non-zero end), then one token at a time.
     for lo, hi in [(0, 3), (3, 6), (6, 7), (7, 8)]:
@@ -40,7 +42,9 @@ def test_cached_decode_equals_full_forward(tiny_model):
         chunks.append(out.logits_BTV)
     cached = jnp.concatenate(chunks, axis=1)
 
-    assert int(cache.end) == 8
+    assert int(cache.end) == 8 and cache.key_layout == key_layout
+    S_axis = 3 if key_layout == "SH" else 4  # the keys' slot axis
+    assert cache.k_LBKSH.shape[S_axis] == 12 and cache.v_LBKSH.shape[3] == 12
     np.testing.assert_array_equal(np.asarray(cache.valid_BS[:, :8]), np.asarray(valid))
     assert not np.asarray(cache.valid_BS[:, 8:]).any()
     mask = np.asarray(valid)

@@ -169,7 +169,7 @@ class Attention(nnx.Module):
             if fresh:  # an empty cache: the new tokens are all there is to attend to
                 k_BKSH = k_BKTH.astype(k_LBKSH.dtype).astype(self.dtype)
                 v_BKSH = v_BKTH.astype(v_LBKSH.dtype).astype(self.dtype)
-                key_layout = "SH"
+                key_layout = "SH"  # the new keys, [B, K, T, H]
             else:
                 k_BKSH = k_LBKSH[layer].astype(self.dtype)  # [B, K, H, S] with "HS"
                 v_BKSH = v_LBKSH[layer].astype(self.dtype)
