@@ -307,6 +307,9 @@ def main() -> int:
                    "platform": platform.platform(), "processor": platform.processor(),
                    "cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
+        # No CPU-mode flags are set here: XLA's own CPU defaults (the "native" mode), as
+        # torch runs with its own; the pipeline's reproducible mode caps the ISA.
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     if args.accelerator_8b:
         result["accelerator_8b"] = accelerator_8b(args)

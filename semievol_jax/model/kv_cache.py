@@ -17,8 +17,8 @@ CACHE_VALID_AXES = ("batch", "seq")  # valid_BS
 # How the keys are laid out per (row, kv head). "SH": [S, H], the values' layout, with
 # which the committed results were made. "HS": [H, S], so a decode step's scores are a
 # plain [G, H] x [H, S] matmul; XLA:CPU runs the [S, H] form as a matmul with a
-# transposed operand, and generation is 1.22x faster with "HS" (results/bench/
-# generate.json). The scores agree up to summation order, so their last bits may not.
+# transposed operand, slower (results/bench/generate.json times both). The scores
+# agree up to summation order, so their last bits may not.
 KEY_LAYOUTS = ("SH", "HS")
 
 
