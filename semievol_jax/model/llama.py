@@ -156,13 +156,11 @@ class Attention(nnx.Module):
             k_LBKSH, v_LBKSH, end, layer, fresh, key_layout = kv
             zero = jnp.zeros((), jnp.int32)
             start = (jnp.int32(layer), zero, zero, end, zero)
-            if key_layout == "SH":
-                k_LBKSH = jax.lax.dynamic_update_slice(
-                    k_LBKSH, k_BKTH[None].astype(k_LBKSH.dtype), start)
-            else:
-                k_LBKSH = jax.lax.dynamic_update_slice(
-                    k_LBKSH, k_BKTH.transpose(0, 1, 3, 2)[None].astype(k_LBKSH.dtype),
-                    (jnp.int32(layer), zero, zero, zero, end))
+            k_new, k_start = k_BKTH, start
+            if key_layout == "HS":
+                k_new, k_start = k_BKTH.transpose(0, 1, 3, 2), (*start[:3], zero, end)
+            k_LBKSH = jax.lax.dynamic_update_slice(
+                k_LBKSH, k_new[None].astype(k_LBKSH.dtype), k_start)
             v_LBKSH = jax.lax.dynamic_update_slice(
                 v_LBKSH, v_BKTH[None].astype(v_LBKSH.dtype), start)
             new_kv = (k_LBKSH, v_LBKSH)

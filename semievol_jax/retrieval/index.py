@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from semievol_jax.files import DIGEST_OMITS, to_jsonable
 from semievol_jax.retrieval import scann_backend
 from semievol_jax.retrieval.exact import exact_top_k
 from semievol_jax.retrieval.vectors import RetrievalError, digest_rows, unit_rows
@@ -38,8 +39,9 @@ class IndexConfig:
     soar_lambda: float = 1.5  # SOAR: each row also in a 2nd, orthogonal-residual leaf; 0 = off
     dims_per_block: int = 0  # AH dims per code; 0 -> 2 for D <= 1024, else 4
     # ScaNN's PCA before the tree and AH: rows projected onto this many principal
-    # directions (candidates are still rescored on the full rows); 0 = off
-    pca_dims: int = 0
+    # directions (candidates are still rescored on the full rows); 0 = off, and then
+    # left out of manifests and stage keys, which keep the bytes of indexes made before it
+    pca_dims: int = field(default=0, metadata={DIGEST_OMITS: 0})
     anisotropic_threshold: float | None = None  # AH eta; None -> off (plain AH ranked better)
     training_sample_size: int = 0  # rows sampled to train; 0 -> max(20k, 100 per leaf)
     min_partition_size: int = 50  # smallest leaf ScaNN keeps
@@ -153,8 +155,8 @@ class Index:
             "num_rows": self.num_rows,
             "dim": self.dim,
             "digest": self.digest,
-            "config": _without_off(asdict(self.cfg)),
-            "params": None if self.params is None else _without_off(asdict(self.params)),
+            "config": to_jsonable(self.cfg),
+            "params": None if self.params is None else to_jsonable(self.params),
         }
 
     def save(self, out_dir: str | Path) -> Path:
@@ -168,15 +170,6 @@ class Index:
             np.save(out / "rows.npy", self._db_ND, allow_pickle=False)
         (out / MANIFEST).write_text(json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")
         return out
-
-
-# Options written to the manifest only when on: an index that does not use them has the
-# format-1 manifest every reader expects, and so the same bytes and run digests.
-OPTIONAL_OFF = {"pca_dims": 0}
-
-
-def _without_off(fields: dict) -> dict:
-    return {k: v for k, v in fields.items() if OPTIONAL_OFF.get(k, object()) != v}
 
 
 def _drop_self(idx_QK: np.ndarray, score_QK: np.ndarray, k: int

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from semievol_jax.files import DIGEST_OMITS
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,8 @@ class ScannParams:
     # with the rank asked for. Default 0 reads manifests written before it.
     reorder_per_k: int = 0
     # PCA projection to this many dims before the tree and AH; 0 = off (and in manifests
-    # written before it).
-    pca_dims: int = 0
+    # written before it, which is why a manifest names it only when on).
+    pca_dims: int = field(default=0, metadata={DIGEST_OMITS: 0})
 
 
 def resolve_params(cfg, n: int, d: int) -> ScannParams:
