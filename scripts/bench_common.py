@@ -4,7 +4,10 @@ The theoretical peak is cores x clock x FP32 FLOPs per cycle of the CPU's FMA un
 256-bit FMA pipes on AMD Zen 2-4 (32 FLOPs; Zen 4 runs AVX-512 on them in two halves),
 two 512-bit ones on Intel AVX-512 server parts (64), else 32 with AVX2 + FMA, 16 without;
 the measured one is XLA's own float32 matmul (2048^3) on all cores, what a perfect program
-of dense matmuls could reach here.
+of dense matmuls could reach here. The same matmul is also timed per framework and dtype
+(XLA and, where it is installed, torch; float32 and bfloat16), because the two do not
+reach the same peak on every CPU: torch's oneDNN kernels use AVX-512 and Intel's AMX
+tiles where the CPU has them, XLA:CPU's matmuls do not use AMX.
 """
 
 from __future__ import annotations
@@ -26,11 +29,40 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
-def cpu_peak_flops() -> dict:
-    """Theoretical and measured float32 peak of the cores this process may use."""
+def _best_of(run, repeats: int = 5) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def matmul_peaks(n: int = 2048) -> dict:
+    """FLOP/s of one n^3 matmul per framework and dtype: {"jax": {"float32": ...}, ...}."""
     import jax
     import jax.numpy as jnp
 
+    out: dict = {"jax": {}}
+    f = jax.jit(lambda x: x @ x)
+    for dt in ("float32", "bfloat16"):
+        a = jnp.ones((n, n), dt)
+        out["jax"][dt] = 2 * n**3 / _best_of(lambda: f(a).block_until_ready())
+    try:
+        import torch
+    except ImportError:
+        return out
+    out["torch"] = {"threads": torch.get_num_threads()}
+    for dt in ("float32", "bfloat16"):
+        t = torch.ones((n, n), dtype=getattr(torch, dt))
+        out["torch"][dt] = 2 * n**3 / _best_of(lambda: t @ t)
+    return out
+
+
+def cpu_peak_flops() -> dict:
+    """Theoretical and measured float32 peak of the cores this process may use, and each
+    framework's measured matmul peak per dtype (``by_framework``)."""
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     amd = info.get("vendor_id") == "AuthenticAMD"
@@ -38,20 +70,12 @@ def cpu_peak_flops() -> dict:
                  32 if {"avx2", "fma"} <= flags else 16)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     mhz = float(info.get("cpu MHz", "0") or 0)
-    n = 2048
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    measured = 2 * n**3 / min(times)
+    peaks = matmul_peaks()
     return {"model": info.get("model name", "unknown"), "cores": cores, "mhz": mhz,
             "fp32_flops_per_cycle": per_cycle,
+            "isa": sorted(f for f in flags if f in ("avx2", "avx512f", "amx_bf16")),
             "theoretical_flops": cores * mhz * 1e6 * per_cycle if mhz else None,
-            "measured_matmul_flops": measured}
+            "measured_matmul_flops": peaks["jax"]["float32"], "by_framework": peaks}
 
 
 def load_average() -> list[float]:

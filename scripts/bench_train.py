@@ -327,17 +327,23 @@ def main(argv: list[str] | None = None) -> None:
                 if cpu_peak["theoretical_flops"]:
                     e["fraction_of_theoretical_peak"] = (
                         e["tokens_per_s"] * fpt / cpu_peak["theoretical_flops"])
+                own = cpu_peak["by_framework"].get(e["framework"], {}).get(e["dtype"])
+                if own:  # against the matmul peak of the row's own framework and dtype
+                    e["fraction_of_own_matmul_peak"] = e["tokens_per_s"] * fpt / own
             if torch_step is not None:
                 e["vs_torch_step"] = e["tokens_per_s"] / torch_step["tokens_per_s"]
             rows.append(e)
 
-    print(f"{'mode':5} {'name':28} {'step_s':>8} {'tokens/s':>10} {'vs torch':>8} {'MFU':>6}")
+    print(f"{'mode':5} {'name':28} {'step_s':>8} {'tokens/s':>10} {'vs torch':>8} {'MFU':>6} "
+          f"{'own peak':>8}")
     for r in rows:
         mfu = r.get("mfu") or r.get("fraction_of_measured_matmul_peak")
         mfu = f"{mfu:.3f}" if mfu else "-"
+        own = r.get("fraction_of_own_matmul_peak")
+        own = f"{own:.3f}" if own else "-"
         vs = f"{r['vs_torch_step']:.2f}" if "vs_torch_step" in r else "-"
         print(f"{r['mode']:5} {r['name']:28} {r['step_s']:8.4f} {r['tokens_per_s']:10.0f} "
-              f"{vs:>8} {mfu:>6}")
+              f"{vs:>8} {mfu:>6} {own:>8}")
 
     record = {
         "command": " ".join(["python", "scripts/bench_train.py", *(argv or sys.argv[1:])]),

@@ -2,7 +2,8 @@
 
 Profiles two programs on the SmolLM2-135M shape (``--tiny``: a 2-layer toy, for the test):
   train   one LoRA train step at the SmolLM2 preset's training shape: one packed row of
-          1,024 tokens, remat "attention" (random weights, scripts/bench_train.py's step);
+          1,024 tokens, remat "attention" (random weights, scripts/bench_train.py's step;
+          ``--train-shape 8x128 --remat none``: the benchmark's shape);
   decode  generate(): 16 prompts x 4 samples x 64 new tokens, temperature 1
           (scripts/bench_generate.py's prompts and checkpoint: the fetched SmolLM2 when
           it is cached, else random weights of its shape).
@@ -200,12 +201,12 @@ def profiled(run, trace_dir: str) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime - cpu0
 
 
-def train_program(tiny: bool) -> tuple[str, object]:
+def train_program(tiny: bool, batch: int = 1, seq: int = 0, remat: str = "attention"
+                  ) -> tuple[str, object]:
     import bench_train
 
     shape = dict(bench_train.PRESETS["tiny" if tiny else "smollm2-135m"])
-    shape.update(batch=1, seq=128 if tiny else 1024)
-    remat = "attention"
+    shape.update(batch=batch, seq=seq or (128 if tiny else 1024))
     entry = bench_train.build_jax(shape, "lora", "float32", remat=remat)
     name = "tiny" if tiny else "smollm2-135m"
     return f"train/{name}/lora/{shape['batch']}x{shape['seq']}/remat={remat}", entry["run"]
@@ -241,6 +242,9 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="a 2-layer toy shape (smoke test)")
     ap.add_argument("--programs", nargs="+", default=["train", "decode"],
                     choices=["train", "decode"])
+    ap.add_argument("--train-shape", default="1x0", metavar="BxT",
+                    help="the train step's rows x tokens (T 0: 1,024, 128 with --tiny)")
+    ap.add_argument("--remat", default="attention", help="the train step's train.remat")
     ap.add_argument("--out", default="results/bench/profile.json")
     args = ap.parse_args()
 
@@ -262,7 +266,8 @@ def main() -> int:
 
     results = {}
     for program in args.programs:
-        key, run = (train_program(args.tiny) if program == "train"
+        batch, seq = (int(x) for x in args.train_shape.split("x"))
+        key, run = (train_program(args.tiny, batch, seq, args.remat) if program == "train"
                     else decode_program(args.tiny, work))
         run()  # compiles
         load = load_average()
