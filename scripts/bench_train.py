@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -230,13 +231,14 @@ def build_torch(shape: dict, mode: str, dtype: str, part: str = "step") -> dict:
                 torch=torch.__version__, transformers=transformers.__version__)
 
 
-def time_interleaved(entries: list[dict], steps: int, warmup: int) -> None:
-    """Median step time of each entry, timed round-robin so load swings hit all alike."""
+def time_interleaved(entries: list[dict], steps: int, warmup: int, first: bool = True) -> None:
+    """Median step time of each entry, timed round-robin so load swings hit all alike;
+    ``first=False`` adds ``steps`` more timed rounds to entries already timed."""
     import time as _t
 
     import numpy as np
 
-    for e in entries:
+    for e in entries if first else ():
         t0 = _t.perf_counter()
         e["run"]()  # compile / first call
         e["first_call_s"] = _t.perf_counter() - t0
@@ -250,6 +252,23 @@ def time_interleaved(entries: list[dict], steps: int, warmup: int) -> None:
             e["times"].append(_t.perf_counter() - t0)
     for e in entries:
         e["step_s"] = float(np.median(e["times"]))
+
+
+def torch_entries(shape: dict, mode: str, dtype: str, variants: bool) -> list[dict]:
+    entries = [build_torch(shape, mode, dtype)]
+    if variants:
+        entries += [build_torch(shape, mode, dtype, "fwd_bwd"), build_torch(shape, mode, dtype, "fwd")]
+    return entries
+
+
+def torch_in_child(spec: dict) -> list[dict]:
+    """The torch entries timed in a process of their own (``--torch-only``). Once torch
+    has run in a process, XLA's step in that process runs slower: the kernel takes longer
+    to fault in the step's buffers, which glibc maps afresh at every step (``--same-process``
+    keeps both in one process and shows it). The parent times ours before and after."""
+    proc = subprocess.run([sys.executable, __file__, "--torch-only", json.dumps(spec)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,8 +290,19 @@ def main(argv: list[str] | None = None) -> None:
                         "(e.g. projections,attention)")
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor (e.g. 1,-1,1 = FSDP)")
     p.add_argument("--tag", default="", help="suffix of this run's key in the JSON")
+    p.add_argument("--same-process", action="store_true",
+                   help="time torch in this process, interleaved with ours step by step")
     p.add_argument("--out", default="results/bench/train.json")
+    p.add_argument("--torch-only", metavar="SPEC", help=argparse.SUPPRESS)  # the child
     args = p.parse_args(argv)
+    if args.torch_only:
+        spec = json.loads(args.torch_only)
+        entries = torch_entries(spec["shape"], spec["mode"], spec["dtype"], spec["variants"])
+        time_interleaved(entries, spec["steps"], spec["warmup"])
+        for e in entries:
+            e.pop("run")
+        print(json.dumps(entries))
+        return
 
     from semievol_jax import environment
 
@@ -305,17 +335,21 @@ def main(argv: list[str] | None = None) -> None:
                         build_jax(shape, mode, dtype, donate=False)]
             if platform_name == "cpu" and dtype == "float32":
                 entries.append(build_jax(shape, mode, "bfloat16"))
-        if not args.no_torch:
-            entries.append(build_torch(shape, mode, dtype))
-            if args.variants:
-                entries += [build_torch(shape, mode, dtype, "fwd_bwd"),
-                            build_torch(shape, mode, dtype, "fwd")]
+        if args.same_process and not args.no_torch:
+            entries += torch_entries(shape, mode, dtype, args.variants)
         time_interleaved(entries, args.steps, args.warmup)
+        if not args.same_process and not args.no_torch:
+            # Ours before and after torch, so a change in load shows up on both sides.
+            entries += torch_in_child(dict(shape=shape, mode=mode, dtype=dtype,
+                                           variants=args.variants, steps=args.steps,
+                                           warmup=args.warmup))
+            time_interleaved([e for e in entries if "run" in e], args.steps, 0, first=False)
         fpt = flops_per_token(entries[0]["n_base"], entries[0]["n_lora"], shape["num_layers"],
                               shape["seq"], shape["hidden_size"], mode)
         torch_step = next((e for e in entries if e["name"] == f"torch/step/{dtype}"), None)
         for e in entries:
-            e.pop("run")
+            e.pop("run", None)
+            e["process"] = "shared" if args.same_process else "own"  # torch and ours
             e["tokens_per_s"] = tokens / e["step_s"]
         for e in entries:
             e["flops_per_token"] = fpt
