@@ -48,7 +48,7 @@ def matmul_peaks(n: int = 2048) -> dict:
     f = jax.jit(lambda x: x @ x)
     for dt in ("float32", "bfloat16"):
         a = jnp.ones((n, n), dt)
-        out["jax"][dt] = 2 * n**3 / _best_of(lambda: f(a).block_until_ready())
+        out["jax"][dt] = 2 * n**3 / _best_of(lambda a=a: f(a).block_until_ready())
     try:
         import torch
     except ImportError:
@@ -56,7 +56,7 @@ def matmul_peaks(n: int = 2048) -> dict:
     out["torch"] = {"threads": torch.get_num_threads()}
     for dt in ("float32", "bfloat16"):
         t = torch.ones((n, n), dtype=getattr(torch, dt))
-        out["torch"][dt] = 2 * n**3 / _best_of(lambda: t @ t)
+        out["torch"][dt] = 2 * n**3 / _best_of(lambda t=t: t @ t)
     return out
 
 

@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -247,17 +248,24 @@ def time_interleaved(entries: list[dict], steps: int, warmup: int, first: bool =
         e["times"] = []
     for _ in range(steps):
         for e in entries:
-            t0 = _t.perf_counter()
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), _t.perf_counter()
             e["run"]()
             e["times"].append(_t.perf_counter() - t0)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            # The process's page faults and kernel time during this entry's timed steps:
+            # what the kernel spends mapping in the step's freshly allocated buffers.
+            e.setdefault("sys", []).append(r1.ru_stime - r0.ru_stime)
+            e.setdefault("minor_faults", []).append(r1.ru_minflt - r0.ru_minflt)
     for e in entries:
         e["step_s"] = float(np.median(e["times"]))
+        e["sys_s_per_step"] = float(np.median(e["sys"]))
+        e["minor_faults_per_step"] = int(np.median(e["minor_faults"]))
 
 
 def torch_entries(shape: dict, mode: str, dtype: str, variants: bool) -> list[dict]:
     entries = [build_torch(shape, mode, dtype)]
     if variants:
-        entries += [build_torch(shape, mode, dtype, "fwd_bwd"), build_torch(shape, mode, dtype, "fwd")]
+        entries += [build_torch(shape, mode, dtype, part) for part in ("fwd_bwd", "fwd")]
     return entries
 
 
@@ -368,16 +376,16 @@ def main(argv: list[str] | None = None) -> None:
                 e["vs_torch_step"] = e["tokens_per_s"] / torch_step["tokens_per_s"]
             rows.append(e)
 
-    print(f"{'mode':5} {'name':28} {'step_s':>8} {'tokens/s':>10} {'vs torch':>8} {'MFU':>6} "
-          f"{'own peak':>8}")
+    print(f"{'mode':5} {'name':28} {'step_s':>8} {'sys_s':>6} {'tokens/s':>10} {'vs torch':>8} "
+          f"{'MFU':>6} {'own peak':>8}")
     for r in rows:
         mfu = r.get("mfu") or r.get("fraction_of_measured_matmul_peak")
         mfu = f"{mfu:.3f}" if mfu else "-"
         own = r.get("fraction_of_own_matmul_peak")
         own = f"{own:.3f}" if own else "-"
         vs = f"{r['vs_torch_step']:.2f}" if "vs_torch_step" in r else "-"
-        print(f"{r['mode']:5} {r['name']:28} {r['step_s']:8.4f} {r['tokens_per_s']:10.0f} "
-              f"{vs:>8} {mfu:>6} {own:>8}")
+        print(f"{r['mode']:5} {r['name']:28} {r['step_s']:8.4f} {r['sys_s_per_step']:6.2f} "
+              f"{r['tokens_per_s']:10.0f} {vs:>8} {mfu:>6} {own:>8}")
 
     record = {
         "command": " ".join(["python", "scripts/bench_train.py", *(argv or sys.argv[1:])]),
