@@ -12,21 +12,12 @@ attention scores+values add 2*2*L*T*D forward per token, causal mask not discoun
 MFU = achieved FLOP/s / peak, for devices with a known peak; on a CPU, the fraction of
 the measured float32 matmul peak and of the theoretical one (scripts/bench_common.py).
 
-What we found on CPU (2 shared cores, load average 6-15 from other jobs; the numbers
-are in results/bench/train.json, run "small/cpu", batch 4 x 128 tokens):
-  * our fp32 step ran at 529 tok/s (LoRA) and 365 tok/s (full) against HF+torch's
-    81 and 64 tok/s, timed round-robin in the same process. torch's per-step times
-    swung 3x between rounds (its OpenMP workers spin on an oversubscribed host), so
-    the ratio is load-dependent; the earlier 0.55-0.65x did not reproduce here.
-  * where the time goes (XLA cost analysis + variants): the optimizer update is
-    3-7% of the step (step vs fwd_bwd); LoRA's backward costs ~2x its forward
-    (31.1 vs 14.9 GFLOP: no weight grads for the frozen base), full FT's ~3x
-    (44.5 GFLOP), matching the 4N vs 6N accounting above.
-  * bf16 compute on CPU: no gain (XLA:CPU has no fast bf16 dot; within noise of fp32),
-    so CPU runs use fp32 and bf16 stays the accelerator default.
-  * donation: no measurable effect at this size (it saves memory, not time, on CPU).
-  * oneDNN matmuls (--xla_cpu_use_onednn=true, run "small/cpu/onednn"): no consistent
-    gain (LoRA 478 tok/s, full 545; torch 177/182 in that process's rounds).
+Each framework runs in a process of its own: torch in a child (``--torch-only``), ours
+in this process before and after it, so a change in load shows up on both sides
+(``--same-process`` interleaves the two step by step in one process instead). Per entry
+the JSON also has the process's page faults and kernel seconds per timed step, and each
+framework's own matmul peak per dtype (``cpu_peak.by_framework``). docs/results.md reads
+the figures.
 
 Usage:
   python scripts/bench_train.py --preset small            # CPU table, JSON
