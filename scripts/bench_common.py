@@ -12,8 +12,13 @@ tiles where the CPU has them, XLA:CPU's matmuls do not use AMX.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -39,8 +44,21 @@ def _best_of(run, repeats: int = 5) -> float:
     return min(times)
 
 
+def torch_matmul_peaks(n: int = 2048) -> dict:
+    """torch's FLOP/s of one n^3 matmul per dtype, and its thread count."""
+    import torch
+
+    out: dict = {"threads": torch.get_num_threads()}
+    for dt in ("float32", "bfloat16"):
+        t = torch.ones((n, n), dtype=getattr(torch, dt))
+        out[dt] = 2 * n**3 / _best_of(lambda t=t: t @ t)
+    return out
+
+
 def matmul_peaks(n: int = 2048) -> dict:
-    """FLOP/s of one n^3 matmul per framework and dtype: {"jax": {"float32": ...}, ...}."""
+    """FLOP/s of one n^3 matmul per framework and dtype: {"jax": {"float32": ...}, ...}.
+    torch's are timed in a child process, so that the caller's own process never runs
+    torch before timing JAX (scripts/bench_train.py says why)."""
     import jax
     import jax.numpy as jnp
 
@@ -49,14 +67,12 @@ def matmul_peaks(n: int = 2048) -> dict:
     for dt in ("float32", "bfloat16"):
         a = jnp.ones((n, n), dt)
         out["jax"][dt] = 2 * n**3 / _best_of(lambda a=a: f(a).block_until_ready())
-    try:
-        import torch
-    except ImportError:
-        return out
-    out["torch"] = {"threads": torch.get_num_threads()}
-    for dt in ("float32", "bfloat16"):
-        t = torch.ones((n, n), dtype=getattr(torch, dt))
-        out["torch"][dt] = 2 * n**3 / _best_of(lambda t=t: t @ t)
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import bench_common; print(json.dumps(bench_common.torch_matmul_peaks({n})))")
+    if importlib.util.find_spec("torch") is not None:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True)
+        out["torch"] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
 
