@@ -276,10 +276,15 @@ def main() -> int:
         results[key] = {"load_average_before": load,
                         **summarize(op_events(trace), load_modules(str(dump)), wall, cpu)}
         _print(key, results[key])
+    command = " ".join(["python scripts/profile_cpu.py", *sys.argv[1:]])
+    for r in results.values():
+        r["command"] = command
     doc_path = Path(args.out)
     doc = json.loads(doc_path.read_text()) if doc_path.is_file() else {}
+    for r in doc.get("runs", {}).values():  # runs of an earlier command keep theirs
+        r.setdefault("command", doc.get("command"))
     doc.setdefault("runs", {}).update(results)
-    doc.update(command=" ".join(["python scripts/profile_cpu.py", *sys.argv[1:]]),
+    doc.update(command=command,
                device=f"{jax.devices()[0].platform}:{platform.processor() or platform.machine()}",
                cpu_count=os.cpu_count(), jax=jax.__version__,
                xla_flags=os.environ["XLA_FLAGS"].split(" --xla_dump_to")[0])

@@ -94,3 +94,12 @@ def test_profile_script_tiny(tmp_path):
     assert train["kinds"]["lora"]["events"] > 0 and train["kinds"]["attention"]["events"] > 0
     assert decode["kinds"]["layer_slices"]["events"] > 0  # the scanned KV cache and weights
     assert "jit__loop_jit" in decode["modules_s"]
+    # A second command adds its run and leaves the first one's, each with its command.
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_cpu.py"), "--tiny",
+                           "--programs", "train", "--train-shape", "2x64", "--remat", "none",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert "--remat none" in runs["train/tiny/lora/2x64/remat=none"]["command"]
+    assert "--remat" not in runs[next(k for k in runs if k.startswith("decode/"))]["command"]
