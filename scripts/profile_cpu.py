@@ -264,9 +264,9 @@ def main() -> int:
     jax.config.update("jax_enable_compilation_cache", False)
     from bench_common import load_average
 
+    batch, seq = (int(x) for x in args.train_shape.split("x"))
     results = {}
     for program in args.programs:
-        batch, seq = (int(x) for x in args.train_shape.split("x"))
         key, run = (train_program(args.tiny, batch, seq, args.remat) if program == "train"
                     else decode_program(args.tiny, work))
         run()  # compiles
@@ -281,8 +281,6 @@ def main() -> int:
         r["command"] = command
     doc_path = Path(args.out)
     doc = json.loads(doc_path.read_text()) if doc_path.is_file() else {}
-    for r in doc.get("runs", {}).values():  # runs of an earlier command keep theirs
-        r.setdefault("command", doc.get("command"))
     doc.setdefault("runs", {}).update(results)
     doc.update(command=command,
                device=f"{jax.devices()[0].platform}:{platform.processor() or platform.machine()}",
