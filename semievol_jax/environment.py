@@ -140,7 +140,9 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     if path == "off":
         return None
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # Every program, however fast it compiles: the pipeline drops its in-memory
+    # programs between stages (runner.py) and loads them back from here.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
 
 
@@ -191,7 +193,14 @@ def configure_malloc() -> bool:
     return set_malloc(MALLOC_SETTINGS)
 
 
-def release_free_memory() -> None:
+def persistent_cache_enabled() -> bool:
+    """Whether compiled programs are written to a persistent compilation cache."""
+    import jax  # imported late, as in enable_compilation_cache
+
+    return bool(jax.config.jax_compilation_cache_dir)
+
+
+def release_free_memory(*, compiled_programs: bool = False) -> None:
     """Hands the heap pages this process holds free back to the kernel (glibc's
     ``malloc_trim``; a no-op with other C libraries).
 
@@ -199,7 +208,17 @@ def release_free_memory() -> None:
     middle of its heap resident; the next stage's largest buffers (mmap'd, above the
     heap) then add to them instead of reusing them, and each stage's high-water mark
     starts from the last one's.
+
+    ``compiled_programs`` also drops JAX's in-memory compiled programs and traces
+    (``jax.clear_caches``): a 30-layer model's decode and training executables hold
+    tens of MB each and a run compiles a few hundred. Only worth it where a persistent
+    compilation cache holds them, so that a later use loads one from disk instead of
+    compiling it again.
     """
+    if compiled_programs:
+        import jax
+
+        jax.clear_caches()
     gc.collect()
     try:
         trim = ctypes.CDLL(None).malloc_trim

@@ -31,7 +31,7 @@ def test_gpu_script_smoke(tmp_path):
     _fpb(tmp_path / "data" / "fpb")
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "DATA": str(tmp_path / "data"),
-           "PYTHON": sys.executable, "SEMIEVOL_XLA_CACHE": "off"}
+           "PYTHON": sys.executable, "SEMIEVOL_XLA_CACHE": str(tmp_path / "xla")}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_bench.sh"), "--smoke"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -40,6 +40,8 @@ def test_gpu_script_smoke(tmp_path):
     run = next(iter(json.loads((out / "real_run.json").read_text()).values()))
     assert run["wall_s"] > 0 and set(run["stages"]) >= {"sft", "propose", "eval"}
     assert run["compile_s"] > 0 and run["programs_compiled"] > 0
+    # The programs the pipeline drops between stages come back from the persistent cache.
+    assert run["xla_cache"] == str(tmp_path / "xla") and run["programs_loaded_from_cache"] > 0
     peaks = run["stage_peak_rss_bytes"]
     assert set(peaks) >= {"sft", "propose", "eval"} and max(peaks.values()) > 0
     assert max(peaks.values()) <= run["peak_rss_bytes"]

@@ -133,3 +133,33 @@ def test_a_setting_at_its_omitted_value_keeps_records_and_keys():
     assert digest_json(default) == digest_json(before)
     assert to_jsonable(hs)["key_layout"] == "HS"
     assert digest_json(hs) != digest_json(default)
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_compiled_programs_dropped_after_a_stage_only_with_a_persistent_cache(
+        tmp_path, persistent):
+    """A 30-layer model's programs hold tens of MB each; between stages they are dropped
+    where the persistent compilation cache can give them back, and kept where it cannot
+    (a recompile would cost more than the memory)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental.compilation_cache import compilation_cache
+
+    from semievol_jax.environment import persistent_cache_enabled
+
+    double = jax.jit(lambda x: x * 2)
+
+    def stage(ctx):
+        double(jnp.ones(3)).block_until_ready()
+        assert double._cache_size() == 1
+        (ctx.out / "done").write_text("1")
+
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla") if persistent else None)
+    try:
+        assert persistent_cache_enabled() is persistent
+        Runner(tmp_path / "run", log=lambda *_: None).run([Stage("a", stage, Cfg())])
+        assert double._cache_size() == (0 if persistent else 1)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        compilation_cache.reset_cache()  # later tests start from the process's own setting

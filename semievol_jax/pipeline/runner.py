@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from semievol_jax.environment import release_free_memory
+from semievol_jax.environment import persistent_cache_enabled, release_free_memory
 from semievol_jax.errors import UserError
 from semievol_jax.files import file_digest, to_jsonable, write_json_atomic
 from semievol_jax.pipeline.sources import digest_sources, sources_key
@@ -217,7 +217,9 @@ class Runner:
             shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left
             raise
         finally:
-            release_free_memory()  # the next stage's peak starts from what is live
+            # The next stage's peak starts from what is live. Its programs differ
+            # (another model, other shapes) or come back from the persistent cache.
+            release_free_memory(compiled_programs=persistent_cache_enabled())
         outputs = digest_dir(tmp)
         record = {
             "stage": stage.name,
