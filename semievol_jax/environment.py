@@ -140,9 +140,7 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     if path == "off":
         return None
     jax.config.update("jax_compilation_cache_dir", path)
-    # Every program, however fast it compiles: the pipeline drops its in-memory
-    # programs between stages (runner.py) and loads them back from here.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path
 
 
