@@ -191,11 +191,19 @@ def configure_malloc() -> bool:
     return set_malloc(MALLOC_SETTINGS)
 
 
-def persistent_cache_enabled() -> bool:
-    """Whether compiled programs are written to a persistent compilation cache."""
+DROP_PROGRAMS_ENV = "SEMIEVOL_DROP_PROGRAMS"  # "1": drop compiled programs between stages
+
+
+def drop_programs_between_stages() -> bool:
+    """Whether the pipeline drops its in-memory compiled programs after each stage:
+    asked for ($SEMIEVOL_DROP_PROGRAMS=1) and a persistent compilation cache is on to
+    give them back. Off by default: a toy model's programs are small and compile in
+    under the cache's 0.5 s threshold, so dropping them only means compiling them again.
+    """
     import jax  # imported late, as in enable_compilation_cache
 
-    return bool(jax.config.jax_compilation_cache_dir)
+    return (os.environ.get(DROP_PROGRAMS_ENV, "") == "1"
+            and bool(jax.config.jax_compilation_cache_dir))
 
 
 def release_free_memory(*, compiled_programs: bool = False) -> None:

@@ -135,17 +135,17 @@ def test_a_setting_at_its_omitted_value_keeps_records_and_keys():
     assert digest_json(hs) != digest_json(default)
 
 
-@pytest.mark.parametrize("persistent", [True, False])
-def test_compiled_programs_dropped_after_a_stage_only_with_a_persistent_cache(
-        tmp_path, persistent):
+@pytest.mark.parametrize("persistent,asked", [(True, True), (False, True), (True, False)])
+def test_compiled_programs_dropped_after_a_stage_only_when_asked_and_cached(
+        tmp_path, monkeypatch, persistent, asked):
     """A 30-layer model's programs hold tens of MB each; between stages they are dropped
-    where the persistent compilation cache can give them back, and kept where it cannot
-    (a recompile would cost more than the memory)."""
+    when asked ($SEMIEVOL_DROP_PROGRAMS=1) and the persistent compilation cache can give
+    them back, and kept otherwise."""
     import jax
     import jax.numpy as jnp
     from jax.experimental.compilation_cache import compilation_cache
 
-    from semievol_jax.environment import persistent_cache_enabled
+    from semievol_jax.environment import DROP_PROGRAMS_ENV, drop_programs_between_stages
 
     double = jax.jit(lambda x: x * 2)
 
@@ -154,12 +154,13 @@ def test_compiled_programs_dropped_after_a_stage_only_with_a_persistent_cache(
         assert double._cache_size() == 1
         (ctx.out / "done").write_text("1")
 
+    monkeypatch.setenv(DROP_PROGRAMS_ENV, "1" if asked else "0")
     before = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla") if persistent else None)
     try:
-        assert persistent_cache_enabled() is persistent
+        assert drop_programs_between_stages() is (persistent and asked)
         Runner(tmp_path / "run", log=lambda *_: None).run([Stage("a", stage, Cfg())])
-        assert double._cache_size() == (0 if persistent else 1)
+        assert double._cache_size() == (0 if persistent and asked else 1)
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
         compilation_cache.reset_cache()  # later tests start from the process's own setting

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from semievol_jax.environment import persistent_cache_enabled, release_free_memory
+from semievol_jax.environment import drop_programs_between_stages, release_free_memory
 from semievol_jax.errors import UserError
 from semievol_jax.files import file_digest, to_jsonable, write_json_atomic
 from semievol_jax.pipeline.sources import digest_sources, sources_key
@@ -219,7 +219,7 @@ class Runner:
         finally:
             # The next stage's peak starts from what is live. Its programs differ
             # (another model, other shapes) or come back from the persistent cache.
-            release_free_memory(compiled_programs=persistent_cache_enabled())
+            release_free_memory(compiled_programs=drop_programs_between_stages())
         outputs = digest_dir(tmp)
         record = {
             "stage": stage.name,
