@@ -197,14 +197,15 @@ def main() -> int:
     # on (the pipeline drops its in-memory programs between stages, SEMIEVOL_DROP_PROGRAMS,
     # and loads them back from it) but starts empty, so every program is compiled once.
     tmp = tempfile.TemporaryDirectory()
-    os.environ.setdefault("SEMIEVOL_XLA_CACHE", str(Path(tmp.name) / "xla"))
+    fresh_cache = str(Path(tmp.name) / "xla")
+    os.environ.setdefault("SEMIEVOL_XLA_CACHE", fresh_cache)
     os.environ.setdefault("SEMIEVOL_DROP_PROGRAMS", "1")  # what a 30-layer model wants
     import jax
     from bench_common import load_average
     from jax import monitoring
 
     from semievol_jax.config import load_config
-    from semievol_jax.environment import enable_compilation_cache
+    from semievol_jax.environment import drop_programs_between_stages, enable_compilation_cache
     from semievol_jax.pipeline import graph, summary
     from semievol_jax.pipeline.config import RunConfig
 
@@ -248,9 +249,8 @@ def main() -> int:
         "compile_s": round(spent["/jax/core/compile/backend_compile_duration"], 1),
         "programs_compiled": counts["/jax/core/compile/backend_compile_duration"],
         "trace_s": round(spent["/jax/core/compile/jaxpr_trace_duration"], 1),
-        "xla_cache": ("off" if cache_dir is None else "empty at start"
-                      if cache_dir == str(Path(tmp.name) / "xla") else cache_dir),
-        "drop_programs": os.environ.get("SEMIEVOL_DROP_PROGRAMS", ""),
+        "xla_cache": "empty at start" if cache_dir == fresh_cache else cache_dir or "off",
+        "drop_programs": drop_programs_between_stages(),  # in effect: asked and cached
         "programs_loaded_from_cache": counts["/jax/compilation_cache/cache_retrieval_time_sec"],
         "cache_load_s": round(spent["/jax/compilation_cache/cache_retrieval_time_sec"], 1),
         "compile_share_of_wall": round(

@@ -217,8 +217,9 @@ class Runner:
             shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left
             raise
         finally:
-            # The next stage's peak starts from what is live. Its programs differ
-            # (another model, other shapes) or come back from the persistent cache.
+            # The next stage's peak starts from what is live; when asked, without this
+            # stage's compiled programs (the next loads another model, compiles other
+            # shapes, and takes any it shares back from the persistent cache).
             release_free_memory(compiled_programs=drop_programs_between_stages())
         outputs = digest_dir(tmp)
         record = {
