@@ -77,9 +77,10 @@ def flops_per_token(n_base: int, n_lora: int, layers: int, seq: int, width: int,
 
 def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
               part: str = "step", mesh_cfg: tuple[int, int, int] = (-1, 1, 1),
-              remat: str = "none") -> dict:
+              remat: str = "none", lora_grad: str = "autodiff") -> dict:
     """Our train step on random weights; ``part`` = step | fwd_bwd | fwd (profiling);
-    ``remat``: what each layer keeps for the backward pass (train.remat)."""
+    ``remat``: what each layer keeps for the backward pass (train.remat); ``lora_grad``:
+    how the backward pass forms the LoRA B gradients (train.lora_grad)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -115,7 +116,7 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
 
     nnx.update(model, jax.tree.map(init, state, shardings))
     tc = TrainConfig(mode=mode, compute_dtype=dtype, batch_size=b, learning_rate=1e-4,
-                     remat=remat)
+                     remat=remat, lora_grad=lora_grad)
     old = step_lib.set_compute_dtype(model, dtype)
     split = step_lib.split_model(model, mode)
     step_lib.restore_compute_dtype(old)
@@ -164,9 +165,10 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
     n_lora = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(
         nnx.state(model, nnx.LoRAParam)))
     name = (f"jax/{part}/{dtype}" + ("" if donate else "/no_donate")
-            + ("" if remat == "none" else f"/remat={remat}"))
+            + ("" if remat == "none" else f"/remat={remat}")
+            + ("" if lora_grad == "autodiff" else f"/lora_grad={lora_grad}"))
     return dict(name=name, run=run, framework="jax", mode=mode, dtype=dtype, part=part,
-                donate=donate, remat=remat, n_base=n_base, n_lora=n_lora,
+                donate=donate, remat=remat, lora_grad=lora_grad, n_base=n_base, n_lora=n_lora,
                 xla_flops_per_step=float((flops or {}).get("flops", 0.0)),
                 # XLA's buffers besides arguments and outputs: the activations kept for
                 # the backward pass and the step's scratch (what train.remat changes).
@@ -287,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--remat", default="none",
                    help="comma-separated train.remat policies, one JAX step each "
                         "(e.g. projections,attention)")
+    p.add_argument("--lora-grad", default="autodiff",
+                   help="comma-separated train.lora_grad values, one LoRA step each per "
+                        "remat policy (e.g. autodiff,direct)")
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor (e.g. 1,-1,1 = FSDP)")
     p.add_argument("--tag", default="", help="suffix of this run's key in the JSON")
     p.add_argument("--same-process", action="store_true",
@@ -326,8 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for mode in modes:
         mesh_cfg = tuple(int(x) for x in args.mesh.split(","))
-        entries = [build_jax(shape, mode, dtype, mesh_cfg=mesh_cfg, remat=r)
-                   for r in args.remat.split(",")]
+        grads = args.lora_grad.split(",") if mode == "lora" else ["autodiff"]
+        entries = [build_jax(shape, mode, dtype, mesh_cfg=mesh_cfg, remat=r, lora_grad=g)
+                   for r in args.remat.split(",") for g in grads]
         if args.variants:
             entries += [build_jax(shape, mode, dtype, part="fwd_bwd"),
                         build_jax(shape, mode, dtype, part="fwd"),

@@ -99,3 +99,19 @@ def test_training_learns_the_copy_task(tmp_path):
     assert after >= 0.5 > before + 0.2, (before, after)
     lines = res.metrics_path.read_text().splitlines()
     assert len(lines) == 120 and '"tokens_per_sec"' in lines[-1]
+
+
+def test_direct_lora_grad_trains_as_autodiff_does(tmp_path):
+    """train.lora_grad "direct" reaches the same losses up to rounding, is refused when
+    unknown, and is left out of records at its default (digests made without it hold)."""
+    from semievol_jax.files import to_jsonable
+
+    with pytest.raises(TrainConfigError, match="train.lora_grad must be one of autodiff"):
+        _train(tiny_model("lora"), digit_examples(8), small_cfg(lora_grad="fast"), tmp_path)
+    runs = {g: _train(tiny_model("lora"), digit_examples(32), small_cfg(epochs=2, lora_grad=g),
+                      tmp_path / g) for g in ("autodiff", "direct")}
+    ref, got = runs["autodiff"].losses, runs["direct"].losses
+    assert len(ref) == len(got) == 8 and ref[-1] < ref[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+    assert "lora_grad" not in to_jsonable(small_cfg())
+    assert to_jsonable(small_cfg(lora_grad="direct"))["lora_grad"] == "direct"

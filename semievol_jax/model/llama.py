@@ -19,6 +19,7 @@ from flax import nnx
 from semievol_jax.model.config import LlamaConfig
 from semievol_jax.model.kv_cache import KVCache
 from semievol_jax.model.lora import (
+    LORA_GRADS,
     LORA_HIDDEN,
     MLP_PROJECTION,
     PROJECTION,
@@ -130,6 +131,7 @@ class Attention(nnx.Module):
         cos_sin: tuple[jax.Array, jax.Array],
         mask_BTS: jax.Array,
         kv: tuple[jax.Array, jax.Array, jax.Array, int] | None,
+        lora_grad: str = "autodiff",
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """Attends the T new tokens to themselves (no cache) or to the cache's S slots.
 
@@ -141,14 +143,15 @@ class Attention(nnx.Module):
                 buffers, where to write the new keys and values, this block's layer
                 index, whether the cache was empty (attend to the T new keys only,
                 mask_BTS [B, T, T]), and the keys' layout (KVCache.key_layout).
+            lora_grad: how the adapters' B gradients are formed (lora.LORA_GRADS).
 
         Returns:
             (out_BTD, (k_LBKSH, v_LBKSH) with this layer's slots [end, end+T) written, or
             None without a cache).
         """
-        q_BTNH = apply_rope(self.q(x_BTD), *cos_sin)
-        k_BKTH = apply_rope(self.k(x_BTD), *cos_sin).transpose(0, 2, 1, 3)
-        v_BKTH = self.v(x_BTD).transpose(0, 2, 1, 3)
+        q_BTNH = apply_rope(self.q(x_BTD, lora_grad), *cos_sin)
+        k_BKTH = apply_rope(self.k(x_BTD, lora_grad), *cos_sin).transpose(0, 2, 1, 3)
+        v_BKTH = self.v(x_BTD, lora_grad).transpose(0, 2, 1, 3)
         new_kv, fresh, key_layout = None, False, "SH"
         if kv is None:
             k_BKSH, v_BKSH = k_BKTH, v_BKTH
@@ -179,7 +182,7 @@ class Attention(nnx.Module):
         else:
             out_BKGTH = _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype, key_layout)
         out_BTKGH = out_BKGTH.transpose(0, 3, 1, 2, 4)
-        return self.o(out_BTKGH.reshape(B, T, N, H)), new_kv
+        return self.o(out_BTKGH.reshape(B, T, N, H), lora_grad), new_kv
 
 
 class MLP(nnx.Module):
@@ -192,8 +195,9 @@ class MLP(nnx.Module):
         self.up = Dense("D", "F", lora=_lora_for(lora, "up"), save_name=MLP_PROJECTION, **kw)
         self.down = Dense("F", "D", lora=_lora_for(lora, "down"), **kw)
 
-    def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        return self.down(jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD))
+    def __call__(self, x_BTD: jax.Array, lora_grad: str = "autodiff") -> jax.Array:
+        hidden_BTF = jax.nn.silu(self.gate(x_BTD, lora_grad)) * self.up(x_BTD, lora_grad)
+        return self.down(hidden_BTF, lora_grad)
 
 
 class Block(nnx.Module):
@@ -206,10 +210,10 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **norm)
         self.mlp = MLP(cfg, lora=lora, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x_BTD, cos_sin, mask_BTS, kv):
-        attn_BTD, new_kv = self.attn(self.attn_norm(x_BTD), cos_sin, mask_BTS, kv)
+    def __call__(self, x_BTD, cos_sin, mask_BTS, kv, lora_grad="autodiff"):
+        attn_BTD, new_kv = self.attn(self.attn_norm(x_BTD), cos_sin, mask_BTS, kv, lora_grad)
         x_BTD = x_BTD + attn_BTD
-        return x_BTD + self.mlp(self.mlp_norm(x_BTD)), new_kv
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD), lora_grad), new_kv
 
 
 def _check_room(cache: KVCache, T: int) -> None:
@@ -271,6 +275,7 @@ class Llama(nnx.Module):
         logits_at_BR: jax.Array | None = None,
         remat: str = "none",
         unroll: int | bool = 1,
+        lora_grad: str = "autodiff",
     ) -> ModelOutput:
         """Next-token logits for T new tokens.
 
@@ -294,6 +299,7 @@ class Llama(nnx.Module):
                 "none", "dots", "projections" or "full".
             unroll: layers per scan iteration (True: the whole stack, one program copy
                 per layer as a Python loop would give).
+            lora_grad: how the adapters' B gradients are formed (lora.LORA_GRADS).
 
         Returns:
             ModelOutput(logits float32 [B, T, V], or [B, R, V] at `logits_at_BR`;
@@ -327,7 +333,7 @@ class Llama(nnx.Module):
         x_BTD = jnp.take(self.embedding_VD[...], tokens_BT, axis=0).astype(self.dtype)
         x_BTD, kv_bufs, hidden_BTD = self._blocks(
             x_BTD, cos_sin, mask_BTS, cache, hidden_layer, remat=remat, unroll=unroll,
-            prefill=prefill)
+            prefill=prefill, lora_grad=lora_grad)
         x_BTD = self.norm(x_BTD)
         if hidden_layer == -1:
             hidden_BTD = x_BTD
@@ -344,7 +350,7 @@ class Llama(nnx.Module):
         return ModelOutput(logits_BTV, new_cache, hidden_BTD)
 
     def _blocks(self, x_BTD, cos_sin, mask_BTS, cache, hidden_layer, *, remat, unroll,
-                prefill=False):
+                prefill=False, lora_grad="autodiff"):
         """Scans the stacked blocks with `jax.lax.scan`; the cache buffers ride in the
         carry, so each layer's write is an in-place update of the [L, ...] buffers.
 
@@ -355,6 +361,8 @@ class Llama(nnx.Module):
         """
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+        if lora_grad not in LORA_GRADS:
+            raise ValueError(f"lora_grad={lora_grad!r}; expected one of {LORA_GRADS}")
         keep = hidden_layer is not None and hidden_layer >= 0
         end = None if cache is None else cache.end
         key_layout = None if cache is None else cache.key_layout
@@ -365,7 +373,7 @@ class Llama(nnx.Module):
             rng_l, state_l, i = xs
             block = nnx.merge(graphdef, rng_l, state_l)
             kv = None if kv_bufs is None else (*kv_bufs, end, i, prefill, key_layout)
-            x_BTD, kv_bufs = block(x_BTD, cos_sin, mask_BTS, kv)
+            x_BTD, kv_bufs = block(x_BTD, cos_sin, mask_BTS, kv, lora_grad)
             if keep:
                 hidden_BTD = jnp.where(i == hidden_layer, x_BTD, hidden_BTD)
             return (x_BTD, kv_bufs, hidden_BTD), nnx.state(block, nnx.RngState)

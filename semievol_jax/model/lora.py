@@ -22,6 +22,13 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 # and the adapter's rank-R activation. The adapter's output B(A x) is not named:
 # as wide as the projection, it costs as much memory and R multiply-adds to recompute.
 PROJECTION, MLP_PROJECTION, LORA_HIDDEN = "projection", "mlp_projection", "lora_hidden"
+# How the backward pass forms B's gradient, sum over tokens of g_O h_R ([out, R]):
+# "autodiff" is JAX's transpose of the product, which XLA:CPU's matmul library takes only
+# after writing the output gradient [tokens, out] out again transposed (the largest copies
+# of a LoRA step); "direct" states that matmul in the backward pass itself, and XLA:CPU
+# runs it over the gradient as it lies. The same sum in another kernel: the adapters
+# differ in the last bits.
+LORA_GRADS = ("autodiff", "direct")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +105,7 @@ class Dense(nnx.Module):
         self.lora_b = param(b, [names[x] for x in out_axes] + ["lora_rank"], nnx.LoRAParam)
         self.dropout = nnx.Dropout(lora.dropout, deterministic=True, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, lora_grad: str = "autodiff") -> jax.Array:
         # One 2-D matmul over the flattened axes (reshapes of contiguous arrays are free):
         # a dot over a 3-D weight such as w_NHD makes XLA:CPU copy the weight into
         # another layout on every call, a 2-D [out, in] one it reads as it lies.
@@ -113,7 +120,8 @@ class Dense(nnx.Module):
             a_RI = self.lora_a[...].astype(self.dtype).reshape(self.lora.rank, -1)
             b_OR = self.lora_b[...].astype(self.dtype).reshape(-1, self.lora.rank)
             h_XR = checkpoint_name(jnp.einsum("...I,RI->...R", h_XI, a_RI), LORA_HIDDEN)
-            y_XO = y_XO + self.lora.scale * jnp.einsum("...R,OR->...O", h_XR, b_OR)
+            product = _b_product if lora_grad == "direct" else _b_product_autodiff
+            y_XO = y_XO + self.lora.scale * product(h_XR, b_OR)
         return y_XO.reshape(*lead, *out_shape)
 
     def merged_weight(self) -> jax.Array:
@@ -126,6 +134,31 @@ class Dense(nnx.Module):
         delta = jnp.einsum(f"...{o}R,...R{i}->...{o}{i}", self.lora_b[...].astype(jnp.float32),
                            self.lora_a[...].astype(jnp.float32))
         return (w.astype(jnp.float32) + self.lora.scale * delta).astype(w.dtype)
+
+
+def _b_product_autodiff(h_XR: jax.Array, b_OR: jax.Array) -> jax.Array:
+    return jnp.einsum("...R,OR->...O", h_XR, b_OR)
+
+
+@jax.custom_vjp
+def _b_product(h_XR: jax.Array, b_OR: jax.Array) -> jax.Array:
+    """The adapter's up-projection with LORA_GRADS "direct" gradients."""
+    return _b_product_autodiff(h_XR, b_OR)
+
+
+def _b_product_fwd(h_XR, b_OR):
+    return _b_product_autodiff(h_XR, b_OR), (h_XR, b_OR)
+
+
+def _b_product_bwd(res, g_XO):
+    h_XR, b_OR = res
+    g_h_XR = jnp.einsum("...O,OR->...R", g_XO, b_OR)
+    g_b_OR = jnp.einsum("NO,NR->OR", g_XO.reshape(-1, g_XO.shape[-1]),
+                        h_XR.reshape(-1, h_XR.shape[-1]))
+    return g_h_XR, g_b_OR
+
+
+_b_product.defvjp(_b_product_fwd, _b_product_bwd)
 
 
 def merge_lora(model: nnx.Module) -> nnx.Module:

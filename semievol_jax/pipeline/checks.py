@@ -24,7 +24,7 @@ from semievol_jax.model.kv_cache import KEY_LAYOUTS
 from semievol_jax.pipeline.config import ABLATIONS, COLLABORATOR_WEIGHTS, FINAL_DATA, RunConfig
 from semievol_jax.pipeline.selection import RULES as SELECTION_RULES
 from semievol_jax.pipeline.tasks import EXTRACTION_RULES
-from semievol_jax.train.config import REMAT_NAMES
+from semievol_jax.train.config import LORA_GRAD_NAMES, REMAT_NAMES
 
 Rule = Callable[[Any], "str | None"]  # what is wrong with a value, or None
 
@@ -122,6 +122,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("select.rule", one_of(*SELECTION_RULES)),
     ("*.train.remat", lambda v: None if isinstance(v, bool)  # older configs: none/dots
      else one_of(*REMAT_NAMES)(v)),
+    ("*.train.lora_grad", one_of(*LORA_GRAD_NAMES)),
     ("propose.collaborators", each(one_of(*COLLABORATORS))),
     ("propose.extract select.extract eval.extract", one_of(*EXTRACTION_RULES)),
     ("final.data", one_of(*FINAL_DATA)),

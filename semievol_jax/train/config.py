@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-# model/llama.py REMAT_POLICIES by name (this module stays free of jax imports)
+from semievol_jax.files import DIGEST_OMITS
+
+# model/llama.py REMAT_POLICIES and model/lora.py LORA_GRADS by name (this module stays
+# free of jax imports)
 REMAT_NAMES = ("none", "dots", "projections", "attention", "full")
+LORA_GRAD_NAMES = ("autodiff", "direct")
 
 
 class TrainConfigError(ValueError):
@@ -42,6 +46,11 @@ class TrainConfig:
     # dots | projections (recompute attention scores) | full (recompute each layer);
     # false/true, as older configs say, read as none/dots
     remat: str | bool = "none"
+    # How the backward pass forms the LoRA B gradients (model/lora.py LORA_GRADS):
+    # "direct" is faster on XLA:CPU and rounds differently from "autodiff", with which
+    # the committed results were made
+    lora_grad: str = dataclasses.field(default="autodiff",
+                                       metadata={DIGEST_OMITS: "autodiff"})
     shuffle: bool = True  # seeded permutation of the examples each epoch
     max_steps: int | None = None  # stop after this many optimizer steps (None = all epochs)
     checkpoint_every: int = 100  # optimizer steps between checkpoints (and one at the end)
@@ -95,6 +104,9 @@ class TrainConfig:
         if self.remat_policy not in REMAT_NAMES:
             raise TrainConfigError(f"train.remat must be one of {'|'.join(REMAT_NAMES)}, got "
                                    f"{self.remat!r}")
+        if self.lora_grad not in LORA_GRAD_NAMES:
+            raise TrainConfigError(f"train.lora_grad must be one of {'|'.join(LORA_GRAD_NAMES)}, "
+                                   f"got {self.lora_grad!r}")
         if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
             raise TrainConfigError(f"train.compute_dtype must be float32|bfloat16|float16, got "
                                    f"{self.compute_dtype!r}")

@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from semievol_jax import rng, sharding
+from semievol_jax.files import to_jsonable
 from semievol_jax.train import checkpoint as ckpt
 from semievol_jax.train import step as step_lib
 from semievol_jax.train.config import TrainConfig
@@ -173,7 +174,7 @@ def train(
     # Fields that change the trained numbers; logging/checkpoint cadence may change on resume.
     cosmetic = {"checkpoint_every", "keep_checkpoints", "async_checkpoint", "log_every",
                 "tensorboard", "progress"}
-    cfg_digest = json.dumps({k: v for k, v in dataclasses.asdict(cfg).items()
+    cfg_digest = json.dumps({k: v for k, v in to_jsonable(cfg).items()
                              if k not in cosmetic}, sort_keys=True, default=str)
     expect = {"data_digest": data.digest, "mode": cfg.mode, "total_steps": total,
               "params": sorted(split.params), "config": cfg_digest}

@@ -224,7 +224,7 @@ def make_train_step(
                        **{n: rng.subkey(key, n) for n in streams})
         out = model(mb.tokens_ABT, mb.positions_ABT, valid_BT=mb.valid_ABT,
                     segment_BT=mb.segment_ABT, logits_at_BR=mb.score_at_ABR,
-                    remat=cfg.remat_policy)
+                    remat=cfg.remat_policy, lora_grad=cfg.lora_grad)
         targets_BR = jnp.take_along_axis(mb.targets_ABT, mb.score_at_ABR, axis=1)
         loss_sum, count = masked_cross_entropy(out.logits_BTV, targets_BR, mb.score_mask_ABR)
         return loss_sum, count
