@@ -201,15 +201,16 @@ def profiled(run, trace_dir: str) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime - cpu0
 
 
-def train_program(tiny: bool, batch: int = 1, seq: int = 0, remat: str = "attention"
-                  ) -> tuple[str, object]:
+def train_program(tiny: bool, batch: int = 1, seq: int = 0, remat: str = "attention",
+                  lora_grad: str = "autodiff") -> tuple[str, object]:
     import bench_train
 
     shape = dict(bench_train.PRESETS["tiny" if tiny else "smollm2-135m"])
     shape.update(batch=batch, seq=seq or (128 if tiny else 1024))
-    entry = bench_train.build_jax(shape, "lora", "float32", remat=remat)
+    entry = bench_train.build_jax(shape, "lora", "float32", remat=remat, lora_grad=lora_grad)
     name = "tiny" if tiny else "smollm2-135m"
-    return f"train/{name}/lora/{shape['batch']}x{shape['seq']}/remat={remat}", entry["run"]
+    grad = "" if lora_grad == "autodiff" else f"/lora_grad={lora_grad}"
+    return f"train/{name}/lora/{shape['batch']}x{shape['seq']}/remat={remat}{grad}", entry["run"]
 
 
 def decode_program(tiny: bool, work: Path) -> tuple[str, object]:
@@ -245,6 +246,7 @@ def main() -> int:
     ap.add_argument("--train-shape", default="1x0", metavar="BxT",
                     help="the train step's rows x tokens (T 0: 1,024, 128 with --tiny)")
     ap.add_argument("--remat", default="attention", help="the train step's train.remat")
+    ap.add_argument("--lora-grad", default="autodiff", help="the train step's train.lora_grad")
     ap.add_argument("--out", default="results/bench/profile.json")
     args = ap.parse_args()
 
@@ -267,7 +269,8 @@ def main() -> int:
     batch, seq = (int(x) for x in args.train_shape.split("x"))
     results = {}
     for program in args.programs:
-        key, run = (train_program(args.tiny, batch, seq, args.remat) if program == "train"
+        key, run = (train_program(args.tiny, batch, seq, args.remat, args.lora_grad)
+                    if program == "train"
                     else decode_program(args.tiny, work))
         run()  # compiles
         load = load_average()

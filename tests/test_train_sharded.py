@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from semievol_jax import sharding
@@ -29,14 +30,16 @@ assert len(jax.devices()) == 8
 ex = H.digit_examples(8 * 20)
 out = {}
 for mode in modes:
+    kind, _, lora_grad = mode.partition("+")  # "lora+direct": train.lora_grad=direct
     for name, shape in meshes.items():
         if shape is None:
             mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
         else:
             mesh = sharding.make_mesh(sharding.MeshConfig(*shape))
-        model = H.tiny_model(mode)
-        res = train(model, H.tokenizer(), ex, H.small_cfg(mode=mode, checkpoint_every=100),
-                    Path(tempfile.mkdtemp()), mesh=mesh, key=rng.key_for(0, "train"))
+        model = H.tiny_model(kind)
+        cfg = H.small_cfg(mode=kind, checkpoint_every=100, lora_grad=lora_grad or "autodiff")
+        res = train(model, H.tokenizer(), ex, cfg, Path(tempfile.mkdtemp()), mesh=mesh,
+                    key=rng.key_for(0, "train"))
         out[f"{mode}/{name}"] = {"losses": res.losses,
                                  "params": param_checksum(model).tolist()}
 if sys.argv[3] == "resume":
@@ -79,8 +82,6 @@ def _run(modes: str, meshes: str, resume: bool = False) -> dict:
 
 
 def _check(out: dict, mode: str, meshes: tuple[str, ...]) -> None:
-    import numpy as np
-
     ref = np.asarray(out[f"{mode}/single"]["losses"])
     ref_p = np.asarray(out[f"{mode}/single"]["params"])
     assert len(ref) == 20 and ref[-1] < ref[0]
@@ -96,8 +97,6 @@ def test_sharded_lora_fsdp_x_tensor_matches_single_device_and_resumes_across_mes
     out = _run("lora", "fsdp4_tensor2", resume=True)
     _check(out, "lora", ("fsdp4_tensor2",))
     # Checkpointed on a data-parallel mesh, resumed on FSDP x tensor: same run.
-    import numpy as np
-
     r = out["resumed"]
     assert r["from"] == 4 and len(r["losses"]) == 16
     np.testing.assert_allclose(r["losses"], out["lora/single"]["losses"][4:], rtol=1e-5)
@@ -106,8 +105,12 @@ def test_sharded_lora_fsdp_x_tensor_matches_single_device_and_resumes_across_mes
 
 @pytest.mark.slow
 def test_sharded_loss_curve_matches_single_device_lora_and_full():
-    """20 steps on data, FSDP and FSDP x tensor meshes, LoRA and full FT (~3 min on 2 cores)."""
+    """20 steps on data, FSDP and FSDP x tensor meshes, LoRA (both train.lora_grad) and
+    full FT (~4 min on 2 cores)."""
     meshes = ("data8", "fsdp8", "fsdp4_tensor2")
-    out = _run("lora,full", ",".join(meshes))
+    out = _run("lora,lora+direct,full", ",".join(meshes))
     _check(out, "lora", meshes)
+    _check(out, "lora+direct", meshes)
     _check(out, "full", meshes)
+    np.testing.assert_allclose(out["lora+direct/single"]["losses"], out["lora/single"]["losses"],
+                               rtol=1e-4)
