@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: this CPU's peak FLOP/s and the machine's load.
+"""What the benchmark scripts share: this CPU's peak FLOP/s, the machine's load and the
+commit measured.
 
 The theoretical peak is cores x clock x FP32 FLOPs per cycle of the CPU's FMA units: two
 256-bit FMA pipes on AMD Zen 2-4 (32 FLOPs; Zen 4 runs AVX-512 on them in two halves),
@@ -93,6 +94,19 @@ def cpu_peak_flops() -> dict:
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def git_commit() -> str:
+    """HEAD's commit, "+dirty" when tracked files differ from it; "unknown" outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=here,
+                                       stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=here,
+                               stderr=subprocess.DEVNULL).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":  # matmul_peaks' child: torch's peaks for an n^3 matmul

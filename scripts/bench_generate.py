@@ -299,9 +299,11 @@ def main() -> int:
         print(json.dumps(hf_runs(args, args.hf_only)))
         return 0
 
+    from bench_common import git_commit
+
     result: dict = {
         "command": "python " + " ".join(sys.argv),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": {"jax_devices": [str(d) for d in jax.devices()],
                    "platform": platform.platform(), "processor": platform.processor(),
@@ -362,13 +364,6 @@ def _print_table(r: dict) -> None:
         a = r["accelerator_8b"]
         print(f"8B on {a['device']}: {a['tokens_per_s']} tokens/s, bound "
               f"{a['bound_tokens_per_s']} ({a['fraction_of_bound']:.0%})")
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ process from an empty run directory with an empty persistent XLA cache. Measured
                     given, the pipeline drops its in-memory programs between stages),
                     and the seconds that took
   stages            per stage: seconds, from the stage records
+  stage_digests     per stage, the digest of its outputs (equal digests: equal results)
+  code              the commit measured ("+dirty": with uncommitted changes)
 Writes results/bench/real_run.json (key: --key, default `<task>-<rows>/<backend>`).
 `--random-weights` uses random weights of SmolLM2's shape written as an HF checkpoint
 (for machines the 98 MB file cannot reach, e.g. the GPU script).
@@ -201,7 +203,7 @@ def main() -> int:
     os.environ.setdefault("SEMIEVOL_XLA_CACHE", fresh_cache)
     os.environ.setdefault("SEMIEVOL_DROP_PROGRAMS", "1")  # what a 30-layer model wants
     import jax
-    from bench_common import load_average
+    from bench_common import git_commit, load_average
     from jax import monitoring
 
     from semievol_jax.config import load_config
@@ -265,6 +267,8 @@ def main() -> int:
         "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "load_average_before": load_before, "load_average_after": load_average(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": args.malloc,
+        "code": git_commit(),
+        "stage_digests": {name: r["output_digest"] for name, r in records.items()},
     }
     print(json.dumps(result, indent=1))
     out = Path(args.out)

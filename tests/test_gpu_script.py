@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,9 @@ def test_gpu_script_smoke(tmp_path):
         assert (out / f"{name}.json").stat().st_size > 0, name
     run = next(iter(json.loads((out / "real_run.json").read_text()).values()))
     assert run["wall_s"] > 0 and set(run["stages"]) >= {"sft", "propose", "eval"}
+    assert set(run["stage_digests"]) == set(run["stages"])
+    assert all(re.fullmatch(r"[0-9a-f]{64}", d) for d in run["stage_digests"].values())
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", run["code"]), run["code"]
     assert run["compile_s"] > 0 and run["programs_compiled"] > 0
     # The programs the pipeline drops between stages come back from the persistent cache.
     assert run["xla_cache"] == str(tmp_path / "xla") and run["drop_programs"] is True
