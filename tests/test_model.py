@@ -245,29 +245,39 @@ def test_remat_policies_give_the_same_loss_and_gradients(tiny_model):
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(ref_grads))
 
 
-def test_attention_remat_trains_lora_exactly_as_projections(tiny_ckpt_dir):
-    """Recomputing the MLP's gate and up projections in the backward pass (remat
-    "attention") gives the LoRA gradients of saving them ("projections") bit for bit, so
-    a preset may trade one for the other (memory for time) without moving its results."""
+def _lora_gradients(tiny_ckpt_dir):
+    """The tiny checkpoint with LoRA adapters moved off B = 0 (at init every adapter
+    gradient but B's would be trivially equal), and on a fixed batch: its adapters,
+    ``forward(lora_state, **call)`` and the jitted ``grads(lora_state, remat=, lora_grad=)``
+    -> (loss, adapter gradients)."""
     from semievol_jax.model import load_hf
 
     model, cfg = load_hf(tiny_ckpt_dir, lora=LoraConfig(rank=4, alpha=8.0, dropout=0.0))
     graphdef, lora_state, rest = nnx.split(model, nnx.LoRAParam, ...)
-    # B = 0 at init would make every adapter gradient but B's trivially equal.
     lora_state = jax.tree.map(lambda x: x + 0.01 * jnp.cos(jnp.arange(x.size).reshape(x.shape)),
                               lora_state)
     tokens, positions, valid = _left_padded(cfg.vocab_size, [12, 9], 12, 0)
 
-    @functools.partial(jax.jit, static_argnums=1)
-    def grads(lora_state, remat):
+    def forward(lora_state, **call):
+        return nnx.merge(graphdef, lora_state, rest)(tokens, positions, valid_BT=valid, **call)
+
+    @functools.partial(jax.jit, static_argnames=("remat", "lora_grad"))
+    def grads(lora_state, remat="none", lora_grad="autodiff"):
         def loss(lora_state):
-            out = nnx.merge(graphdef, lora_state, rest)(tokens, positions, valid_BT=valid,
-                                                        remat=remat)
+            out = forward(lora_state, remat=remat, lora_grad=lora_grad)
             return jnp.mean(jax.nn.logsumexp(out.logits_BTV, -1))
         return jax.value_and_grad(loss)(lora_state)
 
-    ref_loss, ref = grads(lora_state, "projections")
-    loss, got = grads(lora_state, "attention")
+    return lora_state, forward, grads
+
+
+def test_attention_remat_trains_lora_exactly_as_projections(tiny_ckpt_dir):
+    """Recomputing the MLP's gate and up projections in the backward pass (remat
+    "attention") gives the LoRA gradients of saving them ("projections") bit for bit, so
+    a preset may trade one for the other (memory for time) without moving its results."""
+    lora_state, _, grads = _lora_gradients(tiny_ckpt_dir)
+    ref_loss, ref = grads(lora_state, remat="projections")
+    loss, got = grads(lora_state, remat="attention")
     assert float(loss) == float(ref_loss)
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
@@ -278,32 +288,19 @@ def test_attention_remat_trains_lora_exactly_as_projections(tiny_ckpt_dir):
 def test_direct_lora_grad_equals_autodiff(tiny_ckpt_dir, remat):
     """train.lora_grad "direct" (the B gradient as one matmul over the tokens, stated in
     the backward pass) gives JAX's own gradients up to rounding, under remat too."""
-    from semievol_jax.model import load_hf
     from semievol_jax.model.lora import LORA_GRADS
     from semievol_jax.train.config import LORA_GRAD_NAMES
 
     assert LORA_GRADS == LORA_GRAD_NAMES  # the settings check reads the names there
-    model, cfg = load_hf(tiny_ckpt_dir, lora=LoraConfig(rank=4, alpha=8.0, dropout=0.0))
-    graphdef, lora_state, rest = nnx.split(model, nnx.LoRAParam, ...)
-    lora_state = jax.tree.map(lambda x: x + 0.01 * jnp.cos(jnp.arange(x.size).reshape(x.shape)),
-                              lora_state)
-    tokens, positions, valid = _left_padded(cfg.vocab_size, [12, 9], 12, 0)
-
-    @functools.partial(jax.jit, static_argnums=1)
-    def grads(lora_state, lora_grad):
-        def loss(lora_state):
-            out = nnx.merge(graphdef, lora_state, rest)(
-                tokens, positions, valid_BT=valid, remat=remat, lora_grad=lora_grad)
-            return jnp.mean(jax.nn.logsumexp(out.logits_BTV, -1))
-        return jax.value_and_grad(loss)(lora_state)
+    lora_state, forward, grads = _lora_gradients(tiny_ckpt_dir)
 
     def program(lora_grad):
-        return str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s, rest)(
-            tokens, positions, valid_BT=valid, remat=remat, lora_grad=lora_grad))(lora_state))
+        return str(jax.make_jaxpr(lambda s: forward(s, remat=remat, lora_grad=lora_grad))(
+            lora_state))
 
     assert "custom_vjp" in program("direct") and "custom_vjp" not in program("autodiff")
-    ref_loss, ref = grads(lora_state, "autodiff")
-    loss, got = grads(lora_state, "direct")
+    ref_loss, ref = grads(lora_state, remat=remat, lora_grad="autodiff")
+    loss, got = grads(lora_state, remat=remat, lora_grad="direct")
     assert float(loss) == float(ref_loss)  # the forward pass is the same program
     flat_ref, flat_got = nnx.to_flat_state(ref), nnx.to_flat_state(got)
     assert [p for p, _ in flat_ref] == [p for p, _ in flat_got]
