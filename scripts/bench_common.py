@@ -58,12 +58,13 @@ def torch_matmul_peaks(n: int = 2048) -> dict:
 def matmul_peaks(n: int = 2048) -> dict:
     """FLOP/s of one n^3 matmul per framework and dtype: {"jax": {"float32": ...}, ...}.
     torch's are timed in a child process, so that the caller's own process never runs
-    torch before timing JAX (scripts/bench_train.py says why)."""
+    torch before timing JAX (scripts/bench_train.py says why). JAX's bf16 matmul sums
+    in float32, as the model's do (semievol_jax/model/matmul.py) and as oneDNN's does."""
     import jax
     import jax.numpy as jnp
 
     out: dict = {"jax": {}}
-    f = jax.jit(lambda x: x @ x)
+    f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
     for dt in ("float32", "bfloat16"):
         a = jnp.ones((n, n), dt)
         out["jax"][dt] = 2 * n**3 / _best_of(lambda a=a: f(a).block_until_ready())

@@ -77,16 +77,19 @@ def flops_per_token(n_base: int, n_lora: int, layers: int, seq: int, width: int,
 
 def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
               part: str = "step", mesh_cfg: tuple[int, int, int] = (-1, 1, 1),
-              remat: str = "none", lora_grad: str = "autodiff") -> dict:
+              remat: str = "none", lora_grad: str = "autodiff",
+              matmul_dtype: str | None = None) -> dict:
     """Our train step on random weights; ``part`` = step | fwd_bwd | fwd (profiling);
     ``remat``: what each layer keeps for the backward pass (train.remat); ``lora_grad``:
-    how the backward pass forms the LoRA B gradients (train.lora_grad)."""
+    how the backward pass forms the LoRA B gradients (train.lora_grad); ``matmul_dtype``:
+    the matmuls' operand dtype (base.matmul_dtype)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
     from semievol_jax import rng, sharding
+    from semievol_jax.model import matmul
     from semievol_jax.model.config import LlamaConfig
     from semievol_jax.model.llama import Llama
     from semievol_jax.model.lora import LoraConfig
@@ -115,6 +118,7 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
                        out_shardings=s)(next(keys))
 
     nnx.update(model, jax.tree.map(init, state, shardings))
+    matmul.set_matmul_dtype(model, matmul_dtype)
     tc = TrainConfig(mode=mode, compute_dtype=dtype, batch_size=b, learning_rate=1e-4,
                      remat=remat, lora_grad=lora_grad)
     old = step_lib.set_compute_dtype(model, dtype)
@@ -166,9 +170,11 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
         nnx.state(model, nnx.LoRAParam)))
     name = (f"jax/{part}/{dtype}" + ("" if donate else "/no_donate")
             + ("" if remat == "none" else f"/remat={remat}")
-            + ("" if lora_grad == "autodiff" else f"/lora_grad={lora_grad}"))
+            + ("" if lora_grad == "autodiff" else f"/lora_grad={lora_grad}")
+            + ("" if matmul_dtype is None else f"/matmul={matmul_dtype}"))
     return dict(name=name, run=run, framework="jax", mode=mode, dtype=dtype, part=part,
-                donate=donate, remat=remat, lora_grad=lora_grad, n_base=n_base, n_lora=n_lora,
+                donate=donate, remat=remat, lora_grad=lora_grad, matmul_dtype=matmul_dtype,
+                n_base=n_base, n_lora=n_lora,
                 xla_flops_per_step=float((flops or {}).get("flops", 0.0)),
                 # XLA's buffers besides arguments and outputs: the activations kept for
                 # the backward pass and the step's scratch (what train.remat changes).
@@ -177,8 +183,13 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
                 num_devices=len(jax.devices()))
 
 
-def build_torch(shape: dict, mode: str, dtype: str, part: str = "step") -> dict:
-    """HF LlamaForCausalLM (+PEFT LoRA) with torch AdamW, same shapes and loss."""
+def build_torch(shape: dict, mode: str, dtype: str, part: str = "step",
+                autocast: str | None = None) -> dict:
+    """HF LlamaForCausalLM (+PEFT LoRA) with torch AdamW, same shapes and loss;
+    ``autocast``: run the forward pass under torch.autocast in that dtype (its matmuls
+    in it, weights and the rest in ``dtype``)."""
+    import contextlib
+
     import numpy as np
     import torch
     import transformers
@@ -207,8 +218,11 @@ def build_torch(shape: dict, mode: str, dtype: str, part: str = "step") -> dict:
     ids = torch.from_numpy(r.integers(0, shape["vocab_size"], (b, t + 1)).astype(np.int64))
     x, y = ids[:, :-1], ids[:, 1:]
 
+    cast = (torch.autocast("cpu", dtype=getattr(torch, autocast)) if autocast
+            else contextlib.nullcontext())
+
     def run():
-        with torch.set_grad_enabled(part != "fwd"):
+        with torch.set_grad_enabled(part != "fwd"), cast:
             logits = model(input_ids=x).logits
             loss = torch.nn.functional.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -220,8 +234,9 @@ def build_torch(shape: dict, mode: str, dtype: str, part: str = "step") -> dict:
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    return dict(name=f"torch/{part}/{dtype}", run=run, framework="torch", mode=mode,
-                dtype=dtype, part=part, threads=torch.get_num_threads(),
+    return dict(name=f"torch/{part}/{dtype}" + (f"/autocast={autocast}" if autocast else ""),
+                run=run, framework="torch", mode=mode, dtype=dtype, part=part,
+                autocast=autocast, threads=torch.get_num_threads(),
                 torch=torch.__version__, transformers=transformers.__version__)
 
 
@@ -255,8 +270,10 @@ def time_interleaved(entries: list[dict], steps: int, warmup: int, first: bool =
         e["minor_faults_per_step"] = int(np.median(e["minor_faults"]))
 
 
-def torch_entries(shape: dict, mode: str, dtype: str, variants: bool) -> list[dict]:
+def torch_entries(shape: dict, mode: str, dtype: str, variants: bool,
+                  autocasts: tuple = ()) -> list[dict]:
     entries = [build_torch(shape, mode, dtype)]
+    entries += [build_torch(shape, mode, dtype, autocast=a) for a in autocasts]
     if variants:
         entries += [build_torch(shape, mode, dtype, part) for part in ("fwd_bwd", "fwd")]
     return entries
@@ -292,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora-grad", default="autodiff",
                    help="comma-separated train.lora_grad values, one LoRA step each per "
                         "remat policy (e.g. autodiff,direct)")
+    p.add_argument("--matmul-dtype", default="none",
+                   help="comma list of the matmuls' operand dtypes (base.matmul_dtype), e.g. "
+                        "none,bfloat16; torch gets a torch.autocast row per dtype")
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor (e.g. 1,-1,1 = FSDP)")
     p.add_argument("--tag", default="", help="suffix of this run's key in the JSON")
     p.add_argument("--same-process", action="store_true",
@@ -301,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.torch_only:
         spec = json.loads(args.torch_only)
-        entries = torch_entries(spec["shape"], spec["mode"], spec["dtype"], spec["variants"])
+        entries = torch_entries(spec["shape"], spec["mode"], spec["dtype"], spec["variants"],
+                                tuple(spec.get("autocasts", ())))
         time_interleaved(entries, spec["steps"], spec["warmup"])
         for e in entries:
             e.pop("run")
@@ -332,8 +353,11 @@ def main(argv: list[str] | None = None) -> None:
     for mode in modes:
         mesh_cfg = tuple(int(x) for x in args.mesh.split(","))
         grads = args.lora_grad.split(",") if mode == "lora" else ["autodiff"]
-        entries = [build_jax(shape, mode, dtype, mesh_cfg=mesh_cfg, remat=r, lora_grad=g)
-                   for r in args.remat.split(",") for g in grads]
+        matmuls = [None if d == "none" else d for d in args.matmul_dtype.split(",")]
+        autocasts = tuple(d for d in matmuls if d is not None)
+        entries = [build_jax(shape, mode, dtype, mesh_cfg=mesh_cfg, remat=r, lora_grad=g,
+                             matmul_dtype=d)
+                   for r in args.remat.split(",") for g in grads for d in matmuls]
         if args.variants:
             entries += [build_jax(shape, mode, dtype, part="fwd_bwd"),
                         build_jax(shape, mode, dtype, part="fwd"),
@@ -341,17 +365,23 @@ def main(argv: list[str] | None = None) -> None:
             if platform_name == "cpu" and dtype == "float32":
                 entries.append(build_jax(shape, mode, "bfloat16"))
         if args.same_process and not args.no_torch:
-            entries += torch_entries(shape, mode, dtype, args.variants)
+            entries += torch_entries(shape, mode, dtype, args.variants, autocasts)
         time_interleaved(entries, args.steps, args.warmup)
         if not args.same_process and not args.no_torch:
             # Ours before and after torch, so a change in load shows up on both sides.
             entries += torch_in_child(dict(shape=shape, mode=mode, dtype=dtype,
-                                           variants=args.variants, steps=args.steps,
+                                           variants=args.variants, autocasts=autocasts,
+                                           steps=args.steps,
                                            warmup=args.warmup))
             time_interleaved([e for e in entries if "run" in e], args.steps, 0, first=False)
         fpt = flops_per_token(entries[0]["n_base"], entries[0]["n_lora"], shape["num_layers"],
                               shape["seq"], shape["hidden_size"], mode)
-        torch_step = next((e for e in entries if e["name"] == f"torch/step/{dtype}"), None)
+
+        def peer(e: dict, entries: list = entries) -> dict | None:  # same matmul dtype
+            cast = e.get("matmul_dtype") if e["framework"] == "jax" else e.get("autocast")
+            return next((t for t in entries if t["framework"] == "torch" and t["part"] == "step"
+                         and t.get("autocast") == cast), None)
+
         for e in entries:
             e.pop("run", None)
             e["process"] = "shared" if args.same_process else "own"  # torch and ours
@@ -366,10 +396,11 @@ def main(argv: list[str] | None = None) -> None:
                 if cpu_peak["theoretical_flops"]:
                     e["fraction_of_theoretical_peak"] = (
                         e["tokens_per_s"] * fpt / cpu_peak["theoretical_flops"])
-                own = cpu_peak["by_framework"].get(e["framework"], {}).get(e["dtype"])
+                mm = e.get("matmul_dtype") or e.get("autocast") or e["dtype"]
+                own = cpu_peak["by_framework"].get(e["framework"], {}).get(mm)
                 if own:  # against the matmul peak of the row's own framework and dtype
                     e["fraction_of_own_matmul_peak"] = e["tokens_per_s"] * fpt / own
-            if torch_step is not None:
+            if (torch_step := peer(e)) is not None:
                 e["vs_torch_step"] = e["tokens_per_s"] / torch_step["tokens_per_s"]
             rows.append(e)
 

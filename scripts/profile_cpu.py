@@ -202,14 +202,17 @@ def profiled(run, trace_dir: str) -> tuple[float, float]:
 
 
 def train_program(tiny: bool, batch: int = 1, seq: int = 0, remat: str = "attention",
-                  lora_grad: str = "autodiff") -> tuple[str, object]:
+                  lora_grad: str = "autodiff", matmul_dtype: str | None = None
+                  ) -> tuple[str, object]:
     import bench_train
 
     shape = dict(bench_train.PRESETS["tiny" if tiny else "smollm2-135m"])
     shape.update(batch=batch, seq=seq or (128 if tiny else 1024))
-    entry = bench_train.build_jax(shape, "lora", "float32", remat=remat, lora_grad=lora_grad)
+    entry = bench_train.build_jax(shape, "lora", "float32", remat=remat, lora_grad=lora_grad,
+                                  matmul_dtype=matmul_dtype)
     name = "tiny" if tiny else "smollm2-135m"
     grad = "" if lora_grad == "autodiff" else f"/lora_grad={lora_grad}"
+    grad += "" if matmul_dtype is None else f"/matmul={matmul_dtype}"
     return f"train/{name}/lora/{shape['batch']}x{shape['seq']}/remat={remat}{grad}", entry["run"]
 
 
@@ -247,6 +250,8 @@ def main() -> int:
                     help="the train step's rows x tokens (T 0: 1,024, 128 with --tiny)")
     ap.add_argument("--remat", default="attention", help="the train step's train.remat")
     ap.add_argument("--lora-grad", default="autodiff", help="the train step's train.lora_grad")
+    ap.add_argument("--matmul-dtype", default=None,
+                    help="the train step's matmul operand dtype (base.matmul_dtype)")
     ap.add_argument("--out", default="results/bench/profile.json")
     args = ap.parse_args()
 
@@ -269,7 +274,8 @@ def main() -> int:
     batch, seq = (int(x) for x in args.train_shape.split("x"))
     results = {}
     for program in args.programs:
-        key, run = (train_program(args.tiny, batch, seq, args.remat, args.lora_grad)
+        key, run = (train_program(args.tiny, batch, seq, args.remat, args.lora_grad,
+                                  args.matmul_dtype)
                     if program == "train"
                     else decode_program(args.tiny, work))
         run()  # compiles

@@ -187,6 +187,7 @@ def main() -> int:
 
     from semievol_jax.environment import (
         configure_malloc,
+        cpu_mode_in_effect,
         set_determinism_flags,
         set_quiet_imports,
     )
@@ -266,8 +267,8 @@ def main() -> int:
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
         "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "load_average_before": load_before, "load_average_after": load_average(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": args.malloc,
-        "code": git_commit(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_mode": cpu_mode_in_effect(),
+        "malloc": args.malloc, "code": git_commit(),
         "stage_digests": {name: r["output_digest"] for name, r in records.items()},
     }
     print(json.dumps(result, indent=1))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from semievol_jax.model import matmul
 from semievol_jax.model.config import LlamaConfig
 from semievol_jax.model.kv_cache import KVCache
 from semievol_jax.model.lora import (
@@ -78,23 +79,21 @@ def _lora_for(lora: LoraConfig | None, target: str) -> LoraConfig | None:
 PREFILL_QUERY_BLOCK = 256
 
 
-def _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype, key_layout="SH"):
+def _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype, key_layout="SH", matmul_dtype=None):
     """softmax(q k^T / sqrt(H), masked) v over the S keys, in float32 scores; the keys
-    are [B, K, H, S] with `key_layout` "HS"."""
+    are [B, K, H, S] with `key_layout` "HS"; `matmul_dtype`: the matmuls' operands'."""
     H = q_BKGTH.shape[-1]
     spec = "BKGTH,BKSH->BKGTS" if key_layout == "SH" else "BKGTH,BKHS->BKGTS"
-    scores_BKGTS = jnp.einsum(
-        spec, q_BKGTH, k_BKSH, preferred_element_type=jnp.float32
-    ) * (H**-0.5)
+    scores_BKGTS = matmul.einsum(spec, q_BKGTH, k_BKSH, jnp.float32, matmul_dtype) * (H**-0.5)
     # finfo.min, not -inf: a query with no valid key (a pad slot) gets a uniform,
     # finite distribution instead of NaNs that would leak into gradients.
     scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS,
                              jnp.finfo(jnp.float32).min)
     probs_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1).astype(dtype)
-    return jnp.einsum("BKGTS,BKSH->BKGTH", probs_BKGTS, v_BKSH)
+    return matmul.einsum("BKGTS,BKSH->BKGTH", probs_BKGTS, v_BKSH, operand_dtype=matmul_dtype)
 
 
-def _attend_in_blocks(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype):
+def _attend_in_blocks(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype, matmul_dtype=None):
     """:func:`_attend` one block of PREFILL_QUERY_BLOCK queries at a time (a sequential
     ``lax.map``); the last block is padded with masked queries that are dropped."""
     B, K, G, T, H = q_BKGTH.shape
@@ -105,8 +104,9 @@ def _attend_in_blocks(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype):
     mask_BTS = jnp.pad(mask_BTS, ((0, 0), (0, pad), (0, 0)))
     q_cBKGCH = q_BKGTH.reshape(B, K, G, nC, C, H).transpose(3, 0, 1, 2, 4, 5)
     mask_cBCS = mask_BTS.reshape(B, nC, C, -1).transpose(1, 0, 2, 3)
-    out_cBKGCH = jax.lax.map(lambda qm: _attend(qm[0], k_BKSH, v_BKSH, qm[1], dtype),
-                             (q_cBKGCH, mask_cBCS))
+    out_cBKGCH = jax.lax.map(
+        lambda qm: _attend(qm[0], k_BKSH, v_BKSH, qm[1], dtype, matmul_dtype=matmul_dtype),
+        (q_cBKGCH, mask_cBCS))
     out_BKGTH = out_cBKGCH.transpose(1, 2, 3, 0, 4, 5).reshape(B, K, G, nC * C, H)
     return out_BKGTH[:, :, :, :T]
 
@@ -124,6 +124,7 @@ class Attention(nnx.Module):
         self.o = Dense("NH", "D", lora=_lora_for(lora, "o"), **kw)
         self.num_kv_heads = cfg.num_kv_heads
         self.dtype = dtype
+        self.matmul_dtype = None  # operands' dtype (matmul.set_matmul_dtype); None: dtype
 
     def __call__(
         self,
@@ -178,9 +179,11 @@ class Attention(nnx.Module):
         K = self.num_kv_heads
         q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
         if fresh and T > PREFILL_QUERY_BLOCK:
-            out_BKGTH = _attend_in_blocks(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype)
+            out_BKGTH = _attend_in_blocks(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype,
+                                          self.matmul_dtype)
         else:
-            out_BKGTH = _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype, key_layout)
+            out_BKGTH = _attend(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype, key_layout,
+                                self.matmul_dtype)
         out_BTKGH = out_BKGTH.transpose(0, 3, 1, 2, 4)
         return self.o(out_BTKGH.reshape(B, T, N, H), lora_grad), new_kv
 
@@ -243,6 +246,7 @@ class Llama(nnx.Module):
         self.lora = lora
         self.dtype = dtype
         self.param_dtype = param_dtype
+        self.matmul_dtype = None  # operands' dtype (matmul.set_matmul_dtype); None: dtype
         D, V = cfg.hidden_size, cfg.vocab_size
         self.embedding_VD = param(
             jax.random.normal(rngs.params(), (V, D), param_dtype) / D**0.5, ["vocab", "embed"])
@@ -341,8 +345,8 @@ class Llama(nnx.Module):
             x_BTD = jnp.take_along_axis(x_BTD, logits_at_BR[..., None], axis=1)
         head_VD = self.embedding_VD if cfg.tie_word_embeddings else self.lm_head_VD
         # float32 logits: the loss, sampling and entropy all want them at full precision.
-        logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, head_VD[...].astype(self.dtype),
-                                preferred_element_type=jnp.float32)
+        head = head_VD[...] if self.matmul_dtype is not None else head_VD[...].astype(self.dtype)
+        logits_BTV = matmul.einsum("BTD,VD->BTV", x_BTD, head, jnp.float32, self.matmul_dtype)
         new_cache = None
         if cache is not None:
             new_cache = KVCache(kv_bufs[0], kv_bufs[1], valid_BS, cache.end + T,

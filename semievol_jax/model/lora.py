@@ -8,6 +8,7 @@ PEFT: y = x W^T + (alpha / R) * B(A(dropout(x))), with A [R, in] and B [out, R].
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
+
+from semievol_jax.model import matmul
 
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 # Names a remat policy can keep (model/llama.py REMAT_POLICIES): the frozen weight's
@@ -85,6 +88,7 @@ class Dense(nnx.Module):
     ):
         self.in_axes = in_axes
         self.save_name = save_name
+        self.matmul_dtype = None  # operands' dtype (matmul.set_matmul_dtype); None: dtype
         self.out_axes = out_axes
         self.dtype = dtype
         in_shape = tuple(dims[a] for a in in_axes)
@@ -113,15 +117,20 @@ class Dense(nnx.Module):
         out_shape = self.w.shape[:n_out]
         lead = x.shape[:x.ndim - n_in]
         x_XI = x.astype(self.dtype).reshape(*lead, -1)
-        w_OI = self.w[...].astype(self.dtype).reshape(math.prod(out_shape), -1)
-        y_XO = checkpoint_name(jnp.einsum("...I,OI->...O", x_XI, w_OI), self.save_name)
+        w = self.w[...] if self.matmul_dtype is not None else self.w[...].astype(self.dtype)
+        w_OI = w.reshape(math.prod(out_shape), -1)
+        y_XO = checkpoint_name(
+            matmul.einsum("...I,OI->...O", x_XI, w_OI, operand_dtype=self.matmul_dtype),
+            self.save_name)
         if self.lora is not None:
             h_XI = self.dropout(x_XI)
             a_RI = self.lora_a[...].astype(self.dtype).reshape(self.lora.rank, -1)
             b_OR = self.lora_b[...].astype(self.dtype).reshape(-1, self.lora.rank)
-            h_XR = checkpoint_name(jnp.einsum("...I,RI->...R", h_XI, a_RI), LORA_HIDDEN)
+            mm = self.matmul_dtype
+            h_XR = checkpoint_name(matmul.einsum("...I,RI->...R", h_XI, a_RI, operand_dtype=mm),
+                                   LORA_HIDDEN)
             product = _b_product if lora_grad == "direct" else _b_product_autodiff
-            y_XO = y_XO + self.lora.scale * product(h_XR, b_OR)
+            y_XO = y_XO + self.lora.scale * product(h_XR, b_OR, mm)
         return y_XO.reshape(*lead, *out_shape)
 
     def merged_weight(self) -> jax.Array:
@@ -136,25 +145,25 @@ class Dense(nnx.Module):
         return (w.astype(jnp.float32) + self.lora.scale * delta).astype(w.dtype)
 
 
-def _b_product_autodiff(h_XR: jax.Array, b_OR: jax.Array) -> jax.Array:
-    return jnp.einsum("...R,OR->...O", h_XR, b_OR)
+def _b_product_autodiff(h_XR: jax.Array, b_OR: jax.Array, operand_dtype=None) -> jax.Array:
+    return matmul.einsum("...R,OR->...O", h_XR, b_OR, operand_dtype=operand_dtype)
 
 
-@jax.custom_vjp
-def _b_product(h_XR: jax.Array, b_OR: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _b_product(h_XR: jax.Array, b_OR: jax.Array, operand_dtype=None) -> jax.Array:
     """The adapter's up-projection with LORA_GRADS "direct" gradients."""
-    return _b_product_autodiff(h_XR, b_OR)
+    return _b_product_autodiff(h_XR, b_OR, operand_dtype)
 
 
-def _b_product_fwd(h_XR, b_OR):
-    return _b_product_autodiff(h_XR, b_OR), (h_XR, b_OR)
+def _b_product_fwd(h_XR, b_OR, operand_dtype):
+    return _b_product_autodiff(h_XR, b_OR, operand_dtype), (h_XR, b_OR)
 
 
-def _b_product_bwd(res, g_XO):
+def _b_product_bwd(operand_dtype, res, g_XO):
     h_XR, b_OR = res
-    g_h_XR = jnp.einsum("...O,OR->...R", g_XO, b_OR)
-    g_b_OR = jnp.einsum("NO,NR->OR", g_XO.reshape(-1, g_XO.shape[-1]),
-                        h_XR.reshape(-1, h_XR.shape[-1]))
+    g_h_XR = matmul.einsum("...O,OR->...R", g_XO, b_OR, operand_dtype=operand_dtype)
+    g_b_OR = matmul.einsum("NO,NR->OR", g_XO.reshape(-1, g_XO.shape[-1]),
+                           h_XR.reshape(-1, h_XR.shape[-1]), operand_dtype=operand_dtype)
     return g_h_XR, g_b_OR
 
 
@@ -172,6 +181,7 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
         lambda: ctor(model.cfg, lora=None, dtype=model.dtype, param_dtype=model.param_dtype,
                      rngs=nnx.Rngs(0))
     )
+    matmul.set_matmul_dtype(merged, getattr(model, "matmul_dtype", None))
     nnx.update(merged, nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))))
     targets = dict(nnx.iter_modules(merged))
     for path, module in nnx.iter_modules(model):

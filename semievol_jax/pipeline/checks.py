@@ -113,6 +113,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("*.top_p", in_range(0, 1, low_open=True)),
     ("ablation", one_of("", *ABLATIONS)),
     ("base.dtype", one_of(*PARAM_DTYPES)),
+    ("base.matmul_dtype", one_of(None, *PARAM_DTYPES)),
     ("*.train.compute_dtype", one_of(None, *PARAM_DTYPES)),
     ("*.train.mode", one_of(*TRAIN_MODES)),
     ("*.train.schedule", one_of(*SCHEDULES)),

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import field
 from typing import Any
 
+from semievol_jax.files import DIGEST_OMITS
 from semievol_jax.generate.sampling import SampleConfig
 from semievol_jax.model.lora import LoraConfig
 from semievol_jax.pipeline.data.synth import SynthConfig
@@ -42,6 +43,10 @@ class BaseConfig:
 
     model: str = ""  # HF checkpoint directory or hub id ("" when pretraining one here)
     dtype: str = "bfloat16"  # parameter dtype when loading (float32 | bfloat16)
+    # The matmuls' operand dtype, summed in float32 (model/matmul.py); None: `dtype`.
+    # bfloat16 over float32 weights multiplies on a CPU's AMX tiles in the native CPU
+    # mode, and changes the bits of every stage that runs the model.
+    matmul_dtype: str | None = field(default=None, metadata={DIGEST_OMITS: None})
     allow_pickle: bool = False  # accept pickle .bin weights (they can run code)
     pretrain: PretrainConfig | None = None  # pretrain a tiny Llama on the data's corpus
 

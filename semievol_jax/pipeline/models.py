@@ -68,6 +68,7 @@ def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None,
         lora = m.lora_config_from_peft(ref.adapter)
     model, _ = m.load_hf(ref.base, lora=lora, dtype=jnp.dtype(base_cfg.dtype), mesh=mesh,
                          allow_pickle=base_cfg.allow_pickle)
+    m.set_matmul_dtype(model, base_cfg.matmul_dtype)
     if ref.adapter is not None:
         m.load_peft_adapter(model, ref.adapter)
         if merged:
