@@ -12,7 +12,10 @@ Prints one table and writes results/bench/generate.json. Three parts:
    of ``--repeats`` runs, runs of the two engines interleaved so shared-machine load
    hits both alike. Our first (compiling) call is reported separately. Ours runs once
    per KV-cache key layout of ``--key-layouts`` (``SampleConfig.key_layout``; the first
-   is the headline ``ours``), each layout's runs interleaved with the others'.
+   is the headline ``ours``), each layout's runs interleaved with the others'. A layout
+   written ``HS+bfloat16`` also multiplies in bf16 with float32 sums
+   (``base.matmul_dtype``), over weights stored in bf16; HF then runs once more with
+   the model in torch bf16, the like-for-like peer.
 2. Compilations: one pass of ``generate`` over ``--many`` prompts of 5 to ~1,000 tokens
    (batch 32, 4 new tokens): the number of decode programs traced (target <= 13: lengths
    1.5x apart).
@@ -103,14 +106,16 @@ def hf_runs(args, ckpt: Path) -> dict:
     tokenizer = load_tokenizer(ckpt)
     eos = json.loads((ckpt / "config.json").read_text())["eos_token_id"]
     eos = [eos] if isinstance(eos, int) else list(eos)
-    hf = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     prompts = make_prompts(tokenizer, args.prompts, 8, 60, seed=0)
     cfg = _throughput_cfg(args, "SH")
-    run_hf(hf, tokenizer, prompts, cfg, args.samples, eos, seed=100)  # warm-up
-    runs = [run_hf(hf, tokenizer, prompts, cfg, args.samples, eos, seed=r)
+    out = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    for dtype in ("float32", *args.hf_dtypes.split(",")[1:]):
+        hf = LlamaForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype)).eval()
+        run_hf(hf, tokenizer, prompts, cfg, args.samples, eos, seed=100)  # warm-up
+        out["runs" if dtype == "float32" else f"runs_{dtype}"] = [
+            run_hf(hf, tokenizer, prompts, cfg, args.samples, eos, seed=r)
             for r in range(args.repeats)]
-    return {"runs": runs, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+    return out
 
 
 def smollm2_checkpoint(out: Path) -> tuple[Path, str]:
@@ -131,37 +136,53 @@ def smollm2_checkpoint(out: Path) -> tuple[Path, str]:
 
 
 def throughput(args, ckpt: Path) -> dict:
+    import jax.numpy as jnp
     import transformers
 
-    model, mcfg = load_hf(ckpt)
+    from semievol_jax.model import set_matmul_dtype
+
+    layouts = args.key_layouts.split(",")
+    matmuls = {k: k.partition("+")[2] or None for k in layouts}
+    models = {}
+    for mm in dict.fromkeys(matmuls.values()):  # weights stored in the matmul dtype
+        models[mm], mcfg = load_hf(ckpt, param_dtype=jnp.dtype(mm) if mm else None)
+        set_matmul_dtype(models[mm], mm)
+    model = models[None] if None in models else next(iter(models.values()))
     tokenizer = load_tokenizer(ckpt)
     prompts = make_prompts(tokenizer, args.prompts, 8, 60, seed=0)
-    layouts = args.key_layouts.split(",")
-    cfgs = {k: _throughput_cfg(args, k) for k in layouts}
+    cfgs = {k: _throughput_cfg(args, k.partition("+")[0]) for k in layouts}
     first_call_s = {}
     for k, cfg in cfgs.items():
         t = time.perf_counter()
-        run_ours(model, tokenizer, prompts, cfg, args.samples, seed=100)
+        run_ours(models[matmuls[k]], tokenizer, prompts, cfg, args.samples, seed=100)
         first_call_s[k] = time.perf_counter() - t
     runs: dict[str, list] = {k: [] for k in layouts}
+    hf_dtypes = ["float32", *sorted({mm for mm in matmuls.values() if mm})]
 
     def ours_round():
         for r in range(args.repeats):
             for k, cfg in cfgs.items():
-                runs[k].append(run_ours(model, tokenizer, prompts, cfg, args.samples, seed=r))
+                runs[k].append(run_ours(models[matmuls[k]], tokenizer, prompts, cfg,
+                                        args.samples, seed=r))
 
     # Ours before and after HF, so a change in the shared machine's load over the
     # run shows up on both sides.
     ours_round()
     proc = subprocess.run([sys.executable, __file__, "--hf-only", str(ckpt),
                            "--prompts", str(args.prompts), "--samples", str(args.samples),
-                           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)],
+                           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+                           "--hf-dtypes", ",".join(hf_dtypes)],
                           capture_output=True, text=True, check=True)
     hf = json.loads(proc.stdout.strip().splitlines()[-1])
     ours_round()
     tps = {k: statistics.median(n / dt for n, dt in runs[k]) for k in layouts}
     ours_tps = tps[layouts[0]]
     hf_tps = statistics.median(n / dt for n, dt in hf["runs"])
+    hf_by_dtype = {d: statistics.median(n / dt for n, dt in hf[f"runs_{d}"])
+                   for d in hf_dtypes[1:]}
+
+    def peer_tps(k):  # HF with the variant's matmul dtype
+        return hf_by_dtype[matmuls[k]] if matmuls[k] else hf_tps
 
     def ours_entry(k):
         return {"key_layout": k, "tokens_per_s_median": round(tps[k], 1),
@@ -178,8 +199,11 @@ def throughput(args, ckpt: Path) -> dict:
                           ["input_ids"]],
         "ours": ours_entry(layouts[0]),
         "ours_by_key_layout": {k: ours_entry(k) for k in layouts},
-        "speedup_by_key_layout": {k: round(tps[k] / hf_tps, 2) for k in layouts},
+        "speedup_by_key_layout": {k: round(tps[k] / peer_tps(k), 2) for k in layouts},
         "hf": {"tokens_per_s_median": round(hf_tps, 1),
+               **{f"tokens_per_s_median_{d}": round(v, 1) for d, v in hf_by_dtype.items()},
+               **{f"runs_{d}": [{"tokens": n, "seconds": round(dt, 4)} for n, dt in
+                                hf[f"runs_{d}"]] for d in hf_dtypes[1:]},
                "runs": [{"tokens": n, "seconds": round(dt, 4)} for n, dt in hf["runs"]],
                "torch_threads": hf["torch_threads"], "torch": hf["torch"],
                "transformers": transformers.__version__,
@@ -294,6 +318,7 @@ def main() -> int:
     ap.add_argument("--out", default="results/bench/generate.json")
     ap.add_argument("--no-json", action="store_true")
     ap.add_argument("--hf-only", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--hf-dtypes", default="float32", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hf_only:
         print(json.dumps(hf_runs(args, args.hf_only)))
@@ -355,6 +380,10 @@ def _print_table(r: dict) -> None:
             name = f"ours (jit, vmap M){', keys ' + k if k else ''}"
             print(f"{name:<28}{o['tokens_per_s_median']:>20.1f}")
         print(f"{'HF generate (torch CPU)':<28}{t['hf']['tokens_per_s_median']:>20.1f}")
+        for k, v in t["hf"].items():
+            if k.startswith("tokens_per_s_median_"):
+                name = f"HF generate, {k.removeprefix('tokens_per_s_median_')}"
+                print(f"{name:<28}{v:>20.1f}")
         print(f"speedup {t['speedup']}x (goal >= {t['goal_speedup']}x); our first call "
               f"incl. compile {t['ours']['first_call_incl_compile_s']} s")
         c = r["compilations"]

@@ -231,6 +231,7 @@ def main() -> int:
         shape = TINY if args.tiny else SMOLLM2
         overrides.append(f"base.model={_random_model(Path(tmp.name) / 'random', shape)}")
     load_before = load_average()
+    code = git_commit()  # what runs: taken before the run, which edits nothing
     start = time.perf_counter()
     cfg = load_config(RunConfig, f"smollm2-{args.task}", overrides)
     run_dir = Path(args.run_dir or Path(tmp.name) / "run")
@@ -268,7 +269,7 @@ def main() -> int:
         "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "load_average_before": load_before, "load_average_after": load_average(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_mode": cpu_mode_in_effect(),
-        "malloc": args.malloc, "code": git_commit(),
+        "malloc": args.malloc, "code": code,
         "stage_digests": {name: r["output_digest"] for name, r in records.items()},
     }
     print(json.dumps(result, indent=1))

@@ -44,8 +44,9 @@ class BaseConfig:
     model: str = ""  # HF checkpoint directory or hub id ("" when pretraining one here)
     dtype: str = "bfloat16"  # parameter dtype when loading (float32 | bfloat16)
     # The matmuls' operand dtype, summed in float32 (model/matmul.py); None: `dtype`.
-    # bfloat16 over float32 weights multiplies on a CPU's AMX tiles in the native CPU
-    # mode, and changes the bits of every stage that runs the model.
+    # Set, the model computes in float32 between matmuls over weights stored in `dtype`.
+    # bfloat16 multiplies on a CPU's AMX tiles in the native CPU mode, and changes the
+    # bits of every stage that runs the model.
     matmul_dtype: str | None = field(default=None, metadata={DIGEST_OMITS: None})
     allow_pickle: bool = False  # accept pickle .bin weights (they can run code)
     pretrain: PretrainConfig | None = None  # pretrain a tiny Llama on the data's corpus

@@ -66,8 +66,12 @@ def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None,
     """
     if ref.adapter is not None:
         lora = m.lora_config_from_peft(ref.adapter)
-    model, _ = m.load_hf(ref.base, lora=lora, dtype=jnp.dtype(base_cfg.dtype), mesh=mesh,
-                         allow_pickle=base_cfg.allow_pickle)
+    # With a matmul dtype the model computes in float32 between its matmuls, over
+    # weights stored in base.dtype (model/matmul.py says why not in bf16 throughout).
+    stored = jnp.dtype(base_cfg.dtype)
+    model, _ = m.load_hf(ref.base, lora=lora, mesh=mesh, allow_pickle=base_cfg.allow_pickle,
+                         dtype=jnp.float32 if base_cfg.matmul_dtype else stored,
+                         param_dtype=stored)
     m.set_matmul_dtype(model, base_cfg.matmul_dtype)
     if ref.adapter is not None:
         m.load_peft_adapter(model, ref.adapter)
