@@ -62,7 +62,8 @@ def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None,
     """(model, tokenizer) for `ref`; `lora` adds (or, with an adapter, sizes) adapters.
 
     `merged=True` folds the adapter into the weights: for inference, where it is faster
-    and every model (vanilla, M1, M2) then shares one compiled program per shape.
+    and every model (vanilla, M1, M2) then shares one compiled program per shape; not
+    with a low-precision `base.matmul_dtype`.
     """
     if ref.adapter is not None:
         lora = m.lora_config_from_peft(ref.adapter)
@@ -75,7 +76,9 @@ def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None,
     m.set_matmul_dtype(model, base_cfg.matmul_dtype)
     if ref.adapter is not None:
         m.load_peft_adapter(model, ref.adapter)
-        if merged:
+        # Folded into bf16 operands, an adapter's small update would be rounded away in
+        # part; kept apart, it is its own product, added in float32.
+        if merged and base_cfg.matmul_dtype in (None, "float32"):
             model = m.merge_lora(model)
     return model, m.load_tokenizer(ref.base)
 
