@@ -129,3 +129,25 @@ def test_merged_model_keeps_matmul_dtype(tiny_ckpt_dir):
     merged = merge_lora(model)
     assert merged.matmul_dtype == jnp.bfloat16
     assert merged.layers.mlp.down.matmul_dtype == jnp.bfloat16
+
+
+def test_pipeline_loads_bf16_matmuls_over_float32_activations(tiny_ckpt_dir, tmp_path):
+    """base.matmul_dtype: float32 compute over weights stored in base.dtype, the
+    adapter folded in for inference as without it."""
+    from semievol_jax.model import load_hf, save_peft_adapter
+    from semievol_jax.pipeline.config import BaseConfig
+    from semievol_jax.pipeline.models import ModelRef, load_model
+
+    tuned, _ = load_hf(tiny_ckpt_dir, lora=LoraConfig(rank=4, alpha=8.0, dropout=0.0))
+    adapter = save_peft_adapter(tuned, tmp_path / "adapter", str(tiny_ckpt_dir))
+    ref = ModelRef(str(tiny_ckpt_dir), str(adapter))
+    low = BaseConfig(model=str(tiny_ckpt_dir), dtype="bfloat16", matmul_dtype="bfloat16")
+    model, _ = load_model(ref, low)
+    assert model.dtype == jnp.float32 and model.matmul_dtype == jnp.bfloat16
+    assert model.layers.mlp.up.w[...].dtype == jnp.bfloat16
+    assert model.layers.mlp.up.lora_a[...].dtype == jnp.float32  # adapters train in f32
+    merged, _ = load_model(ref, low, merged=True)
+    assert merged.lora is None and merged.matmul_dtype == jnp.bfloat16
+    assert merged.dtype == jnp.float32
+    plain, _ = load_model(ref, BaseConfig(model=str(tiny_ckpt_dir), dtype="float32"))
+    assert plain.matmul_dtype is None and plain.layers.mlp.up.w[...].dtype == jnp.float32

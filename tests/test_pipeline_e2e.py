@@ -116,6 +116,28 @@ def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
     assert verify(run) == 1
 
 
+def test_bf16_matmuls_rerun_every_stage_that_loads_the_model(tmp_path, tiny_ckpt_dir,
+                                                             tiny_task):
+    """base.matmul_dtype runs the whole pipeline, and setting it on a finished run reruns
+    the base and every stage after it (the data stays): base.json records it."""
+    from semievol_jax.pipeline.graph import run_pipeline
+
+    run = tmp_path / "run"
+    over = tiny_overrides(tiny_ckpt_dir, tiny_task)
+    plain = run_pipeline(load_config(RunConfig, None, over), run)
+    assert "matmul_dtype" not in json.loads((run / "01_base" / "base.json").read_text())
+    before = record_times(run)
+    low = run_pipeline(load_config(RunConfig, None, over + ["base.matmul_dtype=bfloat16"]),
+                       run)
+    after = record_times(run)
+    assert [s for s in STAGES if after[s] == before[s]] == ["00_data"]
+    base = json.loads((run / "01_base" / "base.json").read_text())
+    assert (base["dtype"], base["matmul_dtype"]) == ("float32", "bfloat16")
+    assert low["sft"]["output_digest"] != plain["sft"]["output_digest"]  # bf16 products
+    ev = json.loads((run / "07_eval" / "eval.json").read_text())
+    assert set(ev["models"]) == {"vanilla", "sft", "semievol"}
+
+
 def test_bad_data_stops_before_any_stage(tmp_path, tiny_ckpt_dir, tiny_task):
     bad = tmp_path / "bad"
     bad.mkdir()
