@@ -14,8 +14,8 @@ Prints one table and writes results/bench/generate.json. Three parts:
    per KV-cache key layout of ``--key-layouts`` (``SampleConfig.key_layout``; the first
    is the headline ``ours``), each layout's runs interleaved with the others'. A layout
    written ``HS+bfloat16`` also multiplies in bf16 with float32 sums
-   (``base.matmul_dtype``), over weights stored in bf16; HF then runs once more with
-   the model in torch bf16, the like-for-like peer.
+   (``base.matmul_dtype``), ``HS+bfloat16+bfloat16`` over weights stored in bf16 too
+   (``base.dtype``); HF then runs once more with the model in torch bf16.
 2. Compilations: one pass of ``generate`` over ``--many`` prompts of 5 to ~1,000 tokens
    (batch 32, 4 new tokens): the number of decode programs traced (target <= 13: lengths
    1.5x apart).
@@ -142,19 +142,21 @@ def throughput(args, ckpt: Path) -> dict:
     from semievol_jax.model import set_matmul_dtype
 
     layouts = args.key_layouts.split(",")
-    matmuls = {k: k.partition("+")[2] or None for k in layouts}
+    # LAYOUT[+MATMUL[+STORED]]: the matmuls' operand dtype and the weights' (float32).
+    parts = {k: (k.split("+") + [None, None])[1:3] for k in layouts}
+    matmuls = {k: mm for k, (mm, _) in parts.items()}
     models = {}
-    for mm in dict.fromkeys(matmuls.values()):  # weights stored in the matmul dtype
-        models[mm], mcfg = load_hf(ckpt, param_dtype=jnp.dtype(mm) if mm else None)
-        set_matmul_dtype(models[mm], mm)
-    model = models[None] if None in models else next(iter(models.values()))
+    for mm, stored in dict.fromkeys(tuple(p) for p in parts.values()):
+        models[mm, stored], mcfg = load_hf(ckpt, param_dtype=jnp.dtype(stored or "float32"))
+        set_matmul_dtype(models[mm, stored], mm)
+    model = next(iter(models.values()))
     tokenizer = load_tokenizer(ckpt)
     prompts = make_prompts(tokenizer, args.prompts, 8, 60, seed=0)
     cfgs = {k: _throughput_cfg(args, k.partition("+")[0]) for k in layouts}
     first_call_s = {}
     for k, cfg in cfgs.items():
         t = time.perf_counter()
-        run_ours(models[matmuls[k]], tokenizer, prompts, cfg, args.samples, seed=100)
+        run_ours(models[tuple(parts[k])], tokenizer, prompts, cfg, args.samples, seed=100)
         first_call_s[k] = time.perf_counter() - t
     runs: dict[str, list] = {k: [] for k in layouts}
     hf_dtypes = ["float32", *sorted({mm for mm in matmuls.values() if mm})]
@@ -162,7 +164,7 @@ def throughput(args, ckpt: Path) -> dict:
     def ours_round():
         for r in range(args.repeats):
             for k, cfg in cfgs.items():
-                runs[k].append(run_ours(models[matmuls[k]], tokenizer, prompts, cfg,
+                runs[k].append(run_ours(models[tuple(parts[k])], tokenizer, prompts, cfg,
                                         args.samples, seed=r))
 
     # Ours before and after HF, so a change in the shared machine's load over the
