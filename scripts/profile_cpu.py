@@ -252,6 +252,8 @@ def main() -> int:
     ap.add_argument("--lora-grad", default="autodiff", help="the train step's train.lora_grad")
     ap.add_argument("--matmul-dtype", default=None,
                     help="the train step's matmul operand dtype (base.matmul_dtype)")
+    ap.add_argument("--tag", default="", help="suffix of the programs' keys in the JSON "
+                    "(e.g. for a run under other XLA_FLAGS)")
     ap.add_argument("--out", default="results/bench/profile.json")
     args = ap.parse_args()
 
@@ -282,7 +284,9 @@ def main() -> int:
         load = load_average()
         trace = str(work / f"trace-{program}")
         wall, cpu = profiled(run, trace)
+        key += f"/{args.tag}" if args.tag else ""
         results[key] = {"load_average_before": load,
+                        "xla_flags": os.environ["XLA_FLAGS"].split(" --xla_dump_to")[0],
                         **summarize(op_events(trace), load_modules(str(dump)), wall, cpu)}
         _print(key, results[key])
     command = " ".join(["python scripts/profile_cpu.py", *sys.argv[1:]])
