@@ -88,7 +88,6 @@ def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
     assert summary["semievol"]["per_seed"] == [records["eval"]["metrics"]["acc_semievol"]]
     assert "| SemiEvol |" in (run / "report.md").read_text()
     assert json.loads((run / "metrics.json").read_text())
-    assert "matmul_dtype" not in json.loads((run / "01_base" / "base.json").read_text())
 
     from semievol_jax.pipeline.verify import verify
 
@@ -112,23 +111,32 @@ def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
     assert (final["labeled"], final["pseudo"]) == (
         records["final"]["metrics"]["labeled"], 0)  # the same labeled rows, no pseudo-label
 
-    # bf16 matmuls (base.matmul_dtype) run every stage, and setting them reruns the base
-    # and every stage after it, the data staying: base.json records them.
+    with open(run / "05_select" / "pseudo.jsonl", "a") as f:
+        f.write("{}\n")  # tampered output: verify names the stage
+    assert verify(run) == 1
+
+
+@pytest.mark.slow
+def test_bf16_matmuls_rerun_every_stage_that_loads_the_model(tmp_path, tiny_ckpt_dir,
+                                                             tiny_task):
+    """base.matmul_dtype runs every stage, and setting it on a finished run reruns the
+    base and every stage after it, the data staying: base.json records it."""
+    from semievol_jax.pipeline.graph import run_pipeline
+
+    run = tmp_path / "run"
+    over = tiny_overrides(tiny_ckpt_dir, tiny_task)
+    plain = run_pipeline(load_config(RunConfig, None, over), run)
+    assert "matmul_dtype" not in json.loads((run / "01_base" / "base.json").read_text())
     before = record_times(run)
-    low = run_pipeline(load_config(RunConfig, None, tiny_overrides(tiny_ckpt_dir, tiny_task)
-                                   + ["select.theta=0.9", "final.data=labeled",
-                                      "base.matmul_dtype=bfloat16"]), run)
+    low = run_pipeline(load_config(RunConfig, None, over + ["base.matmul_dtype=bfloat16"]),
+                       run)
     after = record_times(run)
     assert [s for s in STAGES if after[s] == before[s]] == ["00_data"]
     base = json.loads((run / "01_base" / "base.json").read_text())
     assert (base["dtype"], base["matmul_dtype"]) == ("float32", "bfloat16")
-    assert low["sft"]["output_digest"] != records["sft"]["output_digest"]  # bf16 products
+    assert low["sft"]["output_digest"] != plain["sft"]["output_digest"]  # bf16 products
     assert set(json.loads((run / "07_eval" / "eval.json").read_text())["models"]) == {
         "vanilla", "sft", "semievol"}
-
-    with open(run / "05_select" / "pseudo.jsonl", "a") as f:
-        f.write("{}\n")  # tampered output: verify names the stage
-    assert verify(run) == 1
 
 
 def test_bad_data_stops_before_any_stage(tmp_path, tiny_ckpt_dir, tiny_task):
