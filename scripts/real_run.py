@@ -231,7 +231,7 @@ def main() -> int:
         shape = TINY if args.tiny else SMOLLM2
         overrides.append(f"base.model={_random_model(Path(tmp.name) / 'random', shape)}")
     load_before = load_average()
-    code = git_commit()  # what runs: taken before the run, which edits nothing
+    code = git_commit()  # the code this process runs: taken before the run starts
     start = time.perf_counter()
     cfg = load_config(RunConfig, f"smollm2-{args.task}", overrides)
     run_dir = Path(args.run_dir or Path(tmp.name) / "run")
