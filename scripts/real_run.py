@@ -11,6 +11,8 @@ process from an empty run directory with an empty persistent XLA cache. Measured
                     directory appears in the run directory
   stage_largest_program  per stage, XLA's memory stats of the program compiled in it
                     with the most temporaries (temp, argument and output bytes)
+  stage_compile     per stage, the programs compiled, their compile seconds (timed
+                    around XLA's compile call), and the names that took longest
   memory_budget     the sizes the settings imply: weights, LoRA and Adam state, the
                     largest KV cache a decode batch may hold
   compile_s         seconds XLA spent compiling (jax.monitoring's backend-compile
@@ -102,12 +104,14 @@ class StageMemory:
 class ProgramMemory:
     """XLA's own accounting of the programs compiled in each stage: the largest
     temporaries (activations, attention scores) one program needs, with its arguments
-    and outputs. Read from each executable as JAX compiles it, through JAX's private
-    compiler module: where that hook is missing, nothing is recorded."""
+    and outputs, and the seconds each program's compile took, by name. Read from each
+    executable as JAX compiles it, through JAX's private compiler module: where that
+    hook is missing, nothing is recorded."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.largest: dict[int, dict[str, int]] = {}
+        self.seconds: dict[int, dict[str, list]] = {}  # stage -> name -> [count, s]
         self._compiler = self._orig = None
 
     def _record(self, executable) -> None:
@@ -118,6 +122,15 @@ class ProgramMemory:
         if row["temp_bytes"] >= self.largest.get(i, {}).get("temp_bytes", -1):
             self.largest[i] = row
 
+    def _time(self, module, seconds: float) -> None:
+        try:
+            name = str(module.operation.attributes["sym_name"]).strip('"')
+        except Exception:  # a module without a name: counted all the same
+            name = "?"
+        per = self.seconds.setdefault(_finished_stages(self.run_dir), {})
+        count, total = per.get(name, (0, 0.0))
+        per[name] = [count + 1, total + seconds]
+
     def __enter__(self) -> ProgramMemory:
         try:
             from jax._src import compiler
@@ -127,8 +140,10 @@ class ProgramMemory:
         if orig is None:
             return self
 
-        def compile_and_record(*args, **kw):
-            executable = orig(*args, **kw)
+        def compile_and_record(backend, module, *args, **kw):
+            t0 = time.perf_counter()
+            executable = orig(backend, module, *args, **kw)
+            self._time(module, time.perf_counter() - t0)
             try:
                 self._record(executable)
             except Exception:  # a backend without memory stats: leave the stage out
@@ -145,6 +160,18 @@ class ProgramMemory:
 
     def per_stage(self, names: list[str]) -> dict[str, dict[str, int]]:
         return {name: self.largest[i] for i, name in enumerate(names) if i in self.largest}
+
+    def compile_per_stage(self, names: list[str], top: int = 8) -> dict[str, dict]:
+        """Per stage: its programs' count and compile seconds, and the `top` names
+        that took longest, each with [programs of that name, seconds]."""
+        out = {}
+        for i, name in enumerate(names):
+            per = self.seconds.get(i, {})
+            ranked = sorted(per.items(), key=lambda kv: -kv[1][1])[:top]
+            out[name] = {"programs": sum(c for c, _ in per.values()),
+                         "seconds": round(sum(s for _, s in per.values()), 1),
+                         "longest": {k: [c, round(s, 1)] for k, (c, s) in ranked}}
+        return out
 
 
 def _rss_bytes() -> int:
@@ -262,6 +289,7 @@ def main() -> int:
         "stages": {k: round(v, 1) for k, v in stages.items()},
         "stage_peak_rss_bytes": stage_peaks,
         "stage_largest_program": programs.per_stage(list(records)),
+        "stage_compile": programs.compile_per_stage(list(records)),
         "memory_budget": memory_budget(cfg, TINY if args.tiny else SMOLLM2),
         "accuracy": {k: v for k, v in graph.headline_metrics(records).items()
                      if k.startswith("acc_")},
