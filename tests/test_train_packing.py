@@ -9,7 +9,12 @@ from train_helpers import digit_examples, tiny_model, tokenizer
 from semievol_jax.train import SFTExample
 from semievol_jax.train import step as step_lib
 from semievol_jax.train.data import SFTBatcher, tokenize_examples
-from semievol_jax.train.packing import first_fit_decreasing, plan_rows, row_lengths
+from semievol_jax.train.packing import (
+    first_fit_decreasing,
+    plan_rows,
+    plan_shapes,
+    row_lengths,
+)
 
 
 def test_first_fit_decreasing_fills_rows_longest_first_and_refuses_what_cannot_fit():
@@ -113,3 +118,57 @@ def test_packed_training_runs_and_learns(tmp_path):
     res = train(tiny_model(), tokenizer(), digit_examples(32), cfg, tmp_path, mesh=mesh,
                 key=rng.key_for(0, "train"))
     assert np.isfinite(res.losses).all() and res.losses[-1] < res.losses[0]
+
+
+def test_a_run_plan_shares_few_shapes_and_every_step_still_fits():
+    # Steps whose own best shapes all differ; a price per program folds them together.
+    steps = [([[143] * 4, [143] * 4], 192, 512), ([[300, 120, 90, 60]] * 2, 384, 512),
+             ([[500, 40, 30, 20]] * 2, 512, 512), ([[60] * 4] * 2, 64, 512)]
+    alone = plan_shapes(steps, program_cost=0.0)
+    shared = plan_shapes(steps, program_cost=1e6)
+    assert len(set(alone)) > len(set(shared)) == 1
+    assert plan_shapes(steps, program_cost=1e6) == shared  # a pure function
+    for (groups, _, _), (rows, length) in zip(steps, shared, strict=True):
+        assert all(len(first_fit_decreasing(g, length)) <= rows for g in groups)
+    # A moderate price keeps a second shape: one shape costs 768 more tokens of work.
+    assert alone == [(2, 384), (2, 384), (2, 512), (1, 256)]
+    assert len(set(plan_shapes(steps, program_cost=600.0))) == 2
+    assert len(set(plan_shapes(steps, program_cost=900.0))) == 1
+
+
+def test_planned_batches_hold_every_token_once_in_few_shapes():
+    data = tokenize_examples(tokenizer(), _varied_examples(24), 128)
+    args = dict(batch_size=4, micro_batch_size=2, cutoff_len=128, buckets=(32, 64, 128),
+                seed=0, pad_id=tokenizer().pad_token_id, pack=True, pack_length=128)
+    own, planned = SFTBatcher(data, **args), SFTBatcher(data, program_cost=1e6, **args)
+    steps = 2 * own.steps_per_epoch
+    own.plan(steps)
+    planned.plan(steps)
+    shapes = {own.batch_at(s).score_at_ABR.shape[1:] + own.batch_at(s).tokens_ABT.shape[1:]
+              for s in range(steps)}
+    planned_shapes = set()
+    for s in range(steps):
+        x, y = own.batch_at(s), planned.batch_at(s)
+        planned_shapes.add(y.score_at_ABR.shape[1:] + y.tokens_ABT.shape[1:])
+        assert int(y.valid_ABT.sum()) == int(x.valid_ABT.sum())
+        assert int(y.score_mask_ABR.sum()) == int(x.loss_mask_ABT.sum())
+        for a in range(x.tokens_ABT.shape[0]):
+            np.testing.assert_array_equal(np.sort(x.tokens_ABT[a][x.valid_ABT[a]]),
+                                          np.sort(y.tokens_ABT[a][y.valid_ABT[a]]))
+    assert len(planned_shapes) == 1 < len(shapes)
+    with pytest.raises(ValueError, match="past the"):
+        planned.batch_at(steps)
+    # A resumed run's saved seed replans: the same shapes as a batcher built with it.
+    planned.reseed(7)
+    fresh = SFTBatcher(data, program_cost=1e6, **{**args, "seed": 7})
+    fresh.plan(steps)
+    for s in range(steps):
+        np.testing.assert_array_equal(planned.batch_at(s).tokens_ABT, fresh.batch_at(s).tokens_ABT)
+
+
+def test_program_cost_must_be_a_finite_non_negative_number():
+    from semievol_jax.train.config import TrainConfig, TrainConfigError
+
+    for bad in (-1.0, float("nan"), "many"):
+        with pytest.raises(TrainConfigError, match="train.program_cost"):
+            TrainConfig(program_cost=bad).validate()

@@ -36,6 +36,11 @@ class TrainConfig:
     # and gradients with less padding; rows up to pack_length tokens
     pack: bool = False
     pack_length: int = 1024  # the longest packed row (never below an example's bucket)
+    # Packed: the price of one more step shape (one more compiled program) in the
+    # packer's cost unit, padded row tokens (packing.plan_shapes); > 0 plans the run's
+    # shapes at once, so its steps share a few programs. 0: each step picks its own
+    # shape, as the committed results were made
+    program_cost: float = dataclasses.field(default=0.0, metadata={DIGEST_OMITS: 0.0})
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     adam_b1: float = 0.9  # AdamW beta1
     adam_b2: float = 0.999  # AdamW beta2
@@ -101,6 +106,10 @@ class TrainConfig:
             raise TrainConfigError(f"train.pack_length must be >= 2, got {self.pack_length}")
         if self.cutoff_len < 2:
             raise TrainConfigError(f"train.cutoff_len must be >= 2, got {self.cutoff_len}")
+        pc = self.program_cost
+        if not isinstance(pc, int | float) or math.isnan(pc) or math.isinf(pc) or pc < 0:
+            raise TrainConfigError(f"train.program_cost must be a finite number >= 0, got "
+                                   f"{pc!r}")
         if self.remat_policy not in REMAT_NAMES:
             raise TrainConfigError(f"train.remat must be one of {'|'.join(REMAT_NAMES)}, got "
                                    f"{self.remat!r}")

@@ -6,7 +6,8 @@ the step counter, and a resumed run reads exactly the batches it would have read
 Unpacked, each example is one row padded to its step's length bucket, and the last
 batch of an epoch is filled with weight-0 padding rows so every step has the same
 batch shape. Packed (``pack=True``, `packing.py`), each microbatch's examples share
-rows as separate segments, so the row count and length vary by step.
+rows as separate segments, so the row count and length vary by step; with a
+``program_cost`` the whole run's steps share a few planned shapes instead.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from semievol_jax import rng
 from semievol_jax.errors import DataError
-from semievol_jax.train.packing import plan_rows
+from semievol_jax.train.packing import first_fit_decreasing, plan_rows, plan_shapes
 
 log = logging.getLogger(__name__)
 
@@ -160,20 +161,28 @@ class Batch:
 MIN_SCORE_BUCKET = 8
 
 
-def score_positions(loss_mask_BT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def score_width(most: int, length: int) -> int:
+    """A power of two (>= 8, <= length) above ``most`` response tokens in a row."""
+    r = MIN_SCORE_BUCKET
+    while r < most:
+        r *= 2
+    return min(r, length)
+
+
+def score_positions(loss_mask_BT: np.ndarray, width: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's loss positions, left-aligned in ``R`` slots, and which slots are real.
 
     The model computes logits only at these positions: a response is a few tokens of a
     long prompt, and the [B, T, V] logits would be the largest tensor of a step. R is
-    a power of two (>= 8, <= T) above the most response tokens in a row, so a run
+    `width`, or :func:`score_width` of the most response tokens in a row, so a run
     compiles a handful of shapes. Filler slots point at position 0 and are masked.
     """
     B, T = loss_mask_BT.shape
     counts = loss_mask_BT.sum(axis=1)
-    r = MIN_SCORE_BUCKET
-    while r < counts.max(initial=0):
-        r *= 2
-    r = min(r, T)
+    r = width if width is not None else score_width(int(counts.max(initial=0)), T)
+    if counts.max(initial=0) > r:
+        raise ValueError(f"a row has {counts.max()} response tokens, more than R={r}")
     at = np.zeros((B, r), np.int32)
     mask = np.zeros((B, r), bool)
     for b in range(B):
@@ -201,6 +210,7 @@ class SFTBatcher:
         pack_length: int = 1024,
         row_multiple: int = 1,
         attention_cost: float = 0.0,
+        program_cost: float = 0.0,
     ):
         if len(data) == 0:
             raise DataError("empty training set: no examples to fine-tune on")
@@ -216,13 +226,41 @@ class SFTBatcher:
         self.pack_length = pack_length  # the longest packed row considered
         self.row_multiple = row_multiple  # packed rows per microbatch divide by this
         self.attention_cost = attention_cost  # see packing.plan_rows
+        self.program_cost = program_cost  # > 0: shapes planned per run (plan_shapes)
         self.steps_per_epoch = -(-len(data) // batch_size)
         self._perm_cache: dict[int, np.ndarray] = {}
+        self._plan: dict[int, tuple[int, int, int]] | None = None  # step -> rows, T, R
+        self._plan_steps = 0
+
+    def plan(self, steps: int) -> None:
+        """With packing and a ``program_cost``, fix the shapes of steps [0, steps) at
+        once (:func:`packing.plan_shapes`); each shape's R is the widest its steps need.
+        Without, a no-op: each step picks its own shape."""
+        self._plan_steps = steps
+        if not (self.pack and self.program_cost > 0):
+            return
+        plans = []  # per step: per microbatch its examples, the bucket and the cap
+        for s in range(steps):
+            idx, groups, t, cap = self._groups(s)
+            plans.append(([[idx[i] for i in g] for g in groups], t, cap))
+        lengths = [[[self._length(i) for i in g] for g in ex] for ex, _, _ in plans]
+        shapes = plan_shapes([(ls, t, cap) for ls, (_, t, cap) in zip(lengths, plans)],
+                             program_cost=self.program_cost, row_multiple=self.row_multiple,
+                             attention_cost=self.attention_cost)
+        width: dict[tuple[int, int], int] = {}
+        for (ex, _, _), ls, (b, t) in zip(plans, lengths, shapes, strict=True):
+            responses = [[int(self.data.loss_mask[i][1:].sum()) for i in g] for g in ex]
+            most = max(sum(r[j] for j in row) for r, l in zip(responses, ls)
+                       for row in first_fit_decreasing(l, t))
+            width[(b, t)] = max(width.get((b, t), 0), score_width(most, t))
+        self._plan = {s: (b, t, width[(b, t)]) for s, (b, t) in enumerate(shapes)}
 
     def reseed(self, seed: int) -> None:
         """Use another shuffling seed (a resumed run's saved one)."""
         self.seed = seed
         self._perm_cache = {}
+        if self._plan is not None:
+            self.plan(self._plan_steps)
 
     def permutation(self, epoch: int) -> np.ndarray:
         """Example order of ``epoch`` (seeded, independent per epoch)."""
@@ -247,19 +285,20 @@ class SFTBatcher:
             share of each microbatch's rows; shapes are chosen from the whole global
             batch, so all processes agree on them.
         """
-        epoch, k = divmod(step, self.steps_per_epoch)
-        idx = self.permutation(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
-        lengths = [len(self.data.ids[i]) - 1 for i in idx]
-        t = padded_length(max(lengths), self.buckets, self.cutoff_len)
         a = self.batch_size // self.micro
+        idx, groups, t, cap = self._groups(step)
+        width = None
         if self.pack:
-            groups = [list(range(j * self.micro, min((j + 1) * self.micro, len(idx))))
-                      for j in range(a)]
-            groups = [g for g in groups if g]
-            b, t, bins = plan_rows([[lengths[i] for i in g] for g in groups], bucket=t,
-                                   cap=max(t, min(self.pack_length, self.cutoff_len)),
-                                   row_multiple=self.row_multiple,
-                                   attention_cost=self.attention_cost)
+            lengths = [[self._length(idx[i]) for i in g] for g in groups]
+            if self._plan is not None:
+                if step >= self._plan_steps:
+                    raise ValueError(f"step {step} is past the {self._plan_steps} planned")
+                b, t, width = self._plan[step]
+                bins = [first_fit_decreasing(g, t) for g in lengths]
+            else:
+                b, t, bins = plan_rows(lengths, bucket=t, cap=cap,
+                                       row_multiple=self.row_multiple,
+                                       attention_cost=self.attention_cost)
             rows_of = [[[idx[g[i]] for i in row] for row in bn]
                        for g, bn in zip(groups, bins, strict=True)]
             rows_of += [[] for _ in range(a - len(rows_of))]  # microbatches of padding only
@@ -270,7 +309,7 @@ class SFTBatcher:
             np.stack(x) for x in zip(*(self._microbatch(r, b, t) for r in rows_of), strict=True))
         # One score width for the whole step: every microbatch has the same shapes.
         score_at, score_mask = (x.reshape(a, b, -1) for x in
-                                score_positions(loss_mask.reshape(a * b, t)))
+                                score_positions(loss_mask.reshape(a * b, t), width))
         arrays = [tokens, targets, loss_mask, valid, positions, score_at, score_mask, segments]
         if process is not None:
             per = b // process[1]
@@ -279,6 +318,20 @@ class SFTBatcher:
                                 "processes")
             arrays = [x[:, process[0] * per:(process[0] + 1) * per] for x in arrays]
         return Batch(*arrays)
+
+    def _length(self, i: int) -> int:
+        return len(self.data.ids[i]) - 1  # inputs: every token but the last
+
+    def _groups(self, step: int) -> tuple[np.ndarray, list[list[int]], int, int]:
+        """Step ``step``'s example indices, its microbatches (positions into those
+        indices; packed only), its unpacked bucket and the longest packed row allowed."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        idx = self.permutation(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
+        t = padded_length(max(self._length(i) for i in idx), self.buckets, self.cutoff_len)
+        a = self.batch_size // self.micro
+        groups = [list(range(j * self.micro, min((j + 1) * self.micro, len(idx))))
+                  for j in range(a)]
+        return idx, [g for g in groups if g], t, max(t, min(self.pack_length, self.cutoff_len))
 
     def _microbatch(self, rows: list[list[int]], b: int, t: int) -> tuple[np.ndarray, ...]:
         """``b`` rows of ``t`` tokens; row r holds the examples ``rows[r]`` end to end."""

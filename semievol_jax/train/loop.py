@@ -160,10 +160,12 @@ def train(
                          cutoff_len=cfg.cutoff_len, buckets=cfg.length_buckets, seed=seed0,
                          shuffle=cfg.shuffle, pad_id=pad_id, pack=cfg.pack,
                          pack_length=cfg.pack_length, row_multiple=sharding.batch_ways(mesh),
-                         attention_cost=_attention_cost(model))
+                         attention_cost=_attention_cost(model),
+                         program_cost=cfg.program_cost)
     total = batcher.steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
+    batcher.plan(total)
     tx = make_optimizer(cfg, total)
     schedule = make_schedule(cfg, total)
     state_sh = step_lib.state_shardings(split, tx, mesh)

@@ -13,11 +13,18 @@ estimated cost: rows x P x (1 + attention_cost x P), where ``attention_cost`` is
 attention's FLOPs per token per key position over the projections' per token (longer
 rows hold more examples but attend over more keys; the block-diagonal mask does not
 make dense attention cheaper).
+
+Every distinct step shape is one more compiled program (seconds each for a deep model
+on a CPU). ``plan_shapes`` plans a whole run at once: it picks a few shared shapes and
+gives each step the cheapest of them that holds it, weighing the steps' work against a
+price per program.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import numpy as np
 
 PACK_STEP = 128  # candidate row lengths above the longest example: multiples of this
 
@@ -87,3 +94,68 @@ def plan_rows(groups: Sequence[Sequence[int]], *, bucket: int, cap: int,
             best = (cost, rows, p, packed)
     _, rows, p, packed = best
     return rows, p, packed
+
+
+def _step_cost(rows: int, length: int, attention_cost: float) -> float:
+    return rows * length * (1.0 + attention_cost * length)
+
+
+def _rows_needed(groups: Sequence[Sequence[int]], length: int, row_multiple: int) -> int:
+    rows = max(len(first_fit_decreasing(g, length)) for g in groups)
+    return -(-rows // row_multiple) * row_multiple
+
+
+def plan_shapes(steps: Sequence[tuple[Sequence[Sequence[int]], int, int]], *,
+                program_cost: float, row_multiple: int = 1, attention_cost: float = 0.0
+                ) -> list[tuple[int, int]]:
+    """One (rows, length) shape per step, from a few shapes shared by the whole run.
+
+    Args:
+      steps: per step, ``(groups, bucket, cap)`` as :func:`plan_rows` takes them.
+      program_cost: the price of one more shape (one more compiled program), in the
+        steps' cost unit (rows x length x (1 + attention_cost x length)).
+      row_multiple, attention_cost: as :func:`plan_rows`.
+
+    Starts from every shape some step would pick for itself at one of its candidate
+    lengths, then drops, one at a time, the shape whose loss lowers the run's cost
+    most (each step moves to the cheapest remaining shape that holds it: a length at
+    least its longest example, enough rows), while the cost falls. A pure function of
+    the lengths.
+    """
+    needed: list[dict[int, int]] = []  # per step: length -> rows it needs there
+    shapes: set[tuple[int, int]] = set()
+    for groups, bucket, cap in steps:
+        longest = max(max(g) for g in groups)
+        own = {p: _rows_needed(groups, p, row_multiple)
+               for p in row_lengths(longest, bucket, max(cap, bucket))}
+        needed.append(own)
+        shapes.update((rows, p) for p, rows in own.items())
+    shapes_u = sorted(shapes)
+    cost = np.full((len(steps), len(shapes_u)), np.inf)
+    for s, (groups, _, _) in enumerate(steps):
+        longest = max(max(g) for g in groups)
+        for u, (rows, p) in enumerate(shapes_u):
+            if p < longest:
+                continue
+            if p not in needed[s]:
+                needed[s][p] = _rows_needed(groups, p, row_multiple)
+            if rows >= needed[s][p]:
+                cost[s, u] = _step_cost(rows, p, attention_cost)
+    kept = np.ones(len(shapes_u), bool)
+
+    def total(mask: np.ndarray) -> float:
+        return float(cost[:, mask].min(axis=1).sum()) + program_cost * int(mask.sum())
+
+    best = total(kept)
+    while kept.sum() > 1:
+        trials = []
+        for u in np.flatnonzero(kept):
+            mask = kept.copy()
+            mask[u] = False
+            trials.append((total(mask), u))
+        value, u = min(trials)
+        if not value < best:
+            break
+        best, kept[u] = value, False
+    picks = np.where(kept, cost, np.inf).argmin(axis=1)
+    return [shapes_u[u] for u in picks]
