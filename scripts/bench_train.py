@@ -78,18 +78,19 @@ def flops_per_token(n_base: int, n_lora: int, layers: int, seq: int, width: int,
 def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
               part: str = "step", mesh_cfg: tuple[int, int, int] = (-1, 1, 1),
               remat: str = "none", lora_grad: str = "autodiff",
-              matmul_dtype: str | None = None) -> dict:
+              matmul_dtype: str | None = None, causal_block: int = 0) -> dict:
     """Our train step on random weights; ``part`` = step | fwd_bwd | fwd (profiling);
     ``remat``: what each layer keeps for the backward pass (train.remat); ``lora_grad``:
     how the backward pass forms the LoRA B gradients (train.lora_grad); ``matmul_dtype``:
-    the matmuls' operand dtype (base.matmul_dtype)."""
+    the matmuls' operand dtype (base.matmul_dtype); ``causal_block``: queries attended
+    at a time over the keys up to their block (train.causal_block; 0: dense)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
     from semievol_jax import rng, sharding
-    from semievol_jax.model import matmul
+    from semievol_jax.model import matmul, set_causal_block
     from semievol_jax.model.config import LlamaConfig
     from semievol_jax.model.llama import Llama
     from semievol_jax.model.lora import LoraConfig
@@ -119,8 +120,9 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
 
     nnx.update(model, jax.tree.map(init, state, shardings))
     matmul.set_matmul_dtype(model, matmul_dtype)
+    set_causal_block(model, causal_block)
     tc = TrainConfig(mode=mode, compute_dtype=dtype, batch_size=b, learning_rate=1e-4,
-                     remat=remat, lora_grad=lora_grad)
+                     remat=remat, lora_grad=lora_grad, causal_block=causal_block)
     old = step_lib.set_compute_dtype(model, dtype)
     split = step_lib.split_model(model, mode)
     step_lib.restore_compute_dtype(old)
@@ -171,9 +173,11 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
     name = (f"jax/{part}/{dtype}" + ("" if donate else "/no_donate")
             + ("" if remat == "none" else f"/remat={remat}")
             + ("" if lora_grad == "autodiff" else f"/lora_grad={lora_grad}")
-            + ("" if matmul_dtype is None else f"/matmul={matmul_dtype}"))
+            + ("" if matmul_dtype is None else f"/matmul={matmul_dtype}")
+            + ("" if not causal_block else f"/causal_block={causal_block}"))
     return dict(name=name, run=run, framework="jax", mode=mode, dtype=dtype, part=part,
                 donate=donate, remat=remat, lora_grad=lora_grad, matmul_dtype=matmul_dtype,
+                causal_block=causal_block,
                 n_base=n_base, n_lora=n_lora,
                 xla_flops_per_step=float((flops or {}).get("flops", 0.0)),
                 # XLA's buffers besides arguments and outputs: the activations kept for
@@ -303,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="also time bf16 compute and no-donation JAX variants (profiling)")
     p.add_argument("--xla-flags", default="",
                    help="extra XLA_FLAGS for this run, e.g. --xla_cpu_use_onednn=true")
+    p.add_argument("--causal-block", default="0",
+                   help="comma list of train.causal_block values, one JAX step each "
+                        "(0: dense attention)")
     p.add_argument("--remat", default="none",
                    help="comma-separated train.remat policies, one JAX step each "
                         "(e.g. projections,attention)")
@@ -356,8 +363,9 @@ def main(argv: list[str] | None = None) -> None:
         matmuls = [None if d == "none" else d for d in args.matmul_dtype.split(",")]
         autocasts = tuple(d for d in matmuls if d is not None)
         entries = [build_jax(shape, mode, dtype, mesh_cfg=mesh_cfg, remat=r, lora_grad=g,
-                             matmul_dtype=d)
-                   for r in args.remat.split(",") for g in grads for d in matmuls]
+                             matmul_dtype=d, causal_block=int(c))
+                   for r in args.remat.split(",") for g in grads for d in matmuls
+                   for c in args.causal_block.split(",")]
         if args.variants:
             entries += [build_jax(shape, mode, dtype, part="fwd_bwd"),
                         build_jax(shape, mode, dtype, part="fwd"),

@@ -111,6 +111,20 @@ def _attend_in_blocks(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype, matmul_dtype=Non
     return out_BKGTH[:, :, :, :T]
 
 
+def _attend_causal(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, dtype, block, matmul_dtype=None):
+    """:func:`_attend` of a pass without a cache, `block` queries at a time, each block
+    over the keys up to its last query only: the keys after it are all masked (causal),
+    so at T = n x block this skips (n - 1) / 2n of the scores. Each query's output is
+    the dense one's; the sums over fewer keys round in another order."""
+    T = q_BKGTH.shape[3]
+    outs = []
+    for lo in range(0, T, block):
+        hi = min(lo + block, T)
+        outs.append(_attend(q_BKGTH[:, :, :, lo:hi], k_BKSH[:, :, :hi], v_BKSH[:, :, :hi],
+                            mask_BTS[:, lo:hi, :hi], dtype, matmul_dtype=matmul_dtype))
+    return jnp.concatenate(outs, axis=3)
+
+
 class Attention(nnx.Module):
     """Causal grouped-query self-attention with RoPE and an optional KV cache."""
 
@@ -125,6 +139,9 @@ class Attention(nnx.Module):
         self.num_kv_heads = cfg.num_kv_heads
         self.dtype = dtype
         self.matmul_dtype = None  # operands' dtype (matmul.set_matmul_dtype); None: dtype
+        # Without a cache, attend this many queries at a time over the keys they can see
+        # (set_causal_block); 0: all T queries over all T keys, masked.
+        self.causal_block = 0
 
     def __call__(
         self,
@@ -178,7 +195,10 @@ class Attention(nnx.Module):
         B, T, N, H = q_BTNH.shape
         K = self.num_kv_heads
         q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-        if fresh and T > PREFILL_QUERY_BLOCK:
+        if kv is None and 0 < self.causal_block < T:
+            out_BKGTH = _attend_causal(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype,
+                                       self.causal_block, self.matmul_dtype)
+        elif fresh and T > PREFILL_QUERY_BLOCK:
             out_BKGTH = _attend_in_blocks(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype,
                                           self.matmul_dtype)
         else:
@@ -217,6 +237,19 @@ class Block(nnx.Module):
         attn_BTD, new_kv = self.attn(self.attn_norm(x_BTD), cos_sin, mask_BTS, kv, lora_grad)
         x_BTD = x_BTD + attn_BTD
         return x_BTD + self.mlp(self.mlp_norm(x_BTD), lora_grad), new_kv
+
+
+def set_causal_block(model: nnx.Module, block: int) -> int:
+    """Passes without a KV cache (training, embedding) attend `block` queries at a time
+    over the keys up to each block's end, skipping the masked future (0: dense).
+    Returns the block the model had."""
+    if block < 0:
+        raise ValueError(f"causal block {block} < 0")
+    old = 0
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, Attention):
+            old, module.causal_block = module.causal_block, int(block)
+    return old
 
 
 def _check_room(cache: KVCache, T: int) -> None:

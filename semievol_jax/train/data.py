@@ -244,14 +244,14 @@ class SFTBatcher:
             idx, groups, t, cap = self._groups(s)
             plans.append(([[idx[i] for i in g] for g in groups], t, cap))
         lengths = [[[self._length(i) for i in g] for g in ex] for ex, _, _ in plans]
-        shapes = plan_shapes([(ls, t, cap) for ls, (_, t, cap) in zip(lengths, plans)],
+        shapes = plan_shapes([(ls, t, cap) for ls, (_, t, cap) in zip(lengths, plans, strict=True)],
                              program_cost=self.program_cost, row_multiple=self.row_multiple,
                              attention_cost=self.attention_cost)
         width: dict[tuple[int, int], int] = {}
         for (ex, _, _), ls, (b, t) in zip(plans, lengths, shapes, strict=True):
             responses = [[int(self.data.loss_mask[i][1:].sum()) for i in g] for g in ex]
-            most = max(sum(r[j] for j in row) for r, l in zip(responses, ls)
-                       for row in first_fit_decreasing(l, t))
+            most = max(sum(r[j] for j in row) for r, n in zip(responses, ls, strict=True)
+                       for row in first_fit_decreasing(n, t))
             width[(b, t)] = max(width.get((b, t), 0), score_width(most, t))
         self._plan = {s: (b, t, width[(b, t)]) for s, (b, t) in enumerate(shapes)}
 
