@@ -83,7 +83,7 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
     ``remat``: what each layer keeps for the backward pass (train.remat); ``lora_grad``:
     how the backward pass forms the LoRA B gradients (train.lora_grad); ``matmul_dtype``:
     the matmuls' operand dtype (base.matmul_dtype); ``causal_block``: queries attended
-    at a time over the keys up to their block (train.causal_block; 0: dense)."""
+    at a time over the keys up to their block (base.causal_block; 0: dense)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -122,7 +122,7 @@ def build_jax(shape: dict, mode: str, dtype: str, *, donate: bool = True,
     matmul.set_matmul_dtype(model, matmul_dtype)
     set_causal_block(model, causal_block)
     tc = TrainConfig(mode=mode, compute_dtype=dtype, batch_size=b, learning_rate=1e-4,
-                     remat=remat, lora_grad=lora_grad, causal_block=causal_block)
+                     remat=remat, lora_grad=lora_grad)
     old = step_lib.set_compute_dtype(model, dtype)
     split = step_lib.split_model(model, mode)
     step_lib.restore_compute_dtype(old)
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--xla-flags", default="",
                    help="extra XLA_FLAGS for this run, e.g. --xla_cpu_use_onednn=true")
     p.add_argument("--causal-block", default="0",
-                   help="comma list of train.causal_block values, one JAX step each "
+                   help="comma list of base.causal_block values, one JAX step each "
                         "(0: dense attention)")
     p.add_argument("--remat", default="none",
                    help="comma-separated train.remat policies, one JAX step each "

@@ -120,7 +120,8 @@ def test_run_skip_and_partial_rerun(tmp_path, tiny_ckpt_dir, tiny_task):
 def test_bf16_matmuls_rerun_every_stage_that_loads_the_model(tmp_path, tiny_ckpt_dir,
                                                              tiny_task):
     """base.matmul_dtype runs every stage, and setting it on a finished run reruns the
-    base and every stage after it, the data staying: base.json records it."""
+    base and every stage after it, the data staying: base.json records it. So does
+    base.causal_block."""
     from semievol_jax.pipeline.graph import run_pipeline
 
     run = tmp_path / "run"
@@ -137,6 +138,12 @@ def test_bf16_matmuls_rerun_every_stage_that_loads_the_model(tmp_path, tiny_ckpt
     assert low["sft"]["output_digest"] != plain["sft"]["output_digest"]  # bf16 products
     assert set(json.loads((run / "07_eval" / "eval.json").read_text())["models"]) == {
         "vanilla", "sft", "semievol"}
+    # base.causal_block, likewise: attention in query blocks reruns every model stage.
+    run_pipeline(load_config(RunConfig, None, over + ["base.causal_block=16"]), run)
+    blocked = record_times(run)
+    assert [s for s in STAGES if blocked[s] == after[s]] == ["00_data"]
+    base = json.loads((run / "01_base" / "base.json").read_text())
+    assert base["causal_block"] == 16 and "matmul_dtype" not in base
 
 
 def test_bad_data_stops_before_any_stage(tmp_path, tiny_ckpt_dir, tiny_task):

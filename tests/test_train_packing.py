@@ -173,27 +173,3 @@ def test_program_cost_must_be_a_finite_non_negative_number():
         with pytest.raises(TrainConfigError, match="train.program_cost"):
             TrainConfig(program_cost=bad).validate()
 
-
-def test_causal_blocks_give_the_dense_loss_and_gradients():
-    from flax import nnx
-
-    from semievol_jax.model import set_causal_block
-
-    model = tiny_model()
-    state = nnx.state(model, nnx.LoRAParam)
-    keys = iter(jax.random.split(jax.random.key(1), 100))
-    nnx.update(model, jax.tree.map(lambda x: 0.1 * jax.random.normal(next(keys), x.shape),
-                                   state))
-    plain, packed = _batchers()
-    for batch in (plain.batch_at(0), packed.batch_at(0)):
-        assert batch.tokens_ABT.shape[-1] > 24  # several blocks, the last one partial
-        l0, g0 = _loss_and_grads(model, batch)
-        assert set_causal_block(model, 24) == 0
-        l1, g1 = _loss_and_grads(model, batch)
-        assert set_causal_block(model, 0) == 24
-        np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
-        for k in g0:
-            np.testing.assert_allclose(np.asarray(g1[k]), np.asarray(g0[k]), rtol=1e-4,
-                                       atol=1e-6, err_msg=k)
-    with pytest.raises(ValueError, match="causal block -1"):
-        set_causal_block(model, -1)

@@ -139,8 +139,9 @@ class Attention(nnx.Module):
         self.num_kv_heads = cfg.num_kv_heads
         self.dtype = dtype
         self.matmul_dtype = None  # operands' dtype (matmul.set_matmul_dtype); None: dtype
-        # Without a cache, attend this many queries at a time over the keys they can see
-        # (set_causal_block); 0: all T queries over all T keys, masked.
+        # Without a cache or into an empty one (a prompt's prefill), attend this many
+        # queries at a time over the keys they can see (set_causal_block); 0: all T
+        # queries over all T keys, masked.
         self.causal_block = 0
 
     def __call__(
@@ -195,7 +196,7 @@ class Attention(nnx.Module):
         B, T, N, H = q_BTNH.shape
         K = self.num_kv_heads
         q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
-        if kv is None and 0 < self.causal_block < T:
+        if (kv is None or fresh) and 0 < self.causal_block < T:
             out_BKGTH = _attend_causal(q_BKGTH, k_BKSH, v_BKSH, mask_BTS, self.dtype,
                                        self.causal_block, self.matmul_dtype)
         elif fresh and T > PREFILL_QUERY_BLOCK:
@@ -240,8 +241,9 @@ class Block(nnx.Module):
 
 
 def set_causal_block(model: nnx.Module, block: int) -> int:
-    """Passes without a KV cache (training, embedding) attend `block` queries at a time
-    over the keys up to each block's end, skipping the masked future (0: dense).
+    """Passes without a KV cache (training, embedding) and prefills attend `block`
+    queries at a time over the keys up to each block's end, skipping the masked future
+    (0: dense; a prefill then blocks its queries by PREFILL_QUERY_BLOCK over all keys).
     Returns the block the model had."""
     if block < 0:
         raise ValueError(f"causal block {block} < 0")

@@ -187,4 +187,6 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
     for path, module in nnx.iter_modules(model):
         if isinstance(module, Dense) and module.lora is not None:
             targets[path].w.set_value(module.merged_weight())
+        if hasattr(module, "causal_block"):  # how attention is blocked (llama.py)
+            targets[path].causal_block = module.causal_block
     return merged

@@ -105,6 +105,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("*.learning_rate *.train.adam_eps sft.lora.alpha base.pretrain.rope_theta", above(0)),
     ("mesh.num_processes *.micro_batch_size *.train.max_steps", optional(at_least(1))),
     ("mesh.process_id", optional(at_least(0))),
+    ("base.causal_block *.train.program_cost", at_least(0)),
     ("*.train.length_buckets", each(at_least(1))),
     ("select.theta data.max_leakage data.synth.icl_match", in_range(0, 1)),
     ("select.sweep_thetas", each(in_range(0, 1))),

@@ -48,6 +48,11 @@ class BaseConfig:
     # bfloat16 multiplies on a CPU's AMX tiles in the native CPU mode, and changes the
     # bits of every stage that runs the model.
     matmul_dtype: str | None = field(default=None, metadata={DIGEST_OMITS: None})
+    # Attention without a KV cache (training, embeddings) and a prompt's prefill take
+    # this many queries at a time over the keys up to their block's end, skipping the
+    # masked future (model.set_causal_block): about half the scores of a long row, the
+    # sums over fewer keys rounding in another order. 0: dense.
+    causal_block: int = field(default=0, metadata={DIGEST_OMITS: 0})
     allow_pickle: bool = False  # accept pickle .bin weights (they can run code)
     pretrain: PretrainConfig | None = None  # pretrain a tiny Llama on the data's corpus
 

@@ -76,6 +76,7 @@ def load_model(ref: ModelRef, base_cfg: BaseConfig, *, mesh=None, lora=None,
                          dtype=jnp.float32 if base_cfg.matmul_dtype else stored,
                          param_dtype=stored)
     m.set_matmul_dtype(model, base_cfg.matmul_dtype)
+    m.set_causal_block(model, base_cfg.causal_block)
     if ref.adapter is not None:
         m.load_peft_adapter(model, ref.adapter)
         if merged:

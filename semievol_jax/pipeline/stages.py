@@ -190,11 +190,13 @@ def run_base(ctx: StageContext, *, seed: int, task: Task) -> dict[str, Any]:
     if not files:
         files = {p.relative_to(root).as_posix(): file_digest(p) for p in sorted(root.rglob("*"))
                  if p.is_file() and not p.name.startswith(".")}
-    # How the later stages store and multiply the weights is part of the base they
-    # load: another setting must rerun them. Absent without a matmul dtype, so that the
-    # digests of runs made before the field existed hold.
+    # How the later stages store, multiply and attend is part of the base they load:
+    # another setting must rerun them. Absent at the defaults, so that the digests of
+    # runs made before the fields existed hold.
     numerics = ({} if cfg.matmul_dtype is None
                 else {"dtype": cfg.dtype, "matmul_dtype": cfg.matmul_dtype})
+    if cfg.causal_block:
+        numerics["causal_block"] = cfg.causal_block
     write_json_atomic(ctx.out / "base.json", {"model": cfg.model, "local": False,
                                               "files": files, **numerics})
     return {"resolved": resolved}

@@ -41,10 +41,6 @@ class TrainConfig:
     # shapes at once, so its steps share a few programs. 0: each step picks its own
     # shape, as the committed results were made
     program_cost: float = dataclasses.field(default=0.0, metadata={DIGEST_OMITS: 0.0})
-    # Attend this many queries at a time over only the keys up to their block's end
-    # (model.set_causal_block): skips the masked future, about half the scores of a
-    # long row, and sums in another order. 0: dense, as the committed results were made
-    causal_block: int = dataclasses.field(default=0, metadata={DIGEST_OMITS: 0})
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     adam_b1: float = 0.9  # AdamW beta1
     adam_b2: float = 0.999  # AdamW beta2
@@ -110,9 +106,6 @@ class TrainConfig:
             raise TrainConfigError(f"train.pack_length must be >= 2, got {self.pack_length}")
         if self.cutoff_len < 2:
             raise TrainConfigError(f"train.cutoff_len must be >= 2, got {self.cutoff_len}")
-        if not isinstance(self.causal_block, int) or self.causal_block < 0:
-            raise TrainConfigError(f"train.causal_block must be an integer >= 0, got "
-                                   f"{self.causal_block!r}")
         pc = self.program_cost
         if not isinstance(pc, int | float) or math.isnan(pc) or math.isinf(pc) or pc < 0:
             raise TrainConfigError(f"train.program_cost must be a finite number >= 0, got "

@@ -19,7 +19,6 @@ from jax.sharding import Mesh
 
 from semievol_jax import rng, sharding
 from semievol_jax.files import to_jsonable
-from semievol_jax.model import set_causal_block
 from semievol_jax.train import checkpoint as ckpt
 from semievol_jax.train import step as step_lib
 from semievol_jax.train.config import TrainConfig
@@ -143,16 +142,13 @@ def train(
     work_dir = Path(work_dir)
     data = tokenize_examples(tokenizer, examples, cfg.cutoff_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # The split's graphdef is a snapshot: train mode (LoRA dropout on), the compute
-    # dtype and the causal block are set only for it, and the caller's model is left
-    # as it was.
+    # The split's graphdef is a snapshot: train mode (LoRA dropout on) and the compute
+    # dtype are set only for it, and the caller's model is left as it was.
     old_dtypes = step_lib.set_compute_dtype(model, cfg.compute_dtype)
     model.train()
-    old_block = set_causal_block(model, cfg.causal_block)
     try:
         split = step_lib.split_model(model, cfg.mode)
     finally:
-        set_causal_block(model, old_block)
         model.eval()
         step_lib.restore_compute_dtype(old_dtypes)
 
