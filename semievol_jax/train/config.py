@@ -35,7 +35,9 @@ class TrainConfig:
     # Several examples per row as separate segments (train/packing.py): the same loss
     # and gradients with less padding; rows up to pack_length tokens
     pack: bool = False
-    pack_length: int = 1024  # the longest packed row (never below an example's bucket)
+    # The longest packed row (never below an example's bucket; with a program_cost, a
+    # step may share a longer row that another step of the run needs)
+    pack_length: int = 1024
     # Packed: the price of one more step shape (one more compiled program) in the
     # packer's cost unit, padded row tokens (packing.plan_shapes); > 0 plans the run's
     # shapes at once, so its steps share a few programs. 0: each step picks its own

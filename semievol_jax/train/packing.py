@@ -89,7 +89,7 @@ def plan_rows(groups: Sequence[Sequence[int]], *, bucket: int, cap: int,
         packed = [first_fit_decreasing(g, p) for g in groups]
         rows = max(len(b) for b in packed)
         rows = -(-rows // row_multiple) * row_multiple
-        cost = rows * p * (1.0 + attention_cost * p)
+        cost = _step_cost(rows, p, attention_cost)
         if best is None or cost < best[0]:
             best = (cost, rows, p, packed)
     _, rows, p, packed = best
