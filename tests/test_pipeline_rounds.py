@@ -15,7 +15,7 @@ import pytest
 
 from semievol_jax.config import load_config
 from semievol_jax.files import file_digest
-from semievol_jax.pipeline import graph, summary, verify
+from semievol_jax.pipeline import graph, runner, summary, verify
 from semievol_jax.pipeline import stages as st
 from semievol_jax.pipeline.config import RunConfig
 from semievol_jax.pipeline.runner import read_record, run_manifests, status
@@ -57,6 +57,9 @@ def fakes(monkeypatch) -> Fakes:
     for name in ("data", "base", "round_base", "sft", "index", "propose", "select", "final",
                  "eval"):
         monkeypatch.setattr(st, f"run_{name}", f.make(name.removeprefix("round_")))
+    # The fakes leave nothing to free, and the full garbage collection the runner does
+    # after each stage takes a third of a second in a long pytest session.
+    monkeypatch.setattr(runner, "release_free_memory", lambda **_: None)
     return f
 
 
