@@ -87,8 +87,7 @@ def plan_rows(groups: Sequence[Sequence[int]], *, bucket: int, cap: int,
     best = None
     for p in row_lengths(longest, bucket, max(cap, bucket)):
         packed = [first_fit_decreasing(g, p) for g in groups]
-        rows = max(len(b) for b in packed)
-        rows = -(-rows // row_multiple) * row_multiple
+        rows = _rows(packed, row_multiple)
         cost = _step_cost(rows, p, attention_cost)
         if best is None or cost < best[0]:
             best = (cost, rows, p, packed)
@@ -100,9 +99,14 @@ def _step_cost(rows: int, length: int, attention_cost: float) -> float:
     return rows * length * (1.0 + attention_cost * length)
 
 
+def _rows(packed: Sequence[Sequence[Sequence[int]]], row_multiple: int) -> int:
+    """Rows per microbatch for these groups' bins: the most bins, rounded up to a
+    multiple of ``row_multiple``."""
+    return -(-max(len(b) for b in packed) // row_multiple) * row_multiple
+
+
 def _rows_needed(groups: Sequence[Sequence[int]], length: int, row_multiple: int) -> int:
-    rows = max(len(first_fit_decreasing(g, length)) for g in groups)
-    return -(-rows // row_multiple) * row_multiple
+    return _rows([first_fit_decreasing(g, length) for g in groups], row_multiple)
 
 
 def plan_shapes(steps: Sequence[tuple[Sequence[Sequence[int]], int, int]], *,
