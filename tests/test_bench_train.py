@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +25,10 @@ def test_torch_rows_come_from_a_child_process_and_ours_are_timed_on_both_sides(t
     ours, peer = rows["jax/step/float32"], rows["torch/step/float32"]
     assert len(ours["times"]) == 4 and len(peer["times"]) == 2  # before and after torch
     assert ours["process"] == peer["process"] == "own"
-    assert ours["minor_faults_per_step"] > 0 and ours["sys_s_per_step"] >= 0
+    # Counted per timed step; a toy step whose buffers the heap reuses may fault none.
+    assert len(ours["minor_faults"]) == len(ours["times"])
+    assert min(ours["minor_faults"]) >= 0 and ours["sys_s_per_step"] >= 0
+    assert ours["minor_faults_per_step"] == int(np.median(ours["minor_faults"]))
     assert peer["vs_torch_step"] == 1.0
     assert ours["vs_torch_step"] == pytest.approx(ours["tokens_per_s"] / peer["tokens_per_s"])
     peaks = run["cpu_peak"]["by_framework"]
