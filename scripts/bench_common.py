@@ -98,6 +98,88 @@ def cpu_peak_flops() -> dict:
             "measured_matmul_flops": peaks["jax"]["float32"], "by_framework": peaks}
 
 
+def decode_projections(shape: dict) -> list[tuple[int, int]]:
+    """(out, in) of one decoder layer's seven projections, in the order a step runs them."""
+    D, F, H = shape["hidden_size"], shape["intermediate_size"], shape["head_dim"]
+    NH, KH = shape["num_heads"] * H, shape["num_kv_heads"] * H
+    return [(NH, D), (KH, D), (KH, D), (D, NH), (F, D), (F, D), (D, F)]
+
+
+def jax_decode_matmul_step_s(shape: dict, rows: int) -> float:
+    """Seconds of one float32 decode step's matmuls for `rows` slots in XLA, with only
+    the RMS norms and SiLU between them: the layers' projections, scanned over stacked
+    [L, out, in] weights as the model stores them, then the tied LM head. Best of 10.
+    A decode step can be no faster: what else it does (attention over the cache,
+    sampling, log-probs) comes on top."""
+    import jax
+    import jax.numpy as jnp
+
+    L, D, V = shape["num_layers"], shape["hidden_size"], shape["vocab_size"]
+    key = jax.random.key(0)
+    ws = [jax.random.normal(jax.random.fold_in(key, i), (L, o, n), jnp.float32) * n**-0.5
+          for i, (o, n) in enumerate(decode_projections(shape))]
+    head = jax.random.normal(jax.random.fold_in(key, 99), (V, D), jnp.float32) * D**-0.5
+    x = jax.random.normal(jax.random.fold_in(key, 100), (rows, D), jnp.float32)
+
+    def mm(a, w):
+        return jnp.einsum("...I,OI->...O", a, w)
+
+    @jax.jit
+    def step(x, ws, head):
+        def layer(x, w):
+            q, k, v, o, gate, up, down = w
+            x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+            a = mm(x, q) + mm(x, k).sum() + mm(x, v).sum()  # [rows, N*H]
+            x = x + mm(a, o)
+            return x + mm(jax.nn.silu(mm(x, gate)) * mm(x, up), down), None
+
+        x, _ = jax.lax.scan(layer, x, tuple(ws))
+        return mm(x, head)
+
+    return _best_of(lambda: step(x, ws, head).block_until_ready(), repeats=10)
+
+
+def torch_decode_matmul_step_s(shape: dict, rows: int) -> float:
+    """:func:`jax_decode_matmul_step_s` in torch: ``F.linear`` over per-layer weights,
+    as HF's Llama runs them. Best of 10."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    L, D, V = shape["num_layers"], shape["hidden_size"], shape["vocab_size"]
+    ws = [[torch.randn(o, n, generator=g) * n**-0.5 for o, n in decode_projections(shape)]
+          for _ in range(L)]
+    head = torch.randn(V, D, generator=g) * D**-0.5
+    x = torch.randn(rows, D, generator=g)
+
+    def step():
+        with torch.no_grad():
+            h = x
+            for q, k, v, o, gate, up, down in ws:
+                h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+                a = F.linear(h, q) + F.linear(h, k).sum() + F.linear(h, v).sum()
+                h = h + F.linear(a, o)
+                h = h + F.linear(F.silu(F.linear(h, gate)) * F.linear(h, up), down)
+            return F.linear(h, head)
+
+    return _best_of(step, repeats=10)
+
+
+def decode_matmul_ceiling(shape: dict, rows: int) -> dict:
+    """Per framework: the seconds of one float32 decode step's matmuls for `rows` slots
+    and the tokens/s they bound (rows per step over those seconds). torch is timed in a
+    child process, as in :func:`matmul_peaks`."""
+    s = jax_decode_matmul_step_s(shape, rows)
+    out: dict = {"rows": rows, "dtype": "float32",
+                 "jax": {"step_s": s, "tokens_per_s": round(rows / s, 1)}}
+    if importlib.util.find_spec("torch") is not None:
+        proc = subprocess.run([sys.executable, __file__, "decode", json.dumps(shape),
+                               str(rows)], capture_output=True, text=True, check=True)
+        s = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["torch"] = {"step_s": s, "tokens_per_s": round(rows / s, 1)}
+    return out
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -115,5 +197,8 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-if __name__ == "__main__":  # matmul_peaks' child: torch's peaks for an n^3 matmul
-    print(json.dumps(torch_matmul_peaks(int(sys.argv[1]))))
+if __name__ == "__main__":
+    if sys.argv[1] == "decode":  # torch_decode_matmul_step_s in a child: shape, rows
+        print(json.dumps(torch_decode_matmul_step_s(json.loads(sys.argv[2]), int(sys.argv[3]))))
+    else:  # matmul_peaks' child: torch's peaks for an n^3 matmul
+        print(json.dumps(torch_matmul_peaks(int(sys.argv[1]))))

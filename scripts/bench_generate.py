@@ -15,7 +15,10 @@ Prints one table and writes results/bench/generate.json. Three parts:
    is the headline ``ours``), each layout's runs interleaved with the others'. A layout
    written ``HS+bfloat16`` also multiplies in bf16 with float32 sums
    (``base.matmul_dtype``), ``HS+bfloat16+bfloat16`` over weights stored in bf16 too
-   (``base.dtype``); HF then runs once more with the model in torch bf16.
+   (``base.dtype``); HF then runs once more with the model in torch bf16. Beside them,
+   the ceiling of any float32 decode of the shape here: one step's projection and
+   LM-head matmuls alone, at the batch's 64 slots, timed in XLA and in torch
+   (``decode_matmul_ceiling``), against the goal of 3x HF's tokens/s.
 2. Compilations: one pass of ``generate`` over ``--many`` prompts of 5 to ~1,000 tokens
    (batch 32, 4 new tokens): the number of decode programs traced (target <= 13: lengths
    1.5x apart).
@@ -55,6 +58,7 @@ BENCH_MODEL = dict(hidden_size=256, intermediate_size=1024, num_layers=4, num_he
 SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
                num_heads=9, num_kv_heads=3, head_dim=64, tie_word_embeddings=True,
                rope_theta=100000.0, max_position_embeddings=8192)
+GOAL_SPEEDUP = 3.0  # the sampling goal: 3x HF generate's float32 tokens/s
 WORDS = ("the model answers a question about the cat and the dog in the park while rain "
          "falls on the sea and numbers like 42 and 2024 appear").split()
 
@@ -212,8 +216,9 @@ def throughput(args, ckpt: Path) -> dict:
                "call": "generate(do_sample=True, num_return_sequences=M, output_scores=True, "
                        "return_dict_in_generate=True) + compute_transition_scores"},
         "speedup": round(ours_tps / hf_tps, 2),
-        "goal_speedup": 3.0,
+        "goal_speedup": GOAL_SPEEDUP,
         **_fraction_of_peak(model, ours_tps, hf_tps),
+        **_matmul_ceiling(shape, mcfg.head_dim, args.prompts * args.samples, hf_tps),
     }
 
 
@@ -230,6 +235,20 @@ def _fraction_of_peak(model, ours_tps: float, hf_tps: float) -> dict:
             "fraction_of_measured_matmul_peak": {
                 "ours": round(ours_tps * 2 * n / peak["measured_matmul_flops"], 4),
                 "hf": round(hf_tps * 2 * n / peak["measured_matmul_flops"], 4)}}
+
+
+def _matmul_ceiling(shape: dict, head_dim: int, rows: int, hf_tps: float) -> dict:
+    """The tokens/s that the float32 decode step's matmuls alone allow at `rows` slots
+    (every slot live, every step), per framework, and the goal's tokens/s against it: a
+    goal above the ceiling cannot be met by any float32 decode of this shape here."""
+    from bench_common import decode_matmul_ceiling
+
+    ceiling = decode_matmul_ceiling({**shape, "head_dim": head_dim}, rows)
+    goal = GOAL_SPEEDUP * hf_tps
+    return {"decode_matmul_ceiling": ceiling, "goal_tokens_per_s": round(goal, 1),
+            "goal_over_matmul_ceiling": {
+                fw: round(goal / ceiling[fw]["tokens_per_s"], 2)
+                for fw in ("jax", "torch") if fw in ceiling}}
 
 
 def _throughput_cfg(args, key_layout: str) -> SampleConfig:
@@ -388,6 +407,12 @@ def _print_table(r: dict) -> None:
                 print(f"{name:<28}{v:>20.1f}")
         print(f"speedup {t['speedup']}x (goal >= {t['goal_speedup']}x); our first call "
               f"incl. compile {t['ours']['first_call_incl_compile_s']} s")
+        c = t["decode_matmul_ceiling"]
+        for fw in ("jax", "torch"):
+            if fw in c:
+                print(f"{fw} float32 matmuls alone at {c['rows']} slots: "
+                      f"{c[fw]['tokens_per_s']} tokens/s at most (goal "
+                      f"{t['goal_tokens_per_s']}: {t['goal_over_matmul_ceiling'][fw]}x that)")
         c = r["compilations"]
         print(f"compilations over {c['prompts']} prompts of {c['prompt_tokens_min']}-"
               f"{c['prompt_tokens_max']} tokens: {c['programs_compiled']} (target <= 13)")

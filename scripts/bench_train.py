@@ -293,6 +293,18 @@ def torch_in_child(spec: dict) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def goal_2x(row: dict, torch_step: dict) -> dict:
+    """What a step twice as fast as torch's would need: its tokens/s, and that as a
+    fraction of the CPU's theoretical peak and of `row`'s own framework-and-dtype matmul
+    peak. Above 1, no program of these FLOPs reaches it here."""
+    tps = 2 * torch_step["tokens_per_s"]
+    out = {"tokens_per_s": tps}
+    for key in ("fraction_of_theoretical_peak", "fraction_of_own_matmul_peak"):
+        if key in row:
+            out[key] = row[key] * tps / row["tokens_per_s"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))
@@ -411,6 +423,9 @@ def main(argv: list[str] | None = None) -> None:
             if (torch_step := peer(e)) is not None:
                 e["vs_torch_step"] = e["tokens_per_s"] / torch_step["tokens_per_s"]
             rows.append(e)
+        for e in entries:  # after every row has its fractions: torch's come last
+            if e["framework"] == "jax" and (torch_step := peer(e)) is not None:
+                e["goal_2x_torch"] = goal_2x(e, torch_step)
 
     print(f"{'mode':5} {'name':28} {'step_s':>8} {'sys_s':>6} {'tokens/s':>10} {'vs torch':>8} "
           f"{'MFU':>6} {'own peak':>8}")
@@ -422,6 +437,13 @@ def main(argv: list[str] | None = None) -> None:
         vs = f"{r['vs_torch_step']:.2f}" if "vs_torch_step" in r else "-"
         print(f"{r['mode']:5} {r['name']:28} {r['step_s']:8.4f} {r['sys_s_per_step']:6.2f} "
               f"{r['tokens_per_s']:10.0f} {vs:>8} {mfu:>6} {own:>8}")
+    for r in rows:
+        if "goal_2x_torch" in r:
+            g = r["goal_2x_torch"]
+            need = ", ".join(f"{g[k]:.2f} of the {k.removeprefix('fraction_of_').replace('_', ' ')}"
+                             for k in ("fraction_of_theoretical_peak",
+                                       "fraction_of_own_matmul_peak") if k in g)
+            print(f"2x torch for {r['name']}: {g['tokens_per_s']:.0f} tokens/s, {need}")
 
     record = {
         "command": " ".join(["python", "scripts/bench_train.py", *(argv or sys.argv[1:])]),

@@ -37,3 +37,11 @@ def test_torch_rows_come_from_a_child_process_and_ours_are_timed_on_both_sides(t
     for r in (ours, peer):  # each against its own framework's fp32 matmul peak
         own = r["tokens_per_s"] * r["flops_per_token"] / peaks[r["framework"]]["float32"]
         assert r["fraction_of_own_matmul_peak"] == pytest.approx(own)
+    # Twice torch's tokens/s, as fractions of the same peaks as ours.
+    goal = ours["goal_2x_torch"]
+    assert goal["tokens_per_s"] == pytest.approx(2 * peer["tokens_per_s"])
+    for key in ("fraction_of_theoretical_peak", "fraction_of_own_matmul_peak"):
+        if key in ours:
+            assert goal[key] == pytest.approx(2 * peer["tokens_per_s"] * ours[key]
+                                              / ours["tokens_per_s"])
+    assert "goal_2x_torch" not in peer
