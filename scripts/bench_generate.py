@@ -336,6 +336,8 @@ def main() -> int:
                     help="HBM bandwidth for the bound: H100 SXM 3350, H200 4800")
     ap.add_argument("--smoke", action="store_true",
                     help="--accelerator-8b at a toy shape (a test of the script on CPU)")
+    ap.add_argument("--tag", default="", help="suffix of this run's key in the JSON (e.g. "
+                    "another CPU's runs beside the headline ones)")
     ap.add_argument("--out", default="results/bench/generate.json")
     ap.add_argument("--no-json", action="store_true")
     ap.add_argument("--hf-only", type=Path, help=argparse.SUPPRESS)
@@ -387,6 +389,7 @@ def main() -> int:
         if "runs" not in doc:
             doc = {"runs": {}}
         key = "accelerator-8b" if args.accelerator_8b else f"{args.preset}/{jax.default_backend()}"
+        key += f"/{args.tag}" if args.tag else ""
         doc["runs"][key] = result
         out.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {out} ({key})")
