@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: this CPU's peak FLOP/s, the machine's load and the
-commit measured.
+"""What the benchmark scripts share: this CPU's peak FLOP/s, the matmul ceiling of a
+decode step, the machine's load and the commit measured.
 
 The theoretical peak is cores x clock x FP32 FLOPs per cycle of the CPU's FMA units: two
 256-bit FMA pipes on AMD Zen 2-4 (32 FLOPs; Zen 4 runs AVX-512 on them in two halves),
@@ -8,7 +8,9 @@ the measured one is XLA's own float32 matmul (2048^3) on all cores, what a perfe
 of dense matmuls could reach here. The same matmul is also timed per framework and dtype
 (XLA and, where it is installed, torch; float32 and bfloat16), because the two do not
 reach the same peak on every CPU: torch's oneDNN kernels use AVX-512 and Intel's AMX
-tiles where the CPU has them, XLA:CPU's matmuls do not use AMX.
+tiles where the CPU has them, XLA:CPU's use AMX only for bf16 dots summed in float32
+with the ISA uncapped (semievol_jax/model/matmul.py).
+A dtype the CPU only emulates is timed at a smaller size (``_peak_flops``).
 """
 
 from __future__ import annotations
@@ -44,14 +46,27 @@ def _best_of(run, repeats: int = 5) -> float:
     return min(times)
 
 
+def _peak_flops(time_at, n: int) -> float:
+    """FLOP/s of an n^3 matmul, `time_at(m)` timing one m^3 matmul (best of 5). A CPU
+    without the dtype's instructions emulates it thousands of times slower (torch's
+    bf16 on AVX2 alone: under 1 GFLOP/s, a minute per 2048^3 matmul), so a first
+    256^3 matmul sets the size to at most about 0.2 s a matmul."""
+    rate = 2 * 256**3 / time_at(256, repeats=1)
+    m = min(n, max(256, int((0.1 * rate) ** (1 / 3)) // 64 * 64))
+    return 2 * m**3 / time_at(m)
+
+
 def torch_matmul_peaks(n: int = 2048) -> dict:
     """torch's FLOP/s of one n^3 matmul per dtype, and its thread count."""
     import torch
 
     out: dict = {"threads": torch.get_num_threads()}
     for dt in ("float32", "bfloat16"):
-        t = torch.ones((n, n), dtype=getattr(torch, dt))
-        out[dt] = 2 * n**3 / _best_of(lambda t=t: t @ t)
+        def time_at(m, repeats=5, dt=dt):
+            t = torch.ones((m, m), dtype=getattr(torch, dt))
+            return _best_of(lambda: t @ t, repeats)
+
+        out[dt] = _peak_flops(time_at, n)
     return out
 
 
@@ -64,15 +79,15 @@ def matmul_peaks(n: int = 2048) -> dict:
     import jax.numpy as jnp
 
     out: dict = {"jax": {}}
-    f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
-    for dt in ("float32", "bfloat16"):
-        a = jnp.ones((n, n), dt)
-        out["jax"][dt] = 2 * n**3 / _best_of(lambda a=a: f(a).block_until_ready())
-    # The plain bf16 dot, with a bf16 result: XLA:CPU gives it another kernel.
-    plain = jax.jit(lambda x: x @ x)
-    a = jnp.ones((n, n), "bfloat16")
-    out["jax"]["bfloat16_with_bf16_result"] = 2 * n**3 / _best_of(
-        lambda: plain(a).block_until_ready())
+    summed = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
+    plain = jax.jit(lambda x: x @ x)  # a bf16 result: XLA:CPU gives it another kernel
+    for name, f, dt in (("float32", summed, "float32"), ("bfloat16", summed, "bfloat16"),
+                        ("bfloat16_with_bf16_result", plain, "bfloat16")):
+        def time_at(m, repeats=5, f=f, dt=dt):
+            a = jnp.ones((m, m), dt)
+            return _best_of(lambda: f(a).block_until_ready(), repeats)
+
+        out["jax"][name] = _peak_flops(time_at, n)
     if importlib.util.find_spec("torch") is not None:
         proc = subprocess.run([sys.executable, __file__, str(n)], capture_output=True,
                               text=True, check=True)
