@@ -16,8 +16,8 @@ Prints one table and writes results/bench/generate.json. Three parts:
    written ``HS+bfloat16`` also multiplies in bf16 with float32 sums
    (``base.matmul_dtype``), ``HS+bfloat16+bfloat16`` over weights stored in bf16 too
    (``base.dtype``); HF then runs once more with the model in torch bf16. Beside them,
-   the ceiling of any float32 decode of the shape here: one step's projection and
-   LM-head matmuls alone, at the batch's 64 slots, timed in XLA and in torch
+   a ceiling for float32 decoding of the shape here: one step's projection and LM-head
+   matmuls alone, at the batch's 64 slots, each framework in its own weight layout
    (``decode_matmul_ceiling``), against the goal of 3x HF's tokens/s.
 2. Compilations: one pass of ``generate`` over ``--many`` prompts of 5 to ~1,000 tokens
    (batch 32, 4 new tokens): the number of decode programs traced (target <= 13: lengths
@@ -240,7 +240,7 @@ def _fraction_of_peak(model, ours_tps: float, hf_tps: float) -> dict:
 def _matmul_ceiling(shape: dict, head_dim: int, rows: int, hf_tps: float) -> dict:
     """The tokens/s that the float32 decode step's matmuls alone allow at `rows` slots
     (every slot live, every step), per framework, and the goal's tokens/s against it: a
-    goal above the ceiling cannot be met by any float32 decode of this shape here."""
+    decode that runs these matmuls in this layout cannot pass the ceiling."""
     from bench_common import decode_matmul_ceiling
 
     ceiling = decode_matmul_ceiling({**shape, "head_dim": head_dim}, rows)

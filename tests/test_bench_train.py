@@ -44,4 +44,7 @@ def test_torch_rows_come_from_a_child_process_and_ours_are_timed_on_both_sides(t
         if key in ours:
             assert goal[key] == pytest.approx(2 * peer["tokens_per_s"] * ours[key]
                                               / ours["tokens_per_s"])
+    best = max(peaks["jax"]["float32"], peaks["torch"]["float32"])
+    assert goal["fraction_of_best_matmul_peak"] == pytest.approx(
+        2 * peer["tokens_per_s"] * ours["flops_per_token"] / best)
     assert "goal_2x_torch" not in peer
