@@ -50,8 +50,9 @@ def _best_of(run, repeats: int = 5) -> float:
 def _peak_flops(time_at, n: int) -> tuple[float, int]:
     """(FLOP/s, m) of an m^3 matmul, `time_at(m, repeats)` timing one (best of 5): m is
     n, unless a first 256^3 matmul says an n^3 one would take over a second. A CPU
-    without the dtype's instructions emulates it (torch's bf16 on AVX2 alone: about
-    1 GFLOP/s, a minute per 2048^3 matmul); m is then sized for about 0.2 s a matmul."""
+    without the dtype's instructions emulates it (torch's bf16 on AVX2 alone: a few
+    GFLOP/s, results/bench/train.json key smollm2-135m/cpu/epyc); m is then sized for
+    about 0.2 s a matmul."""
     rate = 2 * 256**3 / time_at(256, repeats=1)
     m = n if 2 * n**3 / rate <= 1.0 else max(256, int((0.1 * rate) ** (1 / 3)) // 64 * 64)
     return 2 * m**3 / time_at(m, repeats=5), m

@@ -296,9 +296,9 @@ def torch_in_child(spec: dict) -> list[dict]:
 def goal_2x(row: dict, torch_step: dict, best_matmul_flops: float | None) -> dict:
     """What a step twice as fast as torch's would need: its tokens/s, and that in model
     FLOPs as a fraction of the theoretical peak, of `row`'s own framework-and-dtype
-    matmul peak, and of the fastest 2048^3 matmul either framework ran here in that
-    dtype (`best_matmul_flops`): above 1 there, the step would have to run all its
-    FLOPs faster than either framework's largest plain matmul."""
+    matmul peak, and of the fastest matmul peak either framework reached here in that
+    dtype (`best_matmul_flops`, bench_common.matmul_peaks): above 1 there, the step
+    would have to run all its FLOPs faster than either framework's plain matmul."""
     tps = 2 * torch_step["tokens_per_s"]
     out = {"tokens_per_s": tps}
     for key in ("fraction_of_theoretical_peak", "fraction_of_own_matmul_peak"):
@@ -410,14 +410,9 @@ def main(argv: list[str] | None = None) -> None:
             e.pop("run", None)
             e["process"] = "shared" if args.same_process else "own"  # torch and ours
             e["tokens_per_s"] = tokens / e["step_s"]
-        def best_peak(e: dict) -> float | None:  # either framework's, in e's matmul dtype
-            mm = e.get("matmul_dtype") or e["dtype"]
-            peaks = [p.get(mm) for p in (cpu_peak or {}).get("by_framework", {}).values()
-                     if isinstance(p, dict)]
-            return max((p for p in peaks if isinstance(p, float)), default=None)
-
         for e in entries:
             e["flops_per_token"] = fpt
+            best = None  # the fastest matmul either framework ran in e's matmul dtype
             e["mfu"] = (e["tokens_per_s"] * fpt / (peak * e.get("num_devices", 1))) \
                 if peak and e["part"] == "step" else None
             if cpu_peak and e["part"] == "step":  # the model FLOPs, not XLA's count
@@ -427,13 +422,16 @@ def main(argv: list[str] | None = None) -> None:
                     e["fraction_of_theoretical_peak"] = (
                         e["tokens_per_s"] * fpt / cpu_peak["theoretical_flops"])
                 mm = e.get("matmul_dtype") or e.get("autocast") or e["dtype"]
-                own = cpu_peak["by_framework"].get(e["framework"], {}).get(mm)
+                by_framework = cpu_peak["by_framework"]
+                own = by_framework.get(e["framework"], {}).get(mm)
                 if own:  # against the matmul peak of the row's own framework and dtype
                     e["fraction_of_own_matmul_peak"] = e["tokens_per_s"] * fpt / own
+                best = max((p[mm] for p in by_framework.values()
+                            if isinstance(p, dict) and mm in p), default=None)
             if (torch_step := peer(e)) is not None:
                 e["vs_torch_step"] = e["tokens_per_s"] / torch_step["tokens_per_s"]
                 if e["framework"] == "jax":
-                    e["goal_2x_torch"] = goal_2x(e, torch_step, best_peak(e))
+                    e["goal_2x_torch"] = goal_2x(e, torch_step, best)
             rows.append(e)
 
     print(f"{'mode':5} {'name':28} {'step_s':>8} {'sys_s':>6} {'tokens/s':>10} {'vs torch':>8} "
