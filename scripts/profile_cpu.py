@@ -216,7 +216,8 @@ def train_program(tiny: bool, batch: int = 1, seq: int = 0, remat: str = "attent
     return f"train/{name}/lora/{shape['batch']}x{shape['seq']}/remat={remat}{grad}", entry["run"]
 
 
-def decode_program(tiny: bool, work: Path, key_layout: str = "SH") -> tuple[str, object]:
+def decode_program(tiny: bool, work: Path, key_layout: str = "SH",
+                   unroll_layers: bool = False) -> tuple[str, object]:
     import jax
     from bench_generate import load_hf, load_tokenizer, make_prompts, smollm2_checkpoint
     from real_run import TINY, _random_model
@@ -232,7 +233,7 @@ def decode_program(tiny: bool, work: Path, key_layout: str = "SH") -> tuple[str,
     tokenizer = load_tokenizer(ckpt)
     prompts, samples, new = make_prompts(tokenizer, 16, 8, 60, seed=0), 4, 64
     cfg = SampleConfig(temperature=1.0, max_new_tokens=new, stop=(), batch_size=16,
-                       key_layout=key_layout)
+                       key_layout=key_layout, unroll_layers=unroll_layers)
 
     def run():
         generate(model, tokenizer, prompts, cfg, key=jax.random.key(0), num_samples=samples,
@@ -240,6 +241,7 @@ def decode_program(tiny: bool, work: Path, key_layout: str = "SH") -> tuple[str,
 
     name = "tiny" if tiny else "smollm2-135m"
     layout = "" if key_layout == "SH" else f"/key_layout={key_layout}"
+    layout += "/unroll_layers" if unroll_layers else ""
     return f"decode/{name}/16x{samples}x{new}{layout} ({weights})", run
 
 
@@ -256,6 +258,8 @@ def main() -> int:
                     help="the train step's matmul operand dtype (base.matmul_dtype)")
     ap.add_argument("--key-layout", default="SH",
                     help="the decode program's KV-cache key layout (sample.key_layout)")
+    ap.add_argument("--unroll-layers", action="store_true",
+                    help="the decode steps' layers as straight-line code (sample.unroll_layers)")
     ap.add_argument("--tag", default="", help="suffix of the programs' keys in the JSON "
                     "(e.g. for a run under other XLA_FLAGS)")
     ap.add_argument("--out", default="results/bench/profile.json")
@@ -283,7 +287,7 @@ def main() -> int:
         key, run = (train_program(args.tiny, batch, seq, args.remat, args.lora_grad,
                                   args.matmul_dtype)
                     if program == "train"
-                    else decode_program(args.tiny, work, args.key_layout))
+                    else decode_program(args.tiny, work, args.key_layout, args.unroll_layers))
         run()  # compiles
         load = load_average()
         trace = str(work / f"trace-{program}")

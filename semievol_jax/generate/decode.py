@@ -145,7 +145,8 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, tokens_BT: jax.Array,
     # Only the fields that change the program are static; stop strings, batch size
     # and truncation policy are host-side and must not trigger recompiles.
     rule = SampleConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                        max_new_tokens=cfg.max_new_tokens, stop=(), key_layout=cfg.key_layout)
+                        max_new_tokens=cfg.max_new_tokens, stop=(), key_layout=cfg.key_layout,
+                        unroll_layers=cfg.unroll_layers)
     from semievol_jax.sharding import batch_ways, replicate_rows
 
     ways = batch_ways(mesh)
@@ -227,7 +228,8 @@ def _loop_jit(graphdef, state, s: DecodeState, tables, *, rule, mesh, exit_at):
 
     def body(s: DecodeState) -> DecodeState:
         out = model(s.token[:, None], s.position[:, None],
-                    valid_BT=jnp.ones((s.token.shape[0], 1), bool), cache=s.cache)
+                    valid_BT=jnp.ones((s.token.shape[0], 1), bool), cache=s.cache,
+                    unroll=True if rule.unroll_layers else 1)
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, s.step))(s.keys)
         token, logp, sample_logp = jax.vmap(sample_one)(out.logits_BTV[:, 0], step_keys)
         live = ~s.done
