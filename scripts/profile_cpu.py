@@ -158,6 +158,10 @@ def summarize(events: list[dict], modules: dict, wall_s: float, cpu_s: float,
     ops: collections.Counter = collections.Counter()
     calls: collections.Counter = collections.Counter()
     shapes: dict[str, str] = {}
+    # Ops of one shape and kind together: an unrolled stack has one op name per layer.
+    by_shape: collections.Counter = collections.Counter()
+    shape_calls: collections.Counter = collections.Counter()
+    shape_ops: dict[str, set] = collections.defaultdict(set)
     unmatched = 0
     for ev in events:
         instrs = modules.get((ev["module"], ev["program"])) or by_name.get(ev["module"])
@@ -173,6 +177,10 @@ def summarize(events: list[dict], modules: dict, wall_s: float, cpu_s: float,
         ops[key] += ev["ns"]
         calls[key] += 1
         shapes[key] = f"{kind} {ins['shape'] if ins else '?'} {(ins or {}).get('spec') or ''}"
+        what = f"{ev['module']}:{shapes[key]}"
+        by_shape[what] += ev["ns"]
+        shape_calls[what] += 1
+        shape_ops[what].add(ev["op"])
     total = sum(kinds.values()) or 1
     return {
         "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3),
@@ -183,6 +191,8 @@ def summarize(events: list[dict], modules: dict, wall_s: float, cpu_s: float,
         "modules_s": {k: round(v / 1e9, 3) for k, v in per_module.most_common()},
         "top_ops": [{"op": k, "s": round(v / 1e9, 3), "calls": calls[k], "what": shapes[k]}
                     for k, v in ops.most_common(top)],
+        "top_shapes": [{"what": k, "s": round(v / 1e9, 3), "calls": shape_calls[k],
+                        "ops": len(shape_ops[k])} for k, v in by_shape.most_common(top)],
     }
 
 
@@ -322,6 +332,9 @@ def _print(key: str, r: dict) -> None:
         print(f"  {k:14s} {v['s']:8.3f} {v['share']:6.1%}")
     for op in r["top_ops"][:8]:
         print(f"  {op['s']:8.3f} s {op['calls']:5d}x  {op['op']}  {op['what']}")
+    print("  by shape:")
+    for op in r["top_shapes"][:8]:
+        print(f"  {op['s']:8.3f} s {op['calls']:5d}x {op['ops']:3d} ops  {op['what']}")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,25 @@ def test_hidden_layers(tiny_model):
         model(tokens, positions, hidden_layer=cfg.num_layers)
 
 
+def test_layer_slices_run_the_stack_as_the_scan_does(tiny_model):
+    model, cfg = tiny_model.model, tiny_model.cfg
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [5, 8, 2], width=8, extra=0)
+    layers = model.unstacked_layers()
+    assert len(layers) == cfg.num_layers
+    scanned = model(tokens, positions, valid_BT=valid, hidden_layer=1)
+    sliced = model(tokens, positions, valid_BT=valid, hidden_layer=1, layer_slices=layers)
+    np.testing.assert_allclose(np.asarray(sliced.logits_BTV), np.asarray(scanned.logits_BTV),
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(sliced.hidden_BTD), np.asarray(scanned.hidden_BTD),
+                               atol=1e-5)
+    # Each slice is its own layer's: the layers' order matters.
+    swapped = model(tokens, positions, valid_BT=valid, layer_slices=layers[::-1])
+    assert not np.allclose(np.asarray(swapped.logits_BTV), np.asarray(scanned.logits_BTV),
+                           atol=1e-3)
+    with pytest.raises(ValueError, match="layer_slices holds 1 layers"):
+        model(tokens, positions, layer_slices=layers[:1])
+
+
 def test_params_carry_logical_axis_names(tiny_model):
     # Abstract (no arrays): the metadata is what is under test.
     lora_model = nnx.eval_shape(

@@ -78,6 +78,24 @@ def test_summarize_counts_ops_not_the_loops_around_them():
     assert r["top_ops"][0]["op"] == "jit_step:ynn_fusion.1"
 
 
+def test_summarize_groups_ops_of_one_shape():
+    """An unrolled stack names each layer's op apart; grouped by kind and shape, the
+    per-layer copies add up."""
+    extra = ("  %ynn_fusion.7 = f32[64,1536]{1,0} fusion(%p0, %dynamic-slice_bitcast_fusion.3), "
+             "kind=kCustom, calls=%fused_computation.1\n")
+    hlo = HLO.replace("  %copy_bitcast_fusion.4", extra + "  %copy_bitcast_fusion.4")
+    modules = {("jit_step", 7): profile_cpu.parse_hlo(hlo)}
+    ev = lambda op, ns: {"module": "jit_step", "program": 7, "op": op,  # noqa: E731
+                         "start_ns": 0, "ns": ns}
+    events = [ev("ynn_fusion.1", 1_000_000_000), ev("ynn_fusion.7", 1_500_000_000),
+              ev("ynn_fusion.2", 2_000_000_000)]
+    r = profile_cpu.summarize(events, modules, wall_s=4.0, cpu_s=6.0)
+    assert r["top_ops"][0]["op"] == "jit_step:ynn_fusion.2"
+    first = r["top_shapes"][0]
+    assert first["what"].startswith("jit_step:projections f32[64,1536]")
+    assert (first["s"], first["calls"], first["ops"]) == (2.5, 2, 2)
+
+
 @pytest.mark.slow
 def test_profile_script_tiny(tmp_path):
     out = tmp_path / "profile.json"

@@ -226,10 +226,13 @@ def _loop_jit(graphdef, state, s: DecodeState, tables, *, rule, mesh, exit_at):
     def sample_one(logits_V, key):  # the rule for one sample, vmapped over the slots
         return tuple(x[0] for x in sample(logits_V[None], key[None], rule))
 
+    # Sliced here, before the loop, so that the steps read each layer's weights in place.
+    layers = model.unstacked_layers() if rule.unroll_layers else None
+
     def body(s: DecodeState) -> DecodeState:
         out = model(s.token[:, None], s.position[:, None],
                     valid_BT=jnp.ones((s.token.shape[0], 1), bool), cache=s.cache,
-                    unroll=True if rule.unroll_layers else 1)
+                    layer_slices=layers)
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, s.step))(s.keys)
         token, logp, sample_logp = jax.vmap(sample_one)(out.logits_BTV[:, 0], step_keys)
         live = ~s.done

@@ -43,10 +43,9 @@ class SampleConfig:
     # The KV cache's key layout (model.kv_cache.KEY_LAYOUTS): "HS" decodes faster on
     # XLA:CPU; "SH" gives the committed results' bits. Named in records only when "HS".
     key_layout: str = field(default="SH", metadata={DIGEST_OMITS: "SH"})
-    # Decode steps run the layers as straight-line code instead of a scanned stack:
-    # each layer's weights are then static slices that XLA:CPU reads in place, where
-    # the scan copies all of them out of their [L, ...] stacks at every step. The
-    # decode program compiles about 3x longer; it pays for long generations.
+    # Decode steps run the layers as straight-line code over weights sliced out of the
+    # [L, ...] stacks once per loop (Llama.unstacked_layers), where the scan copies every
+    # layer's weights at every step; the decode program compiles about 3x longer.
     unroll_layers: bool = field(default=False, metadata={DIGEST_OMITS: False})
 
     def __post_init__(self):

@@ -314,6 +314,7 @@ class Llama(nnx.Module):
         logits_at_BR: jax.Array | None = None,
         remat: str = "none",
         unroll: int | bool = 1,
+        layer_slices: tuple | None = None,
         lora_grad: str = "autodiff",
     ) -> ModelOutput:
         """Next-token logits for T new tokens.
@@ -338,6 +339,11 @@ class Llama(nnx.Module):
                 "none", "dots", "projections" or "full".
             unroll: layers per scan iteration (True: the whole stack, one program copy
                 per layer as a Python loop would give).
+            layer_slices: optional `unstacked_layers()`, taken by the caller: the blocks
+                then run as straight-line code over these per-layer weights instead of
+                scanning the stack. A decode loop takes them once, outside its steps:
+                XLA:CPU's matmuls do not read a slice of a stacked weight in place, so
+                slicing inside the steps copies every weight at every step.
             lora_grad: how the adapters' B gradients are formed (lora.LORA_GRADS).
 
         Returns:
@@ -372,7 +378,7 @@ class Llama(nnx.Module):
         x_BTD = jnp.take(self.embedding_VD[...], tokens_BT, axis=0).astype(self.dtype)
         x_BTD, kv_bufs, hidden_BTD = self._blocks(
             x_BTD, cos_sin, mask_BTS, cache, hidden_layer, remat=remat, unroll=unroll,
-            prefill=prefill, lora_grad=lora_grad)
+            prefill=prefill, lora_grad=lora_grad, layer_slices=layer_slices)
         x_BTD = self.norm(x_BTD)
         if hidden_layer == -1:
             hidden_BTD = x_BTD
@@ -388,8 +394,15 @@ class Llama(nnx.Module):
                                 cache.key_layout)
         return ModelOutput(logits_BTV, new_cache, hidden_BTD)
 
+    def unstacked_layers(self) -> tuple:
+        """Each layer's (RNG state, state), sliced out of the stack's [L, ...] arrays, for
+        `layer_slices`."""
+        _, rng_state, state = nnx.split(self.layers, nnx.RngState, ...)
+        return tuple(jax.tree.map(lambda x, i=i: x[i], (rng_state, state))
+                     for i in range(self.cfg.num_layers))
+
     def _blocks(self, x_BTD, cos_sin, mask_BTS, cache, hidden_layer, *, remat, unroll,
-                prefill=False, lora_grad="autodiff"):
+                prefill=False, lora_grad="autodiff", layer_slices=None):
         """Scans the stacked blocks with `jax.lax.scan`; the cache buffers ride in the
         carry, so each layer's write is an in-place update of the [L, ...] buffers.
 
@@ -421,6 +434,16 @@ class Llama(nnx.Module):
             body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
         kv_bufs = None if cache is None else (cache.k_LBKSH, cache.v_LBKSH)
         hidden_BTD = jnp.zeros_like(x_BTD) if keep else None
+        if layer_slices is not None:
+            if _dropout_active(self.layers):
+                raise ValueError("layer_slices is for passes without active dropout")
+            if len(layer_slices) != self.cfg.num_layers:
+                raise ValueError(f"layer_slices holds {len(layer_slices)} layers, the model "
+                                 f"{self.cfg.num_layers}")
+            carry = (x_BTD, kv_bufs, hidden_BTD)
+            for i, (rng_l, state_l) in enumerate(layer_slices):
+                carry, _ = body(carry, (rng_l, state_l, i))
+            return carry
         layer_L = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
         carry, new_rng_state = jax.lax.scan(
             body, (x_BTD, kv_bufs, hidden_BTD), (rng_state, state, layer_L), unroll=unroll)
