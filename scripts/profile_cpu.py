@@ -86,8 +86,12 @@ def parse_hlo(text: str) -> dict[str, dict]:
             ins["batched"] = any(map(_batched, inner))
             if ins["spec"] is None:  # XLA keeps the einsum's name on some line of the fusion
                 ins["spec"] = next((s.group(1) for s in map(_SPEC.search, body) if s), None)
-        ins["slices"] = any(" dynamic-slice(" in line for line in body) or \
-            ins["opcode"] == "dynamic-slice"
+        # A dynamic slice (a scanned layer's), or a fusion that only slices (a layer's
+        # weights or cache out of a stack, at a static index in an unrolled one).
+        body_ops = {m.group(3) for m in map(_INSTR.match, body) if m}
+        ins["slices"] = ("dynamic-slice" in body_ops or ins["opcode"] == "dynamic-slice"
+                         or ("slice" in body_ops and body_ops <= {"parameter", "slice",
+                                                                  "bitcast"}))
     return instrs
 
 
@@ -298,12 +302,14 @@ def main() -> int:
                                   args.matmul_dtype)
                     if program == "train"
                     else decode_program(args.tiny, work, args.key_layout, args.unroll_layers))
+        start = time.perf_counter()
         run()  # compiles
+        first_call_s = time.perf_counter() - start
         load = load_average()
         trace = str(work / f"trace-{program}")
         wall, cpu = profiled(run, trace)
         key += f"/{args.tag}" if args.tag else ""
-        results[key] = {"load_average_before": load,
+        results[key] = {"load_average_before": load, "first_call_s": round(first_call_s, 1),
                         "xla_flags": os.environ["XLA_FLAGS"].split(" --xla_dump_to")[0],
                         **summarize(op_events(trace), load_modules(str(dump)), wall, cpu)}
         _print(key, results[key])
@@ -326,7 +332,7 @@ def main() -> int:
 
 def _print(key: str, r: dict) -> None:
     print(f"\n{key}: {r['wall_s']} s wall, {r['cores_busy']} cores busy, "
-          f"{r['op_s']} s of op time")
+          f"{r['op_s']} s of op time; first call (compiling) {r['first_call_s']} s")
     print(f"  {'kind':14s} {'s':>8s} {'share':>6s}")
     for k, v in r["kinds"].items():
         print(f"  {k:14s} {v['s']:8.3f} {v['share']:6.1%}")

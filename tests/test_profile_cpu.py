@@ -65,6 +65,34 @@ def test_parse_hlo_puts_each_op_in_its_kind():
     assert profile_cpu.kind_of("fusion.9", None) == "elementwise"
 
 
+def test_a_fusion_that_only_slices_is_a_layer_slice():
+    """An unrolled stack slices each layer's weights at a static index; a fusion that
+    slices and computes is not a copy."""
+    comps = """
+%fused_computation.6 (param_0.6: f32[30,1536,576]) -> f32[1536,576] {
+  %param_0.6 = f32[30,1536,576]{2,1,0} parameter(0)
+  %slice.6 = f32[1,1536,576]{2,1,0} slice(%param_0.6), slice={[4:5], [0:1536], [0:576]}
+  ROOT %bitcast.6 = f32[1536,576]{1,0} bitcast(%slice.6)
+}
+
+%fused_computation.7 (param_0.7: f32[30,1536,576]) -> f32[1536,576] {
+  %param_0.7 = f32[30,1536,576]{2,1,0} parameter(0)
+  %slice.7 = f32[1,1536,576]{2,1,0} slice(%param_0.7), slice={[4:5], [0:1536], [0:576]}
+  %bitcast.7 = f32[1536,576]{1,0} bitcast(%slice.7)
+  ROOT %multiply.7 = f32[1536,576]{1,0} multiply(%bitcast.7, %bitcast.7)
+}
+
+ENTRY"""
+    ops = ("  %slice_bitcast_fusion.6 = f32[1536,576]{1,0} fusion(%p1), kind=kLoop, "
+           "calls=%fused_computation.6\n  %multiply_fusion.7 = f32[1536,576]{1,0} "
+           "fusion(%p1), kind=kLoop, calls=%fused_computation.7\n")
+    hlo = HLO.replace("\nENTRY", comps, 1).replace("  %i = s32[]", ops + "  %i = s32[]")
+    instrs = profile_cpu.parse_hlo(hlo)
+    assert profile_cpu.kind_of("slice_bitcast_fusion.6",
+                               instrs["slice_bitcast_fusion.6"]) == "layer_slices"
+    assert profile_cpu.kind_of("multiply_fusion.7", instrs["multiply_fusion.7"]) == "elementwise"
+
+
 def test_summarize_counts_ops_not_the_loops_around_them():
     modules = {("jit_step", 7): profile_cpu.parse_hlo(HLO)}
     ev = lambda op, ns: {"module": "jit_step", "program": 7, "op": op,  # noqa: E731

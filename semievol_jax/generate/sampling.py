@@ -45,7 +45,8 @@ class SampleConfig:
     key_layout: str = field(default="SH", metadata={DIGEST_OMITS: "SH"})
     # Decode steps run the layers as straight-line code over weights sliced out of the
     # [L, ...] stacks once per loop (Llama.unstacked_layers), where the scan copies every
-    # layer's weights at every step; the decode program compiles about 3x longer.
+    # layer's weights at every step. Each decode loop compiles about 3x longer, and on
+    # XLA:CPU the steps are no faster (docs/results.md, "Decoding").
     unroll_layers: bool = field(default=False, metadata={DIGEST_OMITS: False})
 
     def __post_init__(self):
