@@ -16,13 +16,16 @@ HLO (XLA's own dump) and put in one kind:
   lm_head       the tied embedding's logits matmul
   other_dots    any other matmul
   layer_slices  copies of one layer's slice out of a stacked [L, ...] buffer (the
-                scanned weights, the KV cache) that a matmul cannot read in place
+                scanned weights, the KV cache; at a static index with
+                ``--unroll-layers``) that a matmul cannot read in place
   transposes    other copies: an operand laid out again for a matmul
   elementwise   fused elementwise ops and reductions (norms, softmax, SiLU, RoPE, Adam)
-Per kind: the summed duration of its events and its share. A matmul's event lasts its
+Per kind: the summed duration of its events and its share; per op, and per kind and
+shape (an unrolled stack names each layer's op apart): the largest. A matmul's event lasts its
 wall time on the thread that runs it (its work on the other worker is not a separate
 event), so the shares are of op time, not of core time. ``cores_busy`` is the process's
 CPU seconds over the wall seconds of the profiled call: 2.0 on two cores kept busy.
+``first_call_s`` is the compiling call before it.
 Writes results/bench/profile.json (key per program and shape).
 
 Usage:
@@ -259,6 +262,17 @@ def decode_program(tiny: bool, work: Path, key_layout: str = "SH",
     return f"decode/{name}/16x{samples}x{new}{layout} ({weights})", run
 
 
+def _decode_ceiling() -> dict:
+    """The decode step's float32 matmuls alone at the profiled batch's 64 slots, timed
+    right after it (bench_common.jax_decode_matmul_step_s; scripts/bench_generate.py's
+    ceiling), so that the profile's matmul time is read against a rate from the same
+    run: this machine's speed drifts between runs."""
+    from bench_common import jax_decode_matmul_step_s
+    from bench_generate import SMOLLM2
+
+    return {"slots": 64, "step_s": round(jax_decode_matmul_step_s(SMOLLM2, 64), 4)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a 2-layer toy shape (smoke test)")
@@ -312,6 +326,8 @@ def main() -> int:
         results[key] = {"load_average_before": load, "first_call_s": round(first_call_s, 1),
                         "xla_flags": os.environ["XLA_FLAGS"].split(" --xla_dump_to")[0],
                         **summarize(op_events(trace), load_modules(str(dump)), wall, cpu)}
+        if program == "decode" and not args.tiny:
+            results[key]["matmul_ceiling"] = _decode_ceiling()
         _print(key, results[key])
     command = " ".join(["python scripts/profile_cpu.py", *sys.argv[1:]])
     for r in results.values():
@@ -336,6 +352,9 @@ def _print(key: str, r: dict) -> None:
     print(f"  {'kind':14s} {'s':>8s} {'share':>6s}")
     for k, v in r["kinds"].items():
         print(f"  {k:14s} {v['s']:8.3f} {v['share']:6.1%}")
+    if "matmul_ceiling" in r:
+        print(f"  matmul ceiling: {r['matmul_ceiling']['step_s']} s a step at "
+              f"{r['matmul_ceiling']['slots']} slots")
     for op in r["top_ops"][:8]:
         print(f"  {op['s']:8.3f} s {op['calls']:5d}x  {op['op']}  {op['what']}")
     print("  by shape:")
