@@ -4,7 +4,9 @@ Each program is lowered from abstract inputs (shapes and dtypes only) and compil
 XLA for this machine's backend; the seconds of `lower` (tracing to StableHLO) and of
 `compile` are timed separately, with the size of the optimized HLO. Programs:
   train    the LoRA train step (rank 16, every projection), batch 8 x 128 tokens
-  decode   prefill 16 prompts of 64 tokens + 4 samples x 64 new tokens (one while loop)
+  decode   prefill 16 prompts of 64 tokens, then the loop decoding their 4 x 16 slots
+           up to 64 new tokens (``--unroll-layers``: with sample.unroll_layers); the two
+           programs' seconds are summed, and kept apart under "prefill" and "loop"
   embed    final-norm hidden states, mean-pooled, 32 texts x 128 tokens
 Shapes: smollm2-135m (30 layers) and llama8b (32 layers; abstract, so no 16 GB needed).
 
@@ -88,7 +90,9 @@ def program_train(cfg, dtype):
     return _timed(fn, state, _abstract(split.rest), batch, key)
 
 
-def program_decode(cfg, dtype):
+def program_decode(cfg, dtype, unroll_layers=False):
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -102,16 +106,28 @@ def program_decode(cfg, dtype):
     model = nnx.eval_shape(lambda: Llama(cfg, dtype=dtype, param_dtype=dtype,
                                          rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
+    state = _abstract(state)
     V = cfg.vocab_size
     tables = StopTables(jax.ShapeDtypeStruct((V,), jnp.bool_),
                         jax.ShapeDtypeStruct((V,), jnp.bool_),
                         jax.ShapeDtypeStruct((1, V), jnp.bool_),
                         jax.ShapeDtypeStruct((1, V), jnp.bool_))
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), (b, m)))
-    rule = SampleConfig(temperature=1.0, max_new_tokens=n, stop=())
-    return _timed(decode_lib._decode_jit, graphdef, _abstract(state),
-                  jax.ShapeDtypeStruct((b, t), jnp.int32),
-                  jax.ShapeDtypeStruct((b, t), jnp.bool_), keys, tables, rule=rule, mesh=None)
+    rule = SampleConfig(temperature=1.0, max_new_tokens=n, stop=(), unroll_layers=unroll_layers)
+    # As decode.decode builds them: the prefill (never unrolled), then the first loop,
+    # which exits to compact the slots when a quarter are live.
+    prompt = (jax.ShapeDtypeStruct((b, t), jnp.int32), jax.ShapeDtypeStruct((b, t), jnp.bool_),
+              keys)
+    prefill_rule = dataclasses.replace(rule, unroll_layers=False)
+    prefill = _timed(decode_lib._prefill_jit, graphdef, state, *prompt, rule=prefill_rule,
+                     mesh=None)
+    s = jax.eval_shape(lambda st, *a: decode_lib._prefill_jit(graphdef, st, *a,
+                                                              rule=prefill_rule, mesh=None),
+                       state, *prompt)
+    loop = _timed(decode_lib._loop_jit, graphdef, state, s, tables, rule=rule, mesh=None,
+                  exit_at=b * m // decode_lib.SHRINK)
+    return {**{k: round(prefill[k] + loop[k], 3) for k in prefill},
+            "prefill": prefill, "loop": loop}
 
 
 def program_embed(cfg, dtype):
@@ -137,13 +153,15 @@ def program_embed(cfg, dtype):
 PROGRAMS = {"train": program_train, "decode": program_decode, "embed": program_embed}
 
 
-def _one(shape: str, program: str, dtype: str) -> dict:
+def _one(shape: str, program: str, dtype: str, unroll_layers: bool) -> dict:
     """Runs in a fresh process: no compilation cache, no program shared with another row."""
     import jax.numpy as jnp
 
     from semievol_jax.model.config import LlamaConfig
 
     cfg = LlamaConfig(**SHAPES[shape])
+    if program == "decode":
+        return program_decode(cfg, jnp.dtype(dtype), unroll_layers)
     return PROGRAMS[program](cfg, jnp.dtype(dtype))
 
 
@@ -153,12 +171,14 @@ def main() -> None:
                    choices=list(SHAPES))
     p.add_argument("--programs", nargs="+", default=list(PROGRAMS), choices=list(PROGRAMS))
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--unroll-layers", action="store_true",
+                   help="the decode loop with sample.unroll_layers")
     p.add_argument("--label", default="", help="a name for this build (e.g. scan, unrolled)")
     p.add_argument("--out", default="results/bench/compile.json")
     p.add_argument("--one", nargs=2, metavar=("SHAPE", "PROGRAM"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(_one(*args.one, args.dtype)))
+        print(json.dumps(_one(*args.one, args.dtype, args.unroll_layers)))
         return
     import jax
 
@@ -166,10 +186,12 @@ def main() -> None:
     for shape in args.shapes:
         for program in args.programs:
             env = dict(os.environ, SEMIEVOL_XLA_CACHE="")
+            flags = ["--unroll-layers"] if args.unroll_layers else []
             out = subprocess.run([sys.executable, __file__, "--one", shape, program,
-                                  "--dtype", args.dtype], capture_output=True, text=True,
-                                 env=env, check=True).stdout.strip().splitlines()[-1]
-            row = {"shape": shape, "program": program, "dtype": args.dtype, **json.loads(out)}
+                                  "--dtype", args.dtype, *flags], capture_output=True,
+                                 text=True, env=env, check=True).stdout.strip().splitlines()[-1]
+            row = {"shape": shape, "program": program, "dtype": args.dtype,
+                   "unroll_layers": args.unroll_layers, **json.loads(out)}
             rows.append(row)
             print(f"{shape:<14} {program:<7} lower {row['lower_s']:7.2f} s  compile "
                   f"{row['compile_s']:7.2f} s  HLO {row['hlo_lines']:>7} lines", flush=True)

@@ -15,10 +15,11 @@ Prints one table and writes results/bench/generate.json. Three parts:
    is the headline ``ours``), each layout's runs interleaved with the others'. A layout
    written ``HS+bfloat16`` also multiplies in bf16 with float32 sums
    (``base.matmul_dtype``), ``HS+bfloat16+bfloat16`` over weights stored in bf16 too
-   (``base.dtype``); HF then runs once more with the model in torch bf16. Beside them,
-   a ceiling for float32 decoding of the shape here: one step's projection and LM-head
-   matmuls alone, at the batch's 64 slots, each framework in its own weight layout
-   (``decode_matmul_ceiling``), against the goal of 3x HF's tokens/s.
+   (``base.dtype``); HF then runs once more with the model in torch bf16. A variant
+   ending in ``/unrolled`` (``HS/unrolled``) decodes with ``SampleConfig.unroll_layers``.
+   Beside them, a ceiling for float32 decoding of the shape here: one step's projection
+   and LM-head matmuls alone, at the batch's 64 slots, each framework in its own layout
+   of the weights (``decode_matmul_ceiling``), against the goal of 3x HF's tokens/s.
 2. Compilations: one pass of ``generate`` over ``--many`` prompts of 5 to ~1,000 tokens
    (batch 32, 4 new tokens): the number of decode programs traced (target <= 13: lengths
    1.5x apart).
@@ -146,8 +147,12 @@ def throughput(args, ckpt: Path) -> dict:
     from semievol_jax.model import set_matmul_dtype
 
     layouts = args.key_layouts.split(",")
-    # LAYOUT[+MATMUL[+STORED]]: the matmuls' operand dtype and the weights' (float32).
-    parts = {k: (k.split("+") + [None, None])[1:3] for k in layouts}
+    # LAYOUT[+MATMUL[+STORED]][/unrolled]: the matmuls' operand dtype and the weights'
+    # (float32); "/unrolled" decodes with SampleConfig.unroll_layers.
+    for k in layouts:
+        if k.partition("/")[2] not in ("", "unrolled"):
+            raise SystemExit(f"--key-layouts: {k!r} ends in neither nothing nor /unrolled")
+    parts = {k: (k.partition("/")[0].split("+") + [None, None])[1:3] for k in layouts}
     matmuls = {k: mm for k, (mm, _) in parts.items()}
     models = {}
     for mm, stored in dict.fromkeys(tuple(p) for p in parts.values()):
@@ -156,7 +161,8 @@ def throughput(args, ckpt: Path) -> dict:
     model = next(iter(models.values()))
     tokenizer = load_tokenizer(ckpt)
     prompts = make_prompts(tokenizer, args.prompts, 8, 60, seed=0)
-    cfgs = {k: _throughput_cfg(args, k.partition("+")[0]) for k in layouts}
+    cfgs = {k: _throughput_cfg(args, k.partition("+")[0].partition("/")[0],
+                               k.endswith("/unrolled")) for k in layouts}
     first_call_s = {}
     for k, cfg in cfgs.items():
         t = time.perf_counter()
@@ -251,9 +257,10 @@ def _matmul_ceiling(shape: dict, head_dim: int, rows: int, hf_tps: float) -> dic
                 for fw in ("jax", "torch") if fw in ceiling}}
 
 
-def _throughput_cfg(args, key_layout: str) -> SampleConfig:
+def _throughput_cfg(args, key_layout: str, unroll_layers: bool = False) -> SampleConfig:
     return SampleConfig(temperature=1.0, max_new_tokens=args.new_tokens, stop=(),
-                        batch_size=args.prompts, key_layout=key_layout)
+                        batch_size=args.prompts, key_layout=key_layout,
+                        unroll_layers=unroll_layers)
 
 
 def compilations(args, ckpt: Path) -> dict:

@@ -109,12 +109,20 @@ def test_key_layouts_store_keys_transposed_and_sample_the_same_tokens(model):
                                atol=1e-5)
 
 
-def test_unrolled_layers_sample_the_same_tokens(model):
+def test_unrolled_layers_sample_the_same_tokens(model, monkeypatch):
     tokens, valid = _batch()
     keys = decode_lib.sample_keys(jax.random.key(3), jnp.arange(3), 2)
-    out = {u: _run(model, tokens, valid, keys, SampleConfig(temperature=1.0, max_new_tokens=10,
-                                                            unroll_layers=u))
-           for u in (False, True)}
+    sliced = []
+    unstacked = Llama.unstacked_layers
+    monkeypatch.setattr(Llama, "unstacked_layers",
+                        lambda self: sliced.append(1) or unstacked(self))
+    out = {}
+    for u in (False, True):
+        sliced.clear()
+        out[u] = _run(model, tokens, valid, keys, SampleConfig(temperature=1.0,
+                                                               max_new_tokens=10,
+                                                               unroll_layers=u))
+        assert bool(sliced) == u  # the loop took the per-layer slices only when asked
     # The same operations per layer, fused per layer instead of once in the scan body.
     np.testing.assert_array_equal(out[True].tokens_BMN, out[False].tokens_BMN)
     np.testing.assert_allclose(out[True].logprobs_BMN, out[False].logprobs_BMN, atol=1e-5)

@@ -145,8 +145,8 @@ def test_layer_slices_run_the_stack_as_the_scan_does(tiny_model):
     tokens, positions, valid = _left_padded(cfg.vocab_size, [5, 8, 2], width=8, extra=0)
     layers = model.unstacked_layers()
     assert len(layers) == cfg.num_layers
-    scanned = model(tokens, positions, valid_BT=valid, hidden_layer=1)
-    sliced = model(tokens, positions, valid_BT=valid, hidden_layer=1, layer_slices=layers)
+    scanned = model(tokens, positions, valid_BT=valid, hidden_layer=0)
+    sliced = model(tokens, positions, valid_BT=valid, hidden_layer=0, layer_slices=layers)
     np.testing.assert_allclose(np.asarray(sliced.logits_BTV), np.asarray(scanned.logits_BTV),
                                atol=1e-5)
     np.testing.assert_allclose(np.asarray(sliced.hidden_BTD), np.asarray(scanned.hidden_BTD),
@@ -157,6 +157,8 @@ def test_layer_slices_run_the_stack_as_the_scan_does(tiny_model):
                            atol=1e-3)
     with pytest.raises(ValueError, match="layer_slices holds 1 layers"):
         model(tokens, positions, layer_slices=layers[:1])
+    with pytest.raises(ValueError, match="unroll is for the scan"):
+        model(tokens, positions, layer_slices=layers, unroll=2)
 
 
 def test_params_carry_logical_axis_names(tiny_model):

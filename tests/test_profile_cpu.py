@@ -138,8 +138,8 @@ def test_profile_script_tiny(tmp_path):
         assert r["events"] > 0 and r["events_unmatched"] == 0  # every op found in its HLO
         assert abs(sum(k["share"] for k in r["kinds"].values()) - 1) < 0.01
         assert r["first_call_s"] > 0
-        # A shape's group holds the largest op, so it takes at least as long.
-        assert r["op_s"] + 0.002 >= r["top_shapes"][0]["s"] >= r["top_ops"][0]["s"] > 0
+        # Each op is in one group: the groups sum to no more than the op time.
+        assert 0 < sum(x["s"] for x in r["top_shapes"]) <= r["op_s"] + 0.002
     assert train["kinds"]["lora"]["events"] > 0 and train["kinds"]["attention"]["events"] > 0
     assert decode["kinds"]["layer_slices"]["events"] > 0  # the scanned KV cache and weights
     assert "jit__loop_jit" in decode["modules_s"]

@@ -150,7 +150,9 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, tokens_BT: jax.Array,
     from semievol_jax.sharding import batch_ways, replicate_rows
 
     ways = batch_ways(mesh)
-    s = _prefill_jit(graphdef, state, tokens_BT, valid_BT, keys_BM, rule=rule, mesh=mesh)
+    # The prefill runs once and scans its layers whatever the loop does: one program.
+    s = _prefill_jit(graphdef, state, tokens_BT, valid_BT, keys_BM,
+                     rule=dataclasses.replace(rule, unroll_layers=False), mesh=mesh)
     while True:
         slots = s.done.shape[0]
         smaller = _compact_size(slots, ways)
@@ -226,7 +228,8 @@ def _loop_jit(graphdef, state, s: DecodeState, tables, *, rule, mesh, exit_at):
     def sample_one(logits_V, key):  # the rule for one sample, vmapped over the slots
         return tuple(x[0] for x in sample(logits_V[None], key[None], rule))
 
-    # Sliced here, before the loop, so that the steps read each layer's weights in place.
+    # Sliced here, before the loop, so that the steps read each layer's weights in place;
+    # the slices are a second copy of the layers' weights while the loop runs.
     layers = model.unstacked_layers() if rule.unroll_layers else None
 
     def body(s: DecodeState) -> DecodeState:

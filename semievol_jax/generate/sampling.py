@@ -44,9 +44,9 @@ class SampleConfig:
     # XLA:CPU; "SH" gives the committed results' bits. Named in records only when "HS".
     key_layout: str = field(default="SH", metadata={DIGEST_OMITS: "SH"})
     # Decode steps run the layers as straight-line code over weights sliced out of the
-    # [L, ...] stacks once per loop (Llama.unstacked_layers), where the scan copies every
-    # layer's weights at every step. Each decode loop compiles about 3x longer, and on
-    # XLA:CPU the steps are no faster (docs/results.md, "Decoding").
+    # [L, ...] stacks once per loop (Llama.unstacked_layers, a second copy of them while
+    # it runs), where the scan copies every layer's weights at every step. On XLA:CPU the
+    # steps are no faster and each loop compiles longer (docs/results.md, "Decoding").
     unroll_layers: bool = field(default=False, metadata={DIGEST_OMITS: False})
 
     def __post_init__(self):

@@ -403,8 +403,9 @@ class Llama(nnx.Module):
 
     def _blocks(self, x_BTD, cos_sin, mask_BTS, cache, hidden_layer, *, remat, unroll,
                 prefill=False, lora_grad="autodiff", layer_slices=None):
-        """Scans the stacked blocks with `jax.lax.scan`; the cache buffers ride in the
-        carry, so each layer's write is an in-place update of the [L, ...] buffers.
+        """Scans the stacked blocks with `jax.lax.scan` (or, given `layer_slices`, runs
+        the same body over them in a Python loop); the cache buffers ride in the carry,
+        so each layer's write is an in-place update of the [L, ...] buffers.
 
         The stack is split into a graph and per-layer state, and each iteration merges
         one layer's slice: a plain functional scan, so the model may also be closed over
@@ -437,6 +438,8 @@ class Llama(nnx.Module):
         if layer_slices is not None:
             if _dropout_active(self.layers):
                 raise ValueError("layer_slices is for passes without active dropout")
+            if unroll != 1:
+                raise ValueError("layer_slices runs every layer apart; unroll is for the scan")
             if len(layer_slices) != self.cfg.num_layers:
                 raise ValueError(f"layer_slices holds {len(layer_slices)} layers, the model "
                                  f"{self.cfg.num_layers}")
