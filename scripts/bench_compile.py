@@ -4,9 +4,10 @@ Each program is lowered from abstract inputs (shapes and dtypes only) and compil
 XLA for this machine's backend; the seconds of `lower` (tracing to StableHLO) and of
 `compile` are timed separately, with the size of the optimized HLO. Programs:
   train    the LoRA train step (rank 16, every projection), batch 8 x 128 tokens
-  decode   prefill 16 prompts of 64 tokens, then the loop decoding their 4 x 16 slots
-           up to 64 new tokens (``--unroll-layers``: with sample.unroll_layers); the two
-           programs' seconds are summed, and kept apart under "prefill" and "loop"
+  decode   prefill 16 prompts of 64 tokens, then the first loop over their 4 x 16 slots
+           (up to 64 new tokens; it exits at 16 live slots), as decode.decode builds
+           them (``--unroll-layers``: with sample.unroll_layers); the two programs'
+           seconds are summed, and kept apart under "prefill" and "loop"
   embed    final-norm hidden states, mean-pooled, 32 texts x 128 tokens
 Shapes: smollm2-135m (30 layers) and llama8b (32 layers; abstract, so no 16 GB needed).
 
@@ -105,7 +106,7 @@ def program_decode(cfg, dtype, unroll_layers=False):
     b, t, m, n = 16, 64, 4, 64
     model = nnx.eval_shape(lambda: Llama(cfg, dtype=dtype, param_dtype=dtype,
                                          rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(model)
+    graphdef, state = decode_lib.split_model(model)
     state = _abstract(state)
     V = cfg.vocab_size
     tables = StopTables(jax.ShapeDtypeStruct((V,), jnp.bool_),
@@ -127,7 +128,7 @@ def program_decode(cfg, dtype, unroll_layers=False):
     loop = _timed(decode_lib._loop_jit, graphdef, state, s, tables, rule=rule, mesh=None,
                   exit_at=b * m // decode_lib.SHRINK)
     return {**{k: round(prefill[k] + loop[k], 3) for k in prefill},
-            "prefill": prefill, "loop": loop}
+            "unroll_layers": rule.unroll_layers, "prefill": prefill, "loop": loop}
 
 
 def program_embed(cfg, dtype):
@@ -191,7 +192,7 @@ def main() -> None:
                                   "--dtype", args.dtype, *flags], capture_output=True,
                                  text=True, env=env, check=True).stdout.strip().splitlines()[-1]
             row = {"shape": shape, "program": program, "dtype": args.dtype,
-                   "unroll_layers": args.unroll_layers, **json.loads(out)}
+                   **json.loads(out)}
             rows.append(row)
             print(f"{shape:<14} {program:<7} lower {row['lower_s']:7.2f} s  compile "
                   f"{row['compile_s']:7.2f} s  HLO {row['hlo_lines']:>7} lines", flush=True)

@@ -150,7 +150,7 @@ def throughput(args, ckpt: Path) -> dict:
     # LAYOUT[+MATMUL[+STORED]][/unrolled]: the matmuls' operand dtype and the weights'
     # (float32); "/unrolled" decodes with SampleConfig.unroll_layers.
     for k in layouts:
-        if k.partition("/")[2] not in ("", "unrolled"):
+        if "/" in k and not k.endswith("/unrolled"):
             raise SystemExit(f"--key-layouts: {k!r} ends in neither nothing nor /unrolled")
     parts = {k: (k.partition("/")[0].split("+") + [None, None])[1:3] for k in layouts}
     matmuls = {k: mm for k, (mm, _) in parts.items()}

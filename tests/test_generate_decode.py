@@ -119,10 +119,13 @@ def test_unrolled_layers_sample_the_same_tokens(model, monkeypatch):
     out = {}
     for u in (False, True):
         sliced.clear()
+        prefills = sum(decode_lib.TRACES.values())
         out[u] = _run(model, tokens, valid, keys, SampleConfig(temperature=1.0,
                                                                max_new_tokens=10,
                                                                unroll_layers=u))
         assert bool(sliced) == u  # the loop took the per-layer slices only when asked
+        if u:  # the prefill scans its layers either way: the program of the run before
+            assert sum(decode_lib.TRACES.values()) == prefills
     # The same operations per layer, fused per layer instead of once in the scan body.
     np.testing.assert_array_equal(out[True].tokens_BMN, out[False].tokens_BMN)
     np.testing.assert_allclose(out[True].logprobs_BMN, out[False].logprobs_BMN, atol=1e-5)

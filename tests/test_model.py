@@ -159,6 +159,8 @@ def test_layer_slices_run_the_stack_as_the_scan_does(tiny_model):
         model(tokens, positions, layer_slices=layers[:1])
     with pytest.raises(ValueError, match="unroll is for the scan"):
         model(tokens, positions, layer_slices=layers, unroll=2)
+    with pytest.raises(ValueError, match="unroll is for the scan"):
+        model(tokens, positions, layer_slices=layers, unroll=True)
 
 
 def test_params_carry_logical_axis_names(tiny_model):

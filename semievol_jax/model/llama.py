@@ -438,7 +438,7 @@ class Llama(nnx.Module):
         if layer_slices is not None:
             if _dropout_active(self.layers):
                 raise ValueError("layer_slices is for passes without active dropout")
-            if unroll != 1:
+            if isinstance(unroll, bool) or unroll != 1:
                 raise ValueError("layer_slices runs every layer apart; unroll is for the scan")
             if len(layer_slices) != self.cfg.num_layers:
                 raise ValueError(f"layer_slices holds {len(layer_slices)} layers, the model "
