@@ -118,21 +118,24 @@ def test_adopt_shares_a_finished_stage(tmp_path):
 
 
 def test_a_setting_at_its_omitted_value_keeps_records_and_keys():
-    """SampleConfig.key_layout at "SH" is left out of records and stage keys, so runs
-    made before the setting existed keep their keys; "HS" is named and keys apart."""
+    """SampleConfig.key_layout at "SH" and unroll_layers off are left out of records and
+    stage keys, so runs made before the settings existed keep their keys; "HS" or
+    unrolled layers are named and key apart."""
     import dataclasses
 
     from semievol_jax.files import to_jsonable
     from semievol_jax.generate.sampling import SampleConfig
     from semievol_jax.pipeline.runner import digest_json
 
-    default, hs = SampleConfig(), SampleConfig(key_layout="HS")
+    default = SampleConfig()
     before = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
-              if f.name != "key_layout"}
+              if f.name not in ("key_layout", "unroll_layers")}
     assert to_jsonable(default) == to_jsonable(before)
     assert digest_json(default) == digest_json(before)
-    assert to_jsonable(hs)["key_layout"] == "HS"
-    assert digest_json(hs) != digest_json(default)
+    for name, value in (("key_layout", "HS"), ("unroll_layers", True)):
+        other = SampleConfig(**{name: value})
+        assert to_jsonable(other)[name] == value
+        assert digest_json(other) != digest_json(default)
 
 
 @pytest.mark.parametrize("persistent,asked", [(True, True), (False, True), (True, False)])
