@@ -156,7 +156,12 @@ PROGRAMS = {"train": program_train, "decode": program_decode, "embed": program_e
 
 def _one(shape: str, program: str, dtype: str, unroll_layers: bool) -> dict:
     """Runs in a fresh process: no compilation cache, no program shared with another row."""
+    import jax
     import jax.numpy as jnp
+
+    # A persistent cache hit would time a load, not a compile ($SEMIEVOL_XLA_CACHE is
+    # "off" in this process; JAX's own cache may be on by $JAX_COMPILATION_CACHE_DIR).
+    jax.config.update("jax_enable_compilation_cache", False)
 
     from semievol_jax.model.config import LlamaConfig
 
@@ -186,7 +191,7 @@ def main() -> None:
     rows = []
     for shape in args.shapes:
         for program in args.programs:
-            env = dict(os.environ, SEMIEVOL_XLA_CACHE="")
+            env = dict(os.environ, SEMIEVOL_XLA_CACHE="off")
             flags = ["--unroll-layers"] if args.unroll_layers else []
             out = subprocess.run([sys.executable, __file__, "--one", shape, program,
                                   "--dtype", args.dtype, *flags], capture_output=True,
