@@ -93,12 +93,15 @@ ENTRY"""
     assert profile_cpu.kind_of("multiply_fusion.7", instrs["multiply_fusion.7"]) == "elementwise"
 
 
+def _event(op: str, ns: int) -> dict:
+    """One profiler event of an op of the test module."""
+    return {"module": "jit_step", "program": 7, "op": op, "start_ns": 0, "ns": ns}
+
+
 def test_summarize_counts_ops_not_the_loops_around_them():
     modules = {("jit_step", 7): profile_cpu.parse_hlo(HLO)}
-    ev = lambda op, ns: {"module": "jit_step", "program": 7, "op": op,  # noqa: E731
-                         "start_ns": 0, "ns": ns}
-    events = [ev("ynn_fusion.1", 3_000_000_000), ev("ynn_fusion.2", 1_000_000_000),
-              ev("while.5", 9_000_000_000)]
+    events = [_event("ynn_fusion.1", 3_000_000_000), _event("ynn_fusion.2", 1_000_000_000),
+              _event("while.5", 9_000_000_000)]
     r = profile_cpu.summarize(events, modules, wall_s=4.0, cpu_s=6.0)
     assert r["op_s"] == 4.0 and r["cores_busy"] == 1.5 and r["events_unmatched"] == 0
     assert r["kinds"]["projections"] == {"s": 3.0, "share": 0.75, "events": 1}
@@ -113,10 +116,8 @@ def test_summarize_groups_ops_of_one_shape():
              "kind=kCustom, calls=%fused_computation.1\n")
     hlo = HLO.replace("  %copy_bitcast_fusion.4", extra + "  %copy_bitcast_fusion.4")
     modules = {("jit_step", 7): profile_cpu.parse_hlo(hlo)}
-    ev = lambda op, ns: {"module": "jit_step", "program": 7, "op": op,  # noqa: E731
-                         "start_ns": 0, "ns": ns}
-    events = [ev("ynn_fusion.1", 1_000_000_000), ev("ynn_fusion.7", 1_500_000_000),
-              ev("ynn_fusion.2", 2_000_000_000)]
+    events = [_event("ynn_fusion.1", 1_000_000_000), _event("ynn_fusion.7", 1_500_000_000),
+              _event("ynn_fusion.2", 2_000_000_000)]
     r = profile_cpu.summarize(events, modules, wall_s=4.0, cpu_s=6.0)
     assert r["top_ops"][0]["op"] == "jit_step:ynn_fusion.2"
     first = r["top_shapes"][0]
