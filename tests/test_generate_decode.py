@@ -112,18 +112,23 @@ def test_key_layouts_store_keys_transposed_and_sample_the_same_tokens(model):
 def test_unrolled_layers_sample_the_same_tokens(model, monkeypatch):
     tokens, valid = _batch()
     keys = decode_lib.sample_keys(jax.random.key(3), jnp.arange(3), 2)
-    sliced = []
+    sliced, split = [], []
     unstacked = Llama.unstacked_layers
     monkeypatch.setattr(Llama, "unstacked_layers",
                         lambda self: sliced.append(1) or unstacked(self))
+    split_layers = decode_lib.split_layers
+    monkeypatch.setattr(decode_lib, "split_layers",
+                        lambda cache: split.append(1) or split_layers(cache))
     out = {}
     for u in (False, True):
         sliced.clear()
+        split.clear()
         prefills = sum(decode_lib.TRACES.values())
         out[u] = _run(model, tokens, valid, keys, SampleConfig(temperature=1.0,
                                                                max_new_tokens=10,
                                                                unroll_layers=u))
-        assert bool(sliced) == u  # the loop took the per-layer slices only when asked
+        # The loop took the per-layer weights and cache only when asked.
+        assert bool(sliced) == bool(split) == u
         if u:  # the prefill scans its layers either way: the program of the run before
             assert sum(decode_lib.TRACES.values()) == prefills
     # The same operations per layer, fused per layer instead of once in the scan body.

@@ -1,5 +1,6 @@
 """Model invariants: cached decoding == full forward, hidden layers, LoRA params and merge."""
 
+import dataclasses
 import functools
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 from flax import nnx
 
 from semievol_jax.model import LlamaConfig, LoraConfig, RopeScaling, init_cache, merge_lora
-from semievol_jax.model.kv_cache import KEY_LAYOUTS
+from semievol_jax.model.kv_cache import KEY_LAYOUTS, is_split, join_layers, split_layers
 from semievol_jax.model.llama import Llama
 
 
@@ -161,6 +162,38 @@ def test_layer_slices_run_the_stack_as_the_scan_does(tiny_model):
         model(tokens, positions, layer_slices=layers, unroll=2)
     with pytest.raises(ValueError, match="unroll is for the scan"):
         model(tokens, positions, layer_slices=layers, unroll=True)
+
+
+@pytest.mark.parametrize("key_layout", KEY_LAYOUTS)
+def test_cache_split_by_layer_decodes_as_the_stacked_one(tiny_model, key_layout):
+    model, cfg = tiny_model.model, tiny_model.cfg
+    tokens, positions, valid = _left_padded(cfg.vocab_size, [4, 6, 1], width=6, extra=2)
+    layers = model.unstacked_layers()
+    cache = init_cache(cfg, batch=3, max_len=10, key_layout=key_layout)
+    cache = model(tokens[:, :6], positions[:, :6], valid_BT=valid[:, :6], cache=cache,
+                  prefill=True).cache
+    split = split_layers(cache)
+    assert is_split(split) and not is_split(cache) and len(split.k_LBKSH) == cfg.num_layers
+    np.testing.assert_array_equal(np.asarray(join_layers(split).k_LBKSH),
+                                  np.asarray(cache.k_LBKSH))
+    stacked, per_layer = cache, split
+    for t in (6, 7):  # two decode steps: each reads the slots the steps before wrote
+        args = (tokens[:, t:t + 1], positions[:, t:t + 1])
+        a = model(*args, valid_BT=valid[:, t:t + 1], cache=stacked, layer_slices=layers)
+        b = model(*args, valid_BT=valid[:, t:t + 1], cache=per_layer, layer_slices=layers)
+        stacked, per_layer = a.cache, b.cache
+        assert is_split(per_layer)
+        np.testing.assert_array_equal(np.asarray(b.logits_BTV), np.asarray(a.logits_BTV))
+    joined = join_layers(per_layer)
+    for got, want in [(joined.k_LBKSH, stacked.k_LBKSH), (joined.v_LBKSH, stacked.v_LBKSH),
+                      (joined.valid_BS, stacked.valid_BS), (joined.end, stacked.end)]:
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    with pytest.raises(ValueError, match="split by layer"):
+        model(tokens[:, 6:7], positions[:, 6:7], cache=per_layer)
+    short = dataclasses.replace(per_layer, k_LBKSH=per_layer.k_LBKSH[:1],
+                                v_LBKSH=per_layer.v_LBKSH[:1])
+    with pytest.raises(ValueError, match="split cache holds 1 layers"):
+        model(tokens[:, 6:7], positions[:, 6:7], cache=short, layer_slices=layers)
 
 
 def test_params_carry_logical_axis_names(tiny_model):

@@ -33,7 +33,14 @@ from flax import nnx
 
 from semievol_jax.generate import stopping
 from semievol_jax.generate.sampling import SampleConfig, sample
-from semievol_jax.model.kv_cache import CACHE_KV_AXES, CACHE_VALID_AXES, init_cache, key_axes
+from semievol_jax.model.kv_cache import (
+    CACHE_KV_AXES,
+    CACHE_VALID_AXES,
+    init_cache,
+    join_layers,
+    key_axes,
+    split_layers,
+)
 
 # Traces of the prefill program by (B, T, M, max_new_tokens) and of the decode loop by
 # (slots, cache length, max_new_tokens): a trace is a compilation, so tests and the
@@ -228,9 +235,12 @@ def _loop_jit(graphdef, state, s: DecodeState, tables, *, rule, mesh, exit_at):
     def sample_one(logits_V, key):  # the rule for one sample, vmapped over the slots
         return tuple(x[0] for x in sample(logits_V[None], key[None], rule))
 
-    # Sliced here, before the loop, so that the steps read each layer's weights in place;
-    # the slices are a second copy of the layers' weights while the loop runs.
+    # Sliced here, before the loop, so that the steps read each layer's weights and
+    # cache in place; the slices are a second copy of the layers' weights and of the
+    # cache while the loop runs.
     layers = model.unstacked_layers() if rule.unroll_layers else None
+    if rule.unroll_layers:
+        s = dataclasses.replace(s, cache=split_layers(s.cache))
 
     def body(s: DecodeState) -> DecodeState:
         out = model(s.token[:, None], s.position[:, None],
@@ -267,7 +277,8 @@ def _loop_jit(graphdef, state, s: DecodeState, tables, *, rule, mesh, exit_at):
         live = jnp.sum(~s.done)
         return (s.step < N) & (live > max(exit_at, 0))
 
-    return jax.lax.while_loop(cond, body, s)
+    s = jax.lax.while_loop(cond, body, s)
+    return dataclasses.replace(s, cache=join_layers(s.cache)) if rule.unroll_layers else s
 
 
 @functools.partial(jax.jit, static_argnames=("mesh",))

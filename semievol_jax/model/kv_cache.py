@@ -34,7 +34,8 @@ class KVCache:
     """
 
     # [L, B, K, S, H] (keys [L, B, K, H, S] with key_layout "HS"): each (row, kv
-    # head)'s block is contiguous, so decoding never transposes the cache.
+    # head)'s block is contiguous, so decoding never transposes the cache. Split by
+    # layer (split_layers): a tuple of L such buffers with a leading axis of 1.
     k_LBKSH: jax.Array  # keys, post-RoPE
     v_LBKSH: jax.Array  # values
     valid_BS: jax.Array  # bool: slot holds a real (non-pad) token
@@ -70,6 +71,30 @@ def init_cache(
         end=jnp.zeros((), jnp.int32),
         key_layout=key_layout,
     )
+
+
+def split_layers(cache: KVCache) -> KVCache:
+    """The cache with its keys and values as tuples of L [1, B, K, ...] buffers, one per
+    layer (a copy of each). Layers run as straight-line code (``Llama``'s
+    ``layer_slices``) then read and write their own buffer in place: XLA:CPU's matmuls
+    cannot read a layer's slice of the stacked buffer in place, so they copy it first.
+    """
+    def split(x):
+        return tuple(x[i:i + 1] for i in range(x.shape[0]))
+
+    return dataclasses.replace(cache, k_LBKSH=split(cache.k_LBKSH),
+                               v_LBKSH=split(cache.v_LBKSH))
+
+
+def join_layers(cache: KVCache) -> KVCache:
+    """:func:`split_layers` undone: the per-layer buffers stacked again."""
+    return dataclasses.replace(cache, k_LBKSH=jnp.concatenate(cache.k_LBKSH),
+                               v_LBKSH=jnp.concatenate(cache.v_LBKSH))
+
+
+def is_split(cache: KVCache | None) -> bool:
+    """Whether the cache holds one buffer per layer (:func:`split_layers`)."""
+    return cache is not None and isinstance(cache.k_LBKSH, tuple)
 
 
 def key_axes(cache: KVCache) -> tuple:

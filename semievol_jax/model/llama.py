@@ -18,7 +18,7 @@ from flax import nnx
 
 from semievol_jax.model import matmul
 from semievol_jax.model.config import LlamaConfig
-from semievol_jax.model.kv_cache import KVCache
+from semievol_jax.model.kv_cache import KVCache, is_split
 from semievol_jax.model.lora import (
     LORA_GRADS,
     LORA_HIDDEN,
@@ -343,7 +343,9 @@ class Llama(nnx.Module):
                 then run as straight-line code over these per-layer weights instead of
                 scanning the stack. A decode loop takes them once, outside its steps:
                 XLA:CPU's matmuls do not read a slice of a stacked weight in place, so
-                slicing inside the steps copies every weight at every step.
+                slicing inside the steps copies every weight at every step. The same
+                holds for the cache: with layer_slices it may be split by layer
+                (`kv_cache.split_layers`), and stays split.
             lora_grad: how the adapters' B gradients are formed (lora.LORA_GRADS).
 
         Returns:
@@ -417,6 +419,10 @@ class Llama(nnx.Module):
         if lora_grad not in LORA_GRADS:
             raise ValueError(f"lora_grad={lora_grad!r}; expected one of {LORA_GRADS}")
         keep = hidden_layer is not None and hidden_layer >= 0
+        split = is_split(cache)  # one [1, B, K, ...] buffer per layer, each at index 0
+        if split and layer_slices is None:
+            raise ValueError("a cache split by layer (kv_cache.split_layers) is for "
+                             "layer_slices; the scan reads the stacked buffers")
         end = None if cache is None else cache.end
         key_layout = None if cache is None else cache.key_layout
         graphdef, rng_state, state = nnx.split(self.layers, nnx.RngState, ...)
@@ -425,7 +431,8 @@ class Llama(nnx.Module):
             x_BTD, kv_bufs, hidden_BTD = carry
             rng_l, state_l, i = xs
             block = nnx.merge(graphdef, rng_l, state_l)
-            kv = None if kv_bufs is None else (*kv_bufs, end, i, prefill, key_layout)
+            kv = None if kv_bufs is None else (*kv_bufs, end, 0 if split else i, prefill,
+                                               key_layout)
             x_BTD, kv_bufs = block(x_BTD, cos_sin, mask_BTS, kv, lora_grad)
             if keep:
                 hidden_BTD = jnp.where(i == hidden_layer, x_BTD, hidden_BTD)
@@ -443,10 +450,19 @@ class Llama(nnx.Module):
             if len(layer_slices) != self.cfg.num_layers:
                 raise ValueError(f"layer_slices holds {len(layer_slices)} layers, the model "
                                  f"{self.cfg.num_layers}")
-            carry = (x_BTD, kv_bufs, hidden_BTD)
+            if not split:
+                carry = (x_BTD, kv_bufs, hidden_BTD)
+                for i, (rng_l, state_l) in enumerate(layer_slices):
+                    carry, _ = body(carry, (rng_l, state_l, i))
+                return carry
+            if len(kv_bufs[0]) != self.cfg.num_layers:
+                raise ValueError(f"the split cache holds {len(kv_bufs[0])} layers, the "
+                                 f"model {self.cfg.num_layers}")
+            ks, vs = list(kv_bufs[0]), list(kv_bufs[1])
             for i, (rng_l, state_l) in enumerate(layer_slices):
-                carry, _ = body(carry, (rng_l, state_l, i))
-            return carry
+                (x_BTD, (ks[i], vs[i]), hidden_BTD), _ = body(
+                    (x_BTD, (ks[i], vs[i]), hidden_BTD), (rng_l, state_l, i))
+            return x_BTD, (tuple(ks), tuple(vs)), hidden_BTD
         layer_L = jnp.arange(self.cfg.num_layers, dtype=jnp.int32)
         carry, new_rng_state = jax.lax.scan(
             body, (x_BTD, kv_bufs, hidden_BTD), (rng_state, state, layer_L), unroll=unroll)
