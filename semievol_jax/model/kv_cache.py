@@ -35,7 +35,7 @@ class KVCache:
 
     # [L, B, K, S, H] (keys [L, B, K, H, S] with key_layout "HS"): each (row, kv
     # head)'s block is contiguous, so decoding never transposes the cache. Split by
-    # layer (split_layers): a tuple of L such buffers with a leading axis of 1.
+    # layer (split_layers): a tuple of L [B, K, ...] buffers.
     k_LBKSH: jax.Array  # keys, post-RoPE
     v_LBKSH: jax.Array  # values
     valid_BS: jax.Array  # bool: slot holds a real (non-pad) token
@@ -74,13 +74,15 @@ def init_cache(
 
 
 def split_layers(cache: KVCache) -> KVCache:
-    """The cache with its keys and values as tuples of L [1, B, K, ...] buffers, one per
+    """The cache with its keys and values as tuples of L [B, K, ...] buffers, one per
     layer (a copy of each). Layers run as straight-line code (``Llama``'s
     ``layer_slices``) then read and write their own buffer in place: XLA:CPU's matmuls
     cannot read a layer's slice of the stacked buffer in place, so they copy it first.
+    Not [1, B, K, ...]: inside a while loop, XLA:CPU copies such a buffer at every
+    iteration to read it through the reshape that drops the 1.
     """
     def split(x):
-        return tuple(x[i:i + 1] for i in range(x.shape[0]))
+        return tuple(x[i] for i in range(x.shape[0]))
 
     return dataclasses.replace(cache, k_LBKSH=split(cache.k_LBKSH),
                                v_LBKSH=split(cache.v_LBKSH))
@@ -88,8 +90,8 @@ def split_layers(cache: KVCache) -> KVCache:
 
 def join_layers(cache: KVCache) -> KVCache:
     """:func:`split_layers` undone: the per-layer buffers stacked again."""
-    return dataclasses.replace(cache, k_LBKSH=jnp.concatenate(cache.k_LBKSH),
-                               v_LBKSH=jnp.concatenate(cache.v_LBKSH))
+    return dataclasses.replace(cache, k_LBKSH=jnp.stack(cache.k_LBKSH),
+                               v_LBKSH=jnp.stack(cache.v_LBKSH))
 
 
 def is_split(cache: KVCache | None) -> bool:

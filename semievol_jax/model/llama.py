@@ -160,8 +160,9 @@ class Attention(nnx.Module):
             mask_BTS: bool, query t may attend key slot s.
             kv: None, or (k_LBKSH, v_LBKSH, end, layer, fresh, key_layout): the cache
                 buffers, where to write the new keys and values, this block's layer
-                index, whether the cache was empty (attend to the T new keys only,
-                mask_BTS [B, T, T]), and the keys' layout (KVCache.key_layout).
+                index (None: the buffers are this layer's own, [B, K, ...]), whether
+                the cache was empty (attend to the T new keys only, mask_BTS
+                [B, T, T]), and the keys' layout (KVCache.key_layout).
             lora_grad: how the adapters' B gradients are formed (lora.LORA_GRADS).
 
         Returns:
@@ -177,22 +178,28 @@ class Attention(nnx.Module):
         else:
             k_LBKSH, v_LBKSH, end, layer, fresh, key_layout = kv
             zero = jnp.zeros((), jnp.int32)
-            start = (jnp.int32(layer), zero, zero, end, zero)
+            # layer None: the buffers are this layer's own, [B, K, ...] (a split cache).
+            lead = () if layer is None else (jnp.int32(layer),)
+            start = (*lead, zero, zero, end, zero)
             k_new, k_start = k_BKTH, start
             if key_layout == "HS":
-                k_new, k_start = k_BKTH.transpose(0, 1, 3, 2), (*start[:3], zero, end)
-            k_LBKSH = jax.lax.dynamic_update_slice(
-                k_LBKSH, k_new[None].astype(k_LBKSH.dtype), k_start)
-            v_LBKSH = jax.lax.dynamic_update_slice(
-                v_LBKSH, v_BKTH[None].astype(v_LBKSH.dtype), start)
+                k_new, k_start = k_BKTH.transpose(0, 1, 3, 2), (*lead, zero, zero, zero, end)
+            v_new = v_BKTH
+            if layer is not None:
+                k_new, v_new = k_new[None], v_new[None]
+            k_LBKSH = jax.lax.dynamic_update_slice(k_LBKSH, k_new.astype(k_LBKSH.dtype),
+                                                   k_start)
+            v_LBKSH = jax.lax.dynamic_update_slice(v_LBKSH, v_new.astype(v_LBKSH.dtype), start)
             new_kv = (k_LBKSH, v_LBKSH)
             if fresh:  # an empty cache: the new tokens are all there is to attend to
                 k_BKSH = k_BKTH.astype(k_LBKSH.dtype).astype(self.dtype)
                 v_BKSH = v_BKTH.astype(v_LBKSH.dtype).astype(self.dtype)
                 key_layout = "SH"  # the new keys, [B, K, T, H]
             else:
-                k_BKSH = k_LBKSH[layer].astype(self.dtype)  # [B, K, H, S] with "HS"
-                v_BKSH = v_LBKSH[layer].astype(self.dtype)
+                if layer is not None:
+                    k_LBKSH, v_LBKSH = k_LBKSH[layer], v_LBKSH[layer]
+                k_BKSH = k_LBKSH.astype(self.dtype)  # [B, K, H, S] with "HS"
+                v_BKSH = v_LBKSH.astype(self.dtype)
         B, T, N, H = q_BTNH.shape
         K = self.num_kv_heads
         q_BKGTH = q_BTNH.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
@@ -419,7 +426,7 @@ class Llama(nnx.Module):
         if lora_grad not in LORA_GRADS:
             raise ValueError(f"lora_grad={lora_grad!r}; expected one of {LORA_GRADS}")
         keep = hidden_layer is not None and hidden_layer >= 0
-        split = is_split(cache)  # one [1, B, K, ...] buffer per layer, each at index 0
+        split = is_split(cache)  # one [B, K, ...] buffer per layer
         if split and layer_slices is None:
             raise ValueError("a cache split by layer (kv_cache.split_layers) is for "
                              "layer_slices; the scan reads the stacked buffers")
@@ -431,8 +438,8 @@ class Llama(nnx.Module):
             x_BTD, kv_bufs, hidden_BTD = carry
             rng_l, state_l, i = xs
             block = nnx.merge(graphdef, rng_l, state_l)
-            kv = None if kv_bufs is None else (*kv_bufs, end, 0 if split else i, prefill,
-                                               key_layout)
+            kv = None if kv_bufs is None else (*kv_bufs, end, None if split else i,
+                                               prefill, key_layout)
             x_BTD, kv_bufs = block(x_BTD, cos_sin, mask_BTS, kv, lora_grad)
             if keep:
                 hidden_BTD = jnp.where(i == hidden_layer, x_BTD, hidden_BTD)
