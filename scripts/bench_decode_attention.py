@@ -9,8 +9,8 @@ then scores, softmax and weighted values against the cache's S slots, with keys 
               ``llama._attend``'s matmuls, which XLA:CPU cannot feed a dynamic slice of a
               buffer, so the slice is copied out first (``profile.json``'s layer slices)
   per_layer   L buffers of [B, K, ...] each and the layers as straight-line code, as
-              a decode with ``sample.unroll_layers`` would need to skip that copy: the
-              same matmuls with nothing copied
+              the decode loop keeps them with ``sample.unroll_layers``
+              (``kv_cache.split_layers``): the same matmuls with nothing copied
   in_place    the stacked buffers, the scores and weighted values as elementwise
               products summed over H and S, which XLA fuses with the slice (no copy, no
               matmul)
