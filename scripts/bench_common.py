@@ -37,6 +37,13 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for records that several machines write."""
+    import platform
+
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
 def _best_of(run, repeats: int = 5) -> float:
     run()
     times = []

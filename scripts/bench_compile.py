@@ -187,6 +187,7 @@ def main() -> None:
         print(json.dumps(_one(*args.one, args.dtype, args.unroll_layers)))
         return
     import jax
+    from bench_common import cpu_model
 
     rows = []
     for shape in args.shapes:
@@ -207,6 +208,7 @@ def main() -> None:
         "rows": rows,
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
         "host": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "command": "python scripts/bench_compile.py " + " ".join(sys.argv[1:]),
         "load_average_1m": os.getloadavg()[0],
     }

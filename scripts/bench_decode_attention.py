@@ -33,7 +33,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -164,7 +163,7 @@ def main() -> int:
     ap.add_argument("--tag", default="", help="suffix of this run's key in the JSON")
     ap.add_argument("--out", default="results/bench/decode_attention.json")
     args = ap.parse_args()
-    from bench_common import git_commit, load_average
+    from bench_common import cpu_model, git_commit, load_average
     from bench_compile import SHAPES
 
     name = "tiny" if args.tiny else "smollm2-135m"
@@ -173,7 +172,7 @@ def main() -> int:
     record = {"command": "python scripts/bench_decode_attention.py " + " ".join(sys.argv[1:]),
               "git_commit": git_commit(),
               "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+              "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
               "load_avg_at_start": load_start, "load_avg_at_end": load_average(),
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__, **result}
     print(f"{name}: {args.slots} slots x {args.cache_len} cache slots, {result['layers']} "

@@ -307,7 +307,7 @@ def main() -> int:
 
     # Nor JAX's own persistent cache, which $JAX_COMPILATION_CACHE_DIR may turn on.
     jax.config.update("jax_enable_compilation_cache", False)
-    from bench_common import load_average
+    from bench_common import cpu_model, load_average
 
     batch, seq = (int(x) for x in args.train_shape.split("x"))
     results = {}
@@ -323,7 +323,8 @@ def main() -> int:
         trace = str(work / f"trace-{program}")
         wall, cpu = profiled(run, trace)
         key += f"/{args.tag}" if args.tag else ""
-        results[key] = {"load_average_before": load, "first_call_s": round(first_call_s, 1),
+        results[key] = {"cpu_model": cpu_model(), "load_average_before": load,
+                        "first_call_s": round(first_call_s, 1),
                         "xla_flags": os.environ["XLA_FLAGS"].split(" --xla_dump_to")[0],
                         **summarize(op_events(trace), load_modules(str(dump)), wall, cpu)}
         if program == "decode" and not args.tiny:
