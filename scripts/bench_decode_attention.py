@@ -14,12 +14,13 @@ then scores, softmax and weighted values against the cache's S slots, with keys 
   in_place    the stacked buffers, the scores and weighted values as elementwise
               products summed over H and S, which XLA fuses with the slice (no copy, no
               matmul)
-Also, in the same process, the step's projection and LM-head matmuls alone at the same
-slots (``bench_common.jax_decode_matmul_step_s``, the ceiling of
-scripts/bench_generate.py), so attention's seconds are read against the rest of a step
-from the same minutes. Rounds interleave the variants (this machine's speed drifts);
-per variant: the best and the median over rounds. The outputs of the variants are
-compared with the stacked one's.
+Also, in the same process, the decode ceiling's program at the same slots: the step's
+projection and LM-head matmuls over the scanned weights, their per-step slices included
+(``bench_common.jax_decode_matmul_step_s``, the ceiling of scripts/bench_generate.py),
+so attention's seconds are read against the rest of a step from the same minutes.
+Rounds interleave the variants (this machine's speed drifts); per variant: the best
+and the median over rounds. The outputs of the variants are compared with the stacked
+one's.
 Writes results/bench/decode_attention.json (key per shape, ``--tag`` appended).
 
 Usage:
@@ -181,7 +182,7 @@ def main() -> int:
     for v, r in result["variants"].items():
         print(f"{v:<11}{r['best_s']:>10.4f}{r['median_s']:>10.4f}"
               f"{r['cache_read_gb_per_s']:>8.1f}{r['max_abs_diff_vs_stacked']:>12.2e}")
-    print(f"the step's matmuls alone: {result['matmuls_step_s']:.4f} s")
+    print(f"the decode ceiling's program (the step's matmuls): {result['matmuls_step_s']:.4f} s")
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {}
     key = f"{name}/{jax.default_backend()}" + (f"/{args.tag}" if args.tag else "")
