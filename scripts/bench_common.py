@@ -38,10 +38,19 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), for records that several machines write."""
+    """The CPU, for records that several machines write: /proc/cpuinfo's model name,
+    family and model, and the vector ISAs that set the matmul peak. The name alone may
+    not tell two parts apart ("AMD EPYC" is written by Zen 3 and Zen 4 machines)."""
     import platform
 
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    flags = set(info.get("flags", "").split())
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    parts = [f"family {info['cpu family']} model {info['model']}"] if "model" in info else []
+    if isa:
+        parts.append(", ".join(isa))
+    return f"{name} ({'; '.join(parts)})" if parts else name
 
 
 def _best_of(run, repeats: int = 5) -> float:

@@ -231,7 +231,7 @@ def main() -> int:
     os.environ.setdefault("SEMIEVOL_XLA_CACHE", fresh_cache)
     os.environ.setdefault("SEMIEVOL_DROP_PROGRAMS", "1")  # what a 30-layer model wants
     import jax
-    from bench_common import git_commit, load_average
+    from bench_common import cpu_model, git_commit, load_average
     from jax import monitoring
 
     from semievol_jax.config import load_config
@@ -294,8 +294,8 @@ def main() -> int:
         "accuracy": {k: v for k, v in graph.headline_metrics(records).items()
                      if k.startswith("acc_")},
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-        "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "load_average_before": load_before, "load_average_after": load_average(),
+        "host": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_average(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_mode": cpu_mode_in_effect(),
         "malloc": args.malloc, "code": code,
         "stage_digests": {name: r["output_digest"] for name, r in records.items()},

@@ -1,5 +1,6 @@
 """scripts/bench_common.py: the decode-matmul ceiling times one decode step's matmuls,
-and the matmul peaks pick their size (no timing is asserted)."""
+the matmul peaks pick their size, and records name the CPU so that machines are told
+apart (no timing is asserted)."""
 
 import math
 import sys
@@ -59,3 +60,17 @@ def test_ceiling_is_rows_per_step_second_for_each_framework():
     for fw in frameworks:
         assert c[fw]["step_s"] > 0
         assert c[fw]["tokens_per_s"] == pytest.approx(4 / c[fw]["step_s"], rel=1e-3)
+
+
+def test_cpu_model_names_family_model_and_isa(monkeypatch):
+    """Two parts that share a model name ("AMD EPYC") get different records."""
+    def info(model, flags):
+        return {"model name": "AMD EPYC", "cpu family": "25", "model": model, "flags": flags}
+
+    monkeypatch.setattr(bench_common, "_cpuinfo", lambda: info("17", "fpu avx2 avx512f sse"))
+    zen4 = bench_common.cpu_model()
+    assert zen4 == "AMD EPYC (family 25 model 17; avx2, avx512f)"
+    monkeypatch.setattr(bench_common, "_cpuinfo", lambda: info("1", "fpu avx2 sse"))
+    assert bench_common.cpu_model() == "AMD EPYC (family 25 model 1; avx2)"
+    monkeypatch.setattr(bench_common, "_cpuinfo", lambda: {})
+    assert bench_common.cpu_model()  # no /proc/cpuinfo: the platform's name
