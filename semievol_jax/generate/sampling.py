@@ -44,9 +44,10 @@ class SampleConfig:
     # XLA:CPU; "SH" gives the committed results' bits. Named in records only when "HS".
     key_layout: str = field(default="SH", metadata={DIGEST_OMITS: "SH"})
     # Decode steps run the layers as straight-line code over weights sliced out of the
-    # [L, ...] stacks once per loop (Llama.unstacked_layers, a second copy of them while
-    # it runs), where the scan copies every layer's weights at every step. On XLA:CPU the
-    # steps are no faster and each loop compiles longer (docs/results.md, "Decoding").
+    # [L, ...] stacks and a KV cache split by layer, both once per loop (a second copy of
+    # each while it runs), where the scan copies every layer's weights and cache at every
+    # step. On XLA:CPU the same tokens come 1.1-1.4x faster, and each loop program
+    # compiles about 4x longer (docs/results.md, "Where the time goes"); off by default.
     unroll_layers: bool = field(default=False, metadata={DIGEST_OMITS: False})
 
     def __post_init__(self):
