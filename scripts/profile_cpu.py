@@ -234,19 +234,22 @@ def train_program(tiny: bool, batch: int = 1, seq: int = 0, remat: str = "attent
 
 
 def decode_program(tiny: bool, work: Path, key_layout: str = "SH",
-                   unroll_layers: bool = False) -> tuple[str, object]:
+                   unroll_layers: bool = False, matmul_dtype: str | None = None
+                   ) -> tuple[str, object]:
     import jax
     from bench_generate import load_hf, load_tokenizer, make_prompts, smollm2_checkpoint
     from real_run import TINY, _random_model
 
     from semievol_jax.generate.generator import generate
     from semievol_jax.generate.sampling import SampleConfig
+    from semievol_jax.model import set_matmul_dtype
 
     if tiny:
         ckpt, weights = _random_model(work / "tiny", TINY), "random (2-layer toy shape)"
     else:
         ckpt, weights = smollm2_checkpoint(work / "smollm2")
     model, _ = load_hf(ckpt)
+    set_matmul_dtype(model, matmul_dtype)
     tokenizer = load_tokenizer(ckpt)
     prompts, samples, new = make_prompts(tokenizer, 16, 8, 60, seed=0), 4, 64
     cfg = SampleConfig(temperature=1.0, max_new_tokens=new, stop=(), batch_size=16,
@@ -259,6 +262,7 @@ def decode_program(tiny: bool, work: Path, key_layout: str = "SH",
     name = "tiny" if tiny else "smollm2-135m"
     layout = "" if key_layout == "SH" else f"/key_layout={key_layout}"
     layout += "/unroll_layers" if unroll_layers else ""
+    layout += "" if matmul_dtype is None else f"/matmul={matmul_dtype}"
     return f"decode/{name}/16x{samples}x{new}{layout} ({weights})", run
 
 
@@ -283,7 +287,7 @@ def main() -> int:
     ap.add_argument("--remat", default="attention", help="the train step's train.remat")
     ap.add_argument("--lora-grad", default="autodiff", help="the train step's train.lora_grad")
     ap.add_argument("--matmul-dtype", default=None,
-                    help="the train step's matmul operand dtype (base.matmul_dtype)")
+                    help="both programs' matmul operand dtype (base.matmul_dtype)")
     ap.add_argument("--key-layout", default="SH",
                     help="the decode program's KV-cache key layout (sample.key_layout)")
     ap.add_argument("--unroll-layers", action="store_true",
@@ -315,7 +319,8 @@ def main() -> int:
         key, run = (train_program(args.tiny, batch, seq, args.remat, args.lora_grad,
                                   args.matmul_dtype)
                     if program == "train"
-                    else decode_program(args.tiny, work, args.key_layout, args.unroll_layers))
+                    else decode_program(args.tiny, work, args.key_layout, args.unroll_layers,
+                                        args.matmul_dtype))
         start = time.perf_counter()
         run()  # compiles
         first_call_s = time.perf_counter() - start

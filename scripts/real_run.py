@@ -297,7 +297,8 @@ def main() -> int:
         "host": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_average(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_mode": cpu_mode_in_effect(),
-        "malloc": args.malloc, "code": code,
+        "malloc": args.malloc, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "code": code,
         "stage_digests": {name: r["output_digest"] for name, r in records.items()},
     }
     print(json.dumps(result, indent=1))

@@ -175,8 +175,10 @@ def set_malloc(settings: dict[str, int]) -> bool:
 
 def configure_malloc() -> bool:
     """Sets `MALLOC_SETTINGS`, before the backend starts its threads, unless
-    SEMIEVOL_MALLOC=off or the process started with glibc malloc tunables of its own (a
-    user's, or the demo workers', pipeline/parallel.py).
+    SEMIEVOL_MALLOC=off or the process started with glibc tunables for any of them (a
+    user's, or the demo workers', pipeline/parallel.py). Tunables that set none of them,
+    such as ``glibc.malloc.hugetlb=1`` (transparent huge pages for malloc's memory, so
+    the kernel faults a large buffer in 2 MB at a time), leave them to be set here.
 
     By default glibc raises the mmap threshold to the size of each large block freed
     (up to 32 MB), so a long run keeps ever larger freed buffers in its heaps, where
@@ -185,8 +187,9 @@ def configure_malloc() -> bool:
     every buffer in again at each decode step: generation 1.5x slower
     (results/bench/allocator.json). Returns whether the C library took every setting.
     """
-    if (os.environ.get(MALLOC_ENV, "") == "off"
-            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
+    given = {kv.partition("=")[0] for kv in os.environ.get("GLIBC_TUNABLES", "").split(":")}
+    ours = {f"glibc.malloc.{name}" for name in (*MALLOC_SETTINGS, "mmap_max")}
+    if os.environ.get(MALLOC_ENV, "") == "off" or given & ours:
         return False
     return set_malloc(MALLOC_SETTINGS)
 

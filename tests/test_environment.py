@@ -179,3 +179,18 @@ def test_configure_malloc_leaves_the_callers_own_settings(monkeypatch):
     monkeypatch.delenv(environment.MALLOC_ENV)
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     assert environment.configure_malloc() is False
+
+
+def test_configure_malloc_still_sets_what_the_callers_tunables_leave(monkeypatch):
+    """Tunables that name none of its settings (huge pages) do not turn it off; the
+    demo workers' tunables do."""
+    calls = []
+    monkeypatch.delenv(environment.MALLOC_ENV, raising=False)
+    monkeypatch.setattr(environment, "set_malloc", lambda s: calls.append(dict(s)) or True)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert environment.configure_malloc() is True
+    assert calls == [environment.MALLOC_SETTINGS]
+    from semievol_jax.pipeline import parallel
+
+    monkeypatch.setenv("GLIBC_TUNABLES", parallel.malloc_tunables("glibc.malloc.hugetlb=1"))
+    assert environment.configure_malloc() is False and len(calls) == 1

@@ -125,6 +125,21 @@ def test_summarize_groups_ops_of_one_shape():
     assert (first["s"], first["calls"], first["ops"]) == (2.5, 2, 2)
 
 
+def test_decode_program_takes_the_matmul_dtype(tmp_path, monkeypatch):
+    """--matmul-dtype reaches the decode's model and its key, as it does the train step's."""
+    import semievol_jax.model as model_pkg
+
+    seen = []
+    real = model_pkg.set_matmul_dtype
+    monkeypatch.setattr(model_pkg, "set_matmul_dtype",
+                        lambda m, dtype: (seen.append(dtype), real(m, dtype))[1])
+    key, _ = profile_cpu.decode_program(True, tmp_path, "HS", matmul_dtype="bfloat16")
+    assert seen == ["bfloat16"] and key.endswith("/key_layout=HS/matmul=bfloat16 "
+                                                 "(random (2-layer toy shape))")
+    key, _ = profile_cpu.decode_program(True, tmp_path / "f32", "HS")
+    assert seen == ["bfloat16", None] and "matmul" not in key
+
+
 @pytest.mark.slow
 def test_profile_script_tiny(tmp_path):
     out = tmp_path / "profile.json"

@@ -46,8 +46,9 @@ class SampleConfig:
     # Decode steps run the layers as straight-line code over weights sliced out of the
     # [L, ...] stacks and a KV cache split by layer, both once per loop (a second copy of
     # each while it runs), where the scan copies every layer's weights and cache at every
-    # step. On XLA:CPU the same tokens come 1.1-1.4x faster, and each loop program
-    # compiles about 4x longer (docs/results.md, "Where the time goes"); off by default.
+    # step. On XLA:CPU 64-token float32 samples come 1.1-1.4x faster, the same tokens;
+    # with bf16 matmuls or answers of a few tokens the loop is slower, and each loop
+    # program compiles about 4x longer (docs/results.md); off by default.
     unroll_layers: bool = field(default=False, metadata={DIGEST_OMITS: False})
 
     def __post_init__(self):
