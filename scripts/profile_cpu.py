@@ -189,16 +189,17 @@ def summarize(events: list[dict], modules: dict, wall_s: float, cpu_s: float,
         shape_calls[what] += 1
         shape_ops[what].add(ev["op"])
     total = sum(kinds.values()) or 1
+    # Op times to the microsecond: a toy shape's ops take well under a millisecond.
     return {
         "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3),
         "cores_busy": round(cpu_s / wall_s, 2) if wall_s else None,
-        "op_s": round(total / 1e9, 3), "events": len(events), "events_unmatched": unmatched,
-        "kinds": {k: {"s": round(kinds[k] / 1e9, 3), "share": round(kinds[k] / total, 3),
+        "op_s": round(total / 1e9, 6), "events": len(events), "events_unmatched": unmatched,
+        "kinds": {k: {"s": round(kinds[k] / 1e9, 6), "share": round(kinds[k] / total, 3),
                       "events": kind_events[k]} for k in KINDS},
-        "modules_s": {k: round(v / 1e9, 3) for k, v in per_module.most_common()},
-        "top_ops": [{"op": k, "s": round(v / 1e9, 3), "calls": calls[k], "what": shapes[k]}
+        "modules_s": {k: round(v / 1e9, 6) for k, v in per_module.most_common()},
+        "top_ops": [{"op": k, "s": round(v / 1e9, 6), "calls": calls[k], "what": shapes[k]}
                     for k, v in ops.most_common(top)],
-        "top_shapes": [{"what": k, "s": round(v / 1e9, 3), "calls": shape_calls[k],
+        "top_shapes": [{"what": k, "s": round(v / 1e9, 6), "calls": shape_calls[k],
                         "ops": len(shape_ops[k])} for k, v in by_shape.most_common(top)],
     }
 
