@@ -175,10 +175,11 @@ def set_malloc(settings: dict[str, int]) -> bool:
 
 def configure_malloc() -> bool:
     """Sets `MALLOC_SETTINGS`, before the backend starts its threads, unless
-    SEMIEVOL_MALLOC=off or the process started with glibc tunables for any of them (a
-    user's, or the demo workers', pipeline/parallel.py). Tunables that set none of them,
-    such as ``glibc.malloc.hugetlb=1`` (transparent huge pages for malloc's memory, so
-    the kernel faults a large buffer in 2 MB at a time), leave them to be set here.
+    SEMIEVOL_MALLOC=off or the process started with glibc tunables for any of them or
+    for ``mmap_max`` (a user's, or the demo workers', pipeline/parallel.py). Tunables
+    that set none of them, such as ``glibc.malloc.hugetlb=1`` (transparent huge pages
+    for malloc's memory, so the kernel faults a large buffer in 2 MB at a time), leave
+    them to be set here.
 
     By default glibc raises the mmap threshold to the size of each large block freed
     (up to 32 MB), so a long run keeps ever larger freed buffers in its heaps, where

@@ -47,7 +47,7 @@ class SampleConfig:
     # [L, ...] stacks and a KV cache split by layer, both once per loop (a second copy of
     # each while it runs), where the scan copies every layer's weights and cache at every
     # step. On XLA:CPU 64-token float32 samples come 1.1-1.4x faster, the same tokens;
-    # with bf16 matmuls or answers of a few tokens the loop is slower, and each loop
+    # with bf16 matmuls it is slower, for 4-token samples no faster, and each loop
     # program compiles about 4x longer (docs/results.md); off by default.
     unroll_layers: bool = field(default=False, metadata={DIGEST_OMITS: False})
 
