@@ -37,6 +37,10 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
+# The vector ISAs that set the matmul peak, as /proc/cpuinfo's flags name them.
+VECTOR_ISAS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 def cpu_model() -> str:
     """The CPU, for records that several machines write: /proc/cpuinfo's model name,
     family and model, and the vector ISAs that set the matmul peak. The name alone may
@@ -46,7 +50,7 @@ def cpu_model() -> str:
     info = _cpuinfo()
     name = info.get("model name") or platform.processor() or platform.machine()
     flags = set(info.get("flags", "").split())
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    isa = [f for f in VECTOR_ISAS if f in flags]
     parts = [f"family {info['cpu family']} model {info['model']}"] if "model" in info else []
     if isa:
         parts.append(", ".join(isa))
@@ -128,7 +132,7 @@ def cpu_peak_flops() -> dict:
     peaks = matmul_peaks()
     return {"model": info.get("model name", "unknown"), "cores": cores, "mhz": mhz,
             "fp32_flops_per_cycle": per_cycle,
-            "isa": sorted(f for f in flags if f in ("avx2", "avx512f", "amx_bf16")),
+            "isa": [f for f in VECTOR_ISAS if f in flags],
             "theoretical_flops": cores * mhz * 1e6 * per_cycle if mhz else None,
             "measured_matmul_flops": peaks["jax"]["float32"], "by_framework": peaks}
 

@@ -173,10 +173,15 @@ def set_malloc(settings: dict[str, int]) -> bool:
     return all(took)  # every one tried, even after a refusal
 
 
+def glibc_tunables(text: str | None) -> dict[str, str]:
+    """A GLIBC_TUNABLES string ("name=value:name=value") as a dict."""
+    return dict(kv.split("=", 1) for kv in (text or "").split(":") if "=" in kv)
+
+
 def configure_malloc() -> bool:
     """Sets `MALLOC_SETTINGS`, before the backend starts its threads, unless
-    SEMIEVOL_MALLOC=off or the process started with glibc tunables for any of them or
-    for ``mmap_max`` (a user's, or the demo workers', pipeline/parallel.py). Tunables
+    SEMIEVOL_MALLOC=off or the process started with glibc tunables for any of them (a
+    user's, or the demo workers', pipeline/parallel.py). Tunables
     that set none of them, such as ``glibc.malloc.hugetlb=1`` (transparent huge pages
     for malloc's memory, so the kernel faults a large buffer in 2 MB at a time), leave
     them to be set here.
@@ -188,9 +193,9 @@ def configure_malloc() -> bool:
     every buffer in again at each decode step: generation 1.5x slower
     (results/bench/allocator.json). Returns whether the C library took every setting.
     """
-    given = {kv.partition("=")[0] for kv in os.environ.get("GLIBC_TUNABLES", "").split(":")}
-    ours = {f"glibc.malloc.{name}" for name in (*MALLOC_SETTINGS, "mmap_max")}
-    if os.environ.get(MALLOC_ENV, "") == "off" or given & ours:
+    given = glibc_tunables(os.environ.get("GLIBC_TUNABLES"))
+    if (os.environ.get(MALLOC_ENV, "") == "off"
+            or any(f"glibc.malloc.{name}" in given for name in MALLOC_SETTINGS)):
         return False
     return set_malloc(MALLOC_SETTINGS)
 

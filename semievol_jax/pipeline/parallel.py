@@ -80,7 +80,7 @@ def malloc_tunables(current: str | None = None) -> str | None:
     the keys it does not set; `current` unchanged when SEMIEVOL_MALLOC=off."""
     if os.environ.get(environment.MALLOC_ENV, "") == "off":
         return current
-    given = dict(kv.split("=", 1) for kv in (current or "").split(":") if "=" in kv)
+    given = environment.glibc_tunables(current)
     return ":".join(f"{k}={v}" for k, v in {**GLIBC_TUNABLES, **given}.items())
 
 
